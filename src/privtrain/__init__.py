@@ -1,0 +1,3 @@
+"""privtrain: privacy-preserving training platform."""
+
+__version__ = "0.1.0"

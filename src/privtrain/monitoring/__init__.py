@@ -1,0 +1,1 @@
+"""Job monitoring: stall and NaN detectors, alert transitions."""

@@ -1,0 +1,1 @@
+"""Wiring: gRPC services, job state machine, worker processes, DB, CLI."""

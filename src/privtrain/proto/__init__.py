@@ -1,0 +1,1 @@
+"""Protocol buffers for the privtrain gRPC API (generated code is committed)."""

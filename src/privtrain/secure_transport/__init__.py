@@ -1,0 +1,1 @@
+"""PKI, mTLS channels and servers, roles, sealed parameter envelopes."""

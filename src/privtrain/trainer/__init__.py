@@ -1,0 +1,1 @@
+"""DP-SGD training with Opacus: models, features, accounting, checkpoints."""
