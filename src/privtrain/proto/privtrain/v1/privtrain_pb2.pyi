@@ -1,0 +1,369 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UploadHeader(_message.Message):
+    __slots__ = ("name", "manifest", "epsilon_budget", "delta_budget", "total_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DELTA_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    manifest: bytes
+    epsilon_budget: float
+    delta_budget: float
+    total_bytes: int
+    def __init__(self, name: _Optional[str] = ..., manifest: _Optional[bytes] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class Dataset(_message.Message):
+    __slots__ = ("id", "name", "owner", "rows", "sha256", "size_bytes", "epsilon_budget", "delta_budget", "epsilon_remaining", "delta_remaining", "k_anonymity", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DELTA_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    DELTA_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    K_ANONYMITY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    owner: str
+    rows: int
+    sha256: str
+    size_bytes: int
+    epsilon_budget: float
+    delta_budget: float
+    epsilon_remaining: float
+    delta_remaining: float
+    k_anonymity: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., rows: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta_remaining: _Optional[float] = ..., k_anonymity: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
+
+class SetBudgetRequest(_message.Message):
+    __slots__ = ("dataset_id", "epsilon_budget", "delta_budget")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DELTA_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    epsilon_budget: float
+    delta_budget: float
+    def __init__(self, dataset_id: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ...) -> None: ...
+
+class JobSpec(_message.Message):
+    __slots__ = ("dataset_id", "model", "hidden_sizes", "target_column", "feature_columns", "split_column", "train_split", "test_split", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size", "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TEST_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DELTA_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PHYSICAL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    model: str
+    hidden_sizes: _containers.RepeatedScalarFieldContainer[int]
+    target_column: str
+    feature_columns: _containers.RepeatedScalarFieldContainer[str]
+    split_column: str
+    train_split: str
+    test_split: str
+    target_epsilon: float
+    target_delta: float
+    epochs: int
+    batch_size: int
+    max_physical_batch_size: int
+    max_grad_norm: float
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    seed: int
+    device: str
+    accountant: str
+    def __init__(self, dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., hidden_sizes: _Optional[_Iterable[int]] = ..., target_column: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., split_column: _Optional[str] = ..., train_split: _Optional[str] = ..., test_split: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_physical_batch_size: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., accountant: _Optional[str] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("request_id", "spec")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    spec: JobSpec
+    def __init__(self, request_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+
+class JobResult(_message.Message):
+    __slots__ = ("epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy", "test_rows", "train_rows", "final_loss", "parameters_sha256", "parameters_bytes", "device", "train_seconds")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    delta: float
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    test_accuracy: float
+    test_rows: int
+    train_rows: int
+    final_loss: float
+    parameters_sha256: str
+    parameters_bytes: int
+    device: str
+    train_seconds: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., test_rows: _Optional[int] = ..., train_rows: _Optional[int] = ..., final_loss: _Optional[float] = ..., parameters_sha256: _Optional[str] = ..., parameters_bytes: _Optional[int] = ..., device: _Optional[str] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "state", "spec", "submitter", "error", "result", "epsilon_spent", "created_at", "started_at", "finished_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    spec: JobSpec
+    submitter: str
+    error: str
+    result: JobResult
+    epsilon_spent: float
+    created_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., submitter: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., epsilon_spent: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    def __init__(self, state: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class StateChange(_message.Message):
+    __slots__ = ("state", "error")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    error: str
+    def __init__(self, state: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class StepMetrics(_message.Message):
+    __slots__ = ("step", "total_steps", "epoch", "loss", "batch_size", "samples_per_s", "epsilon")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    batch_size: int
+    samples_per_s: float
+    epsilon: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., samples_per_s: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
+
+class EpochSummary(_message.Message):
+    __slots__ = ("epoch", "test_accuracy", "epsilon")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    test_accuracy: float
+    epsilon: float
+    def __init__(self, epoch: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("id", "job_id", "time", "state", "step", "alert", "epoch")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    job_id: str
+    time: _timestamp_pb2.Timestamp
+    state: StateChange
+    step: StepMetrics
+    alert: Alert
+    epoch: EpochSummary
+    def __init__(self, id: _Optional[int] = ..., job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[StateChange, _Mapping]] = ..., step: _Optional[_Union[StepMetrics, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., epoch: _Optional[_Union[EpochSummary, _Mapping]] = ...) -> None: ...
+
+class DownloadParametersRequest(_message.Message):
+    __slots__ = ("job_id", "recipient_public_key")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    recipient_public_key: bytes
+    def __init__(self, job_id: _Optional[str] = ..., recipient_public_key: _Optional[bytes] = ...) -> None: ...
+
+class SealedHeader(_message.Message):
+    __slots__ = ("version", "ephemeral_public_key", "salt", "nonce_prefix", "chunk_bytes", "total_bytes", "chunk_count", "plaintext_sha256", "signer_certificate_pem", "content_type", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    ephemeral_public_key: bytes
+    salt: bytes
+    nonce_prefix: bytes
+    chunk_bytes: int
+    total_bytes: int
+    chunk_count: int
+    plaintext_sha256: bytes
+    signer_certificate_pem: bytes
+    content_type: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, version: _Optional[int] = ..., ephemeral_public_key: _Optional[bytes] = ..., salt: _Optional[bytes] = ..., nonce_prefix: _Optional[bytes] = ..., chunk_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., chunk_count: _Optional[int] = ..., plaintext_sha256: _Optional[bytes] = ..., signer_certificate_pem: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SealedChunk(_message.Message):
+    __slots__ = ("index", "ciphertext")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    ciphertext: bytes
+    def __init__(self, index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class SealedTrailer(_message.Message):
+    __slots__ = ("signature",)
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
+
+class SealedPart(_message.Message):
+    __slots__ = ("header", "chunk", "trailer")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    header: SealedHeader
+    chunk: SealedChunk
+    trailer: SealedTrailer
+    def __init__(self, header: _Optional[_Union[SealedHeader, _Mapping]] = ..., chunk: _Optional[_Union[SealedChunk, _Mapping]] = ..., trailer: _Optional[_Union[SealedTrailer, _Mapping]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("id", "job_id", "kind", "state", "message", "fired_at", "resolved_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    job_id: str
+    kind: str
+    state: str
+    message: str
+    fired_at: _timestamp_pb2.Timestamp
+    resolved_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("state", "job_id")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    job_id: str
+    def __init__(self, state: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("alerts",)
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
