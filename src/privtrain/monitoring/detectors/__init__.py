@@ -1,0 +1,1 @@
+"""Detectors: pure state machines over step reports and a clock."""

@@ -1,0 +1,105 @@
+"""Checkpoints and final parameters: safetensors for tensors, JSON for the rest.
+
+Never pickle: a checkpoint or a parameter file is data, and loading it runs no
+code. Files are written to a temporary name and renamed, so a crash leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load, load_file, save
+
+from privtrain.errors import InvalidInput
+
+PARAMETERS_FORMAT = "privtrain-parameters-v1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    epoch: int,
+    model_state: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> Path:
+    """Save one epoch's checkpoint: ``epoch-NNNN.safetensors`` + ``epoch-NNNN.json``.
+
+    Tensors: model parameters under ``model.<name>``, SGD momentum buffers under
+    ``momentum.<param index>``. JSON: ``state`` (step, accountant history, ...).
+    Returns the safetensors path.
+    """
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, param in enumerate(params):
+        buf = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"momentum.{index}"] = buf.detach().cpu().contiguous()
+    stem = directory / f"epoch-{epoch:04d}"
+    atomic_write_bytes(stem.with_suffix(".safetensors"), save(tensors))
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(state, sort_keys=True).encode())
+    return stem.with_suffix(".safetensors")
+
+
+def save_parameters(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Write final parameters as safetensors with ``metadata``; returns the file's SHA-256 (hex)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    data = save(tensors, metadata={"format": PARAMETERS_FORMAT, **metadata})
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_parameters(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Parse safetensors bytes into (state dict, metadata).
+
+    Raises
+    ------
+    InvalidInput
+        The bytes are not a privtrain parameter file.
+    """
+    try:
+        tensors = load(data)
+        metadata = read_metadata(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise InvalidInput(f"not a safetensors parameter file: {exc}") from None
+    if metadata.get("format") != PARAMETERS_FORMAT:
+        raise InvalidInput(f"parameter file format is {metadata.get('format')!r}, expected {PARAMETERS_FORMAT!r}")
+    return tensors, metadata
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (8-byte little-endian header length, JSON header)."""
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    return dict(header.get("__metadata__") or {})
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`: (tensors, state)."""
+    tensors = load_file(path)
+    state = json.loads(path.with_suffix(".json").read_text())
+    return tensors, state
+

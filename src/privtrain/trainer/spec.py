@@ -1,0 +1,141 @@
+"""The training job specification and its validation.
+
+A :class:`TrainingSpec` is what a trainer asks for; it is validated before any
+privacy budget is reserved, so a bad field never costs ε.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from privtrain.errors import InvalidInput
+
+ACCOUNTANTS = ("prv", "rdp")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Hyper-parameters of one DP-SGD job.
+
+    Attributes
+    ----------
+    dataset_id : str
+        Dataset to train on.
+    model : str
+        Registered architecture (``logistic_regression``, ``mlp``).
+    hidden_sizes : tuple of int
+        Hidden layer widths for ``mlp``.
+    target_column : str
+        Label column; its manifest domain gives the classes.
+    feature_columns : tuple of str
+        Columns to use; empty means every usable column the manifest declares.
+    split_column, train_split, test_split : str
+        Rows with ``split_column == train_split`` are trained on, ``test_split`` held out.
+    target_epsilon, target_delta : float
+        (ε, δ) the whole job may spend; the noise multiplier σ is calibrated so
+        that the achieved ε is at most ``target_epsilon``.
+    epochs : int
+        Expected passes over the training rows; steps = epochs × ⌊1/q⌋.
+    batch_size : int
+        Logical (expected) batch size B; sample_rate q = B / training rows (Poisson sampling).
+    max_physical_batch_size : int
+        Largest batch put through the model at once (memory bound).
+    max_grad_norm : float
+        Per-sample clipping bound C (L2).
+    learning_rate, momentum, weight_decay : float
+        SGD hyper-parameters.
+    seed : int
+        Seeds sampling, noise and initialisation.
+    device : str
+        ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    accountant : str
+        ``prv`` (Gopi et al. 2021) or ``rdp`` (Mironov 2017).
+    """
+
+    dataset_id: str
+    target_column: str
+    model: str = "mlp"
+    hidden_sizes: tuple[int, ...] = (64,)
+    feature_columns: tuple[str, ...] = ()
+    split_column: str = "split"
+    train_split: str = "train"
+    test_split: str = "test"
+    target_epsilon: float = 3.0
+    target_delta: float = 1e-5
+    epochs: int = 5
+    batch_size: int = 512
+    max_physical_batch_size: int = 256
+    max_grad_norm: float = 1.0
+    learning_rate: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    accountant: str = "prv"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise InvalidInput("invalid job spec: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        out: list[str] = []
+
+        def positive(name: str, value: float) -> None:
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                out.append(f"{name} must be a finite number > 0, got {value!r}")
+
+        if not self.dataset_id:
+            out.append("dataset_id is required")
+        if not self.target_column:
+            out.append("target_column is required")
+        positive("target_epsilon", self.target_epsilon)
+        if not (0 < self.target_delta < 1):
+            out.append(f"target_delta must be in (0, 1), got {self.target_delta!r}")
+        for name in ("epochs", "batch_size", "max_physical_batch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                out.append(f"{name} must be an integer >= 1, got {value!r}")
+        positive("max_grad_norm", self.max_grad_norm)
+        positive("learning_rate", self.learning_rate)
+        if not (0 <= self.momentum < 1):
+            out.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            out.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if any(h < 1 for h in self.hidden_sizes):
+            out.append(f"hidden_sizes must all be >= 1, got {list(self.hidden_sizes)}")
+        if self.device not in DEVICES:
+            out.append(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.accountant not in ACCOUNTANTS:
+            out.append(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.seed < 0:
+            out.append(f"seed must be >= 0, got {self.seed!r}")
+        if self.target_column in self.feature_columns:
+            out.append(f"target_column {self.target_column!r} is also listed as a feature")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        data["hidden_sizes"] = list(self.hidden_sizes)
+        data["feature_columns"] = list(self.feature_columns)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInput(f"invalid job spec: unknown field(s) {unknown}")
+        values = dict(data)
+        if "hidden_sizes" in values:
+            values["hidden_sizes"] = tuple(int(h) for h in values["hidden_sizes"])
+        if "feature_columns" in values:
+            values["feature_columns"] = tuple(values["feature_columns"])
+        return cls(**values)
