@@ -1,0 +1,168 @@
+"""Optimal full-domain generalization with suppression: search of the generalization lattice.
+
+Each quasi-identifier has levels 0 (raw) .. h_i (top). A node of the lattice is a
+vector of levels, one per QI (Samarati 2001, "Protecting respondents' identities
+in microdata release"; El Emam et al. 2009, "A globally optimal k-anonymity
+method for the de-identification of health data", OLA; the ARX tool). A node is
+*feasible* when deleting the records of classes smaller than k removes at most
+``max_suppression`` of the rows. Among feasible nodes we take the one with the
+least generalization precision loss, mean_i(level_i / h_i) (Sweeney 2002,
+"Achieving k-anonymity privacy protection using generalization and suppression",
+Prec = 1 - loss), breaking ties by the discernibility metric
+DM = sum over kept classes |E|^2 + |suppressed| * n (Bayardo & Agrawal 2005,
+"Data privacy through optimal k-anonymization"), then by the level vector.
+
+Nodes are visited in increasing precision loss, so the search stops at the
+first loss value that has a feasible node. Each node costs one int64 key per row
+(mixed radix over precomputed per-level codes) and one ``np.bincount`` or
+``np.unique``: about a millisecond for 50,000 rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.risk import class_sizes, combine_codes
+
+
+class Leveled(Protocol):
+    """A quasi-identifier with integer codes per generalization level."""
+
+    height: int
+
+    def codes(self, level: int) -> tuple[npt.NDArray[np.int64], int]: ...
+
+
+@dataclass(frozen=True)
+class LatticeResult:
+    """The chosen node and what it costs.
+
+    Attributes
+    ----------
+    levels : dict[str, int]
+        Generalization level per QI (0 = raw).
+    heights : dict[str, int]
+        Top level per QI.
+    rows_suppressed : int
+        Records in classes smaller than k at that node.
+    k_achieved : int
+        Smallest kept class size (>= k).
+    precision_loss : float
+        mean_i(level_i / h_i), in [0, 1] (Sweeney 2002).
+    discernibility : int
+        Bayardo & Agrawal 2005 DM, suppressed rows charged n each.
+    aecs : float
+        Average equivalence class size of the kept rows, rows / classes.
+    keep : ndarray of bool, shape (n,)
+        True for rows kept, False for rows to suppress.
+    nodes_total : int
+        Size of the lattice.
+    nodes_evaluated : int
+        Nodes whose classes were computed.
+    """
+
+    levels: dict[str, int]
+    heights: dict[str, int]
+    rows_suppressed: int
+    k_achieved: int
+    precision_loss: float
+    discernibility: int
+    aecs: float
+    keep: npt.NDArray[np.bool_]
+    nodes_total: int
+    nodes_evaluated: int
+
+
+def _counts(key: npt.NDArray[np.int64], radix_bound: int, n: int) -> npt.NDArray[np.int64]:
+    # bincount is O(n + radix) and much faster than a sort when the key space is small.
+    if radix_bound <= 8 * n + 4096:
+        c = np.bincount(key)
+        return c[c > 0].astype(np.int64)
+    _, c = np.unique(key, return_counts=True)
+    return c.astype(np.int64)
+
+
+def search(qis: dict[str, Leveled], n: int, k: int, max_suppression: float) -> LatticeResult:
+    """Find the feasible lattice node with the least information loss.
+
+    Parameters
+    ----------
+    qis : dict[str, Leveled]
+        Quasi-identifiers in a fixed order, each with ``height`` and ``codes(level)``.
+    n : int
+        Number of rows.
+    k : int
+        k-anonymity target.
+    max_suppression : float
+        Largest fraction of rows that may be suppressed, in [0, 1).
+
+    Returns
+    -------
+    LatticeResult
+
+    Raises
+    ------
+    AnonymizationError
+        No node reaches k within the suppression limit (or the table is empty).
+    """
+    if n == 0:
+        raise AnonymizationError("the input has no rows: nothing to anonymize")
+    names = list(qis)
+    heights = [qis[q].height for q in names]
+    codes = [[qis[q].codes(lv) for lv in range(h + 1)] for q, h in zip(names, heights, strict=True)]
+    budget = math.floor(max_suppression * n)
+    # An integer numerator over a common denominator makes equal losses compare equal.
+    denom = math.lcm(*heights) if heights else 1
+    weights = [denom // h for h in heights]
+    nodes = sorted(
+        itertools.product(*(range(h + 1) for h in heights)),
+        key=lambda node: (sum(lv * w for lv, w in zip(node, weights, strict=True)), node),
+    )
+
+    best: tuple[int, tuple[int, ...], int, npt.NDArray[np.int64]] | None = None
+    evaluated = 0
+    for node in nodes:
+        loss = sum(lv * w for lv, w in zip(node, weights, strict=True))
+        if best is not None and loss > best[0]:
+            break
+        evaluated += 1
+        cols = [codes[i][lv] for i, lv in enumerate(node)]
+        key = combine_codes(cols, n)
+        counts = _counts(key, math.prod(c for _, c in cols), n)
+        small = counts < k
+        suppressed = int(counts[small].sum())
+        if suppressed > budget:
+            continue
+        kept = counts[~small]
+        dm = int((kept * kept).sum()) + suppressed * n
+        if best is None or dm < best[2]:
+            best = (loss, node, dm, kept)
+    if best is None:
+        raise AnonymizationError(
+            f"no generalization reaches k = {k} with at most {max_suppression:.1%} of the "
+            f"{n} rows suppressed (even the fully generalized node fails); lower k, allow more "
+            f"suppression, or add hierarchy levels"
+        )
+    loss, node, dm, kept = best
+    key = combine_codes([codes[i][lv] for i, lv in enumerate(node)], n)
+    _, row_size = class_sizes(key)
+    keep = row_size >= k
+    return LatticeResult(
+        levels=dict(zip(names, node, strict=True)),
+        heights=dict(zip(names, heights, strict=True)),
+        rows_suppressed=int(n - keep.sum()),
+        k_achieved=int(kept.min()),
+        precision_loss=loss / (denom * len(heights)) if heights else 0.0,
+        discernibility=dm,
+        aecs=float(kept.sum()) / float(kept.size),
+        keep=keep,
+        nodes_total=len(nodes),
+        nodes_evaluated=evaluated,
+    )

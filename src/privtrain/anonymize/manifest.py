@@ -1,0 +1,257 @@
+"""The signed anonymization manifest that travels with every anonymized dataset.
+
+The manifest says what was done (policy hash, k, levels, suppression, key id,
+Faker version), which bytes it describes (``output_sha256``, ``output_bytes``)
+and what a trainer may rely on (``columns``: the public domain of each output
+column, derived from the policy). It is canonical JSON (sorted keys, no
+whitespace, UTF-8), signed with the data owner's TLS private key (ECDSA P-256
+with SHA-256, or Ed25519). The signed file is::
+
+    {"manifest": {...}, "signature": "<base64>", "signature_algorithm": "ecdsa-p256-sha256",
+     "signer_certificate": "-----BEGIN CERTIFICATE-----..."}
+
+:func:`verify_manifest` checks structure, signature and (optionally) the data
+bytes, but not *who* signed: the server compares ``signer_fingerprint_sha256``
+with the uploading peer's verified mTLS certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from privtrain.anonymize.errors import ManifestError
+
+MANIFEST_FORMAT = "privtrain-anonymization-manifest"
+MANIFEST_VERSION = 1
+ECDSA_P256 = "ecdsa-p256-sha256"
+ED25519 = "ed25519"
+
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "created_at": str,
+    "tool_version": str,
+    "policy_sha256": str,
+    "input_rows": int,
+    "output_rows": int,
+    "rows_suppressed": int,
+    "k_target": int,
+    "k_achieved": int,
+    "max_suppression": (int, float),
+    "quasi_identifiers": list,
+    "direct_identifiers": list,
+    "generalization_levels": dict,
+    "information_loss": dict,
+    "key_id": str,
+    "faker_version": str,
+    "faker_locale": str,
+    "output_sha256": str,
+    "output_bytes": int,
+    "columns": dict,
+}
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Canonical UTF-8 JSON: sorted keys, separators ``(",", ":")``, no NaN/Infinity."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class VerifiedManifest:
+    """A manifest whose signature (and, if checked, data) verified.
+
+    Attributes
+    ----------
+    manifest : dict
+        The manifest object.
+    signer_certificate_pem : bytes
+        The embedded signer certificate (PEM).
+    signer_fingerprint_sha256 : str
+        Hex SHA-256 of the certificate's DER encoding.
+    """
+
+    manifest: dict[str, Any]
+    signer_certificate_pem: bytes
+    signer_fingerprint_sha256: str
+
+
+def _algorithm_of(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ManifestError(f"signing key curve {key.curve.name} is not supported (use P-256)")
+        return ECDSA_P256
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return ED25519
+    raise ManifestError(
+        f"signing key type {type(key).__name__} is not supported (use ECDSA P-256 or Ed25519)"
+    )
+
+
+def check_manifest_fields(manifest: Any) -> None:
+    """Raise ``ManifestError`` naming the first missing or mistyped field."""
+    if not isinstance(manifest, dict):
+        raise ManifestError("manifest is not a JSON object")
+    for name, typ in REQUIRED_FIELDS.items():
+        if name not in manifest:
+            raise ManifestError(f"manifest missing field {name!r}")
+        value = manifest[name]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise ManifestError(
+                f"manifest field {name!r} has the wrong type ({type(value).__name__})"
+            )
+    if manifest["format"] != MANIFEST_FORMAT or manifest["version"] != MANIFEST_VERSION:
+        raise ManifestError(
+            f"unsupported manifest format {manifest['format']!r} version {manifest['version']!r}"
+        )
+
+
+def sign_manifest(
+    manifest: dict[str, Any], private_key_pem: bytes, certificate_pem: bytes
+) -> bytes:
+    """Sign a manifest with the data owner's key; return the signed file's bytes.
+
+    Parameters
+    ----------
+    manifest : dict
+        The manifest object (see ``REQUIRED_FIELDS``).
+    private_key_pem : bytes
+        Unencrypted PEM private key (PKCS#8 or traditional), ECDSA P-256 or Ed25519.
+    certificate_pem : bytes
+        The matching X.509 certificate, PEM.
+
+    Returns
+    -------
+    bytes
+        UTF-8 JSON (indented, for people; the signature covers the canonical manifest bytes).
+
+    Raises
+    ------
+    ManifestError
+        Malformed manifest, unreadable key or certificate, unsupported key type, or a
+        certificate that does not belong to the key.
+    """
+    check_manifest_fields(manifest)
+    try:
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ManifestError(f"cannot read the signing key ({exc})") from None
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError as exc:
+        raise ManifestError(f"cannot read the signing certificate ({exc})") from None
+    algorithm = _algorithm_of(key)
+    raw_pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, raw_pub) != cert.public_key().public_bytes(der, raw_pub):
+        raise ManifestError("the signing certificate does not belong to the signing key")
+    payload = canonical_json(manifest)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    else:
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        signature = key.sign(payload)
+    envelope = {
+        "manifest": manifest,
+        "signature": base64.b64encode(signature).decode("ascii"),
+        "signature_algorithm": algorithm,
+        "signer_certificate": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+    }
+    return (json.dumps(envelope, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode(
+        "utf-8"
+    )
+
+
+def verify_manifest(manifest_file_bytes: bytes, data: bytes | None = None) -> VerifiedManifest:
+    """Check a signed manifest file, and the data it describes when given.
+
+    Parameters
+    ----------
+    manifest_file_bytes : bytes
+        Content of ``OUTPUT.manifest.json``.
+    data : bytes | None
+        Content of the Parquet file; when given, its SHA-256 and length must match.
+
+    Returns
+    -------
+    VerifiedManifest
+
+    Raises
+    ------
+    ManifestError
+        Bad JSON or structure, unsupported algorithm, certificate/algorithm mismatch,
+        "manifest signature does not verify", or an ``output_sha256`` / ``output_bytes``
+        mismatch with the data.
+    """
+    try:
+        envelope = json.loads(manifest_file_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"manifest file is not UTF-8 JSON ({exc})") from None
+    if not isinstance(envelope, dict):
+        raise ManifestError("manifest file is not a JSON object")
+    for name in ("manifest", "signature", "signature_algorithm", "signer_certificate"):
+        if name not in envelope:
+            raise ManifestError(f"manifest file missing field {name!r}")
+    manifest = envelope["manifest"]
+    check_manifest_fields(manifest)
+    algorithm = envelope["signature_algorithm"]
+    if algorithm not in (ECDSA_P256, ED25519):
+        raise ManifestError(f"unsupported signature_algorithm {algorithm!r}")
+    try:
+        cert_pem = str(envelope["signer_certificate"]).encode("ascii")
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ManifestError(f"cannot read signer_certificate ({exc})") from None
+    try:
+        signature = base64.b64decode(str(envelope["signature"]), validate=True)
+    except binascii.Error:
+        raise ManifestError("manifest signature is not valid base64") from None
+    public_key = cert.public_key()
+    try:
+        cert_algorithm = _algorithm_of(public_key)
+    except ManifestError as exc:
+        raise ManifestError(f"signer_certificate: {exc}") from None
+    if cert_algorithm != algorithm:
+        raise ManifestError(
+            f"signature_algorithm {algorithm!r} does not match the certificate's key "
+            f"({cert_algorithm})"
+        )
+    payload = canonical_json(manifest)
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        else:
+            assert isinstance(public_key, ed25519.Ed25519PublicKey)
+            public_key.verify(signature, payload)
+    except InvalidSignature:
+        raise ManifestError("manifest signature does not verify") from None
+    if data is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != manifest["output_sha256"]:
+            raise ManifestError(
+                f"output_sha256 mismatch: manifest says {manifest['output_sha256']}, "
+                f"data is {actual}"
+            )
+        if len(data) != manifest["output_bytes"]:
+            raise ManifestError(
+                f"output_bytes mismatch: manifest says {manifest['output_bytes']}, "
+                f"data is {len(data)}"
+            )
+    return VerifiedManifest(
+        manifest=manifest,
+        signer_certificate_pem=cert_pem,
+        signer_fingerprint_sha256=hashlib.sha256(
+            cert.public_bytes(serialization.Encoding.DER)
+        ).hexdigest(),
+    )

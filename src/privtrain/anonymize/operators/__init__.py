@@ -1,0 +1,21 @@
+"""Column operators of the anonymizer.
+
+The built-ins (``keep``, ``drop``, ``hmac``, ``pseudonym``, ``generalize``) register
+themselves on first lookup through :func:`get_operator` / :func:`registered_operators`.
+"""
+
+from privtrain.anonymize.operators.registry import (
+    Operator,
+    OperatorContext,
+    get_operator,
+    register_operator,
+    registered_operators,
+)
+
+__all__ = [
+    "Operator",
+    "OperatorContext",
+    "get_operator",
+    "register_operator",
+    "registered_operators",
+]
