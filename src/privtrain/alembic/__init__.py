@@ -1,0 +1,1 @@
+"""Alembic migrations of the privtrain database (run via privtrain.platform.db.migrate)."""

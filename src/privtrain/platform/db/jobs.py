@@ -1,0 +1,250 @@
+"""Jobs: race-free submission with budget reservation, and the state machine in SQL."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from privtrain.errors import NotFound
+from privtrain.platform.db._convert import (
+    check_json_text,
+    check_privacy_amount,
+    dumps,
+    job_record,
+)
+from privtrain.platform.db.budget import BUDGET_TOLERANCE, remaining_in
+from privtrain.platform.db.errors import PrivacyBudgetExceeded
+from privtrain.platform.db.models import Dataset, Job, PrivacySpend, utcnow
+from privtrain.platform.db.records import JobRecord
+from privtrain.platform.db.transaction import Transactions
+from privtrain.platform.job_states import TERMINAL_STATES, JobState, check_transition
+
+
+class JobRepository:
+    """Submit jobs, read them, and move them through their states."""
+
+    def __init__(self, tx: Transactions) -> None:
+        self._tx = tx
+
+    def submit(
+        self,
+        *,
+        request_id: str | None,
+        dataset_id: str,
+        submitter_common_name: str,
+        spec_json: str,
+        epsilon: float,
+        delta: float,
+    ) -> tuple[JobRecord, bool]:
+        """Create a PENDING job and reserve its (ε, δ), in one transaction.
+
+        The dataset row is locked first (``SELECT ... FOR UPDATE`` on
+        PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` already serializes
+        writers), so two concurrent submissions can never both pass the
+        budget check when only one fits.
+
+        Parameters
+        ----------
+        request_id : str | None
+            Client-chosen idempotency key. A retry with a known key returns
+            the job created the first time and reserves nothing more.
+        dataset_id : str
+        submitter_common_name : str
+            Common name of the trainer's client certificate.
+        spec_json : str
+            The job spec, a JSON object.
+        epsilon, delta : float
+            The privacy budget (ε, δ) the job may spend.
+
+        Returns
+        -------
+        tuple[JobRecord, bool]
+            The job, and True when this call created it.
+
+        Raises
+        ------
+        NotFound
+            No such dataset.
+        PrivacyBudgetExceeded
+            ε or δ exceeds what the dataset has left (tolerance 1e-9); the
+            message states requested and remaining amounts.
+        InvalidInput
+            Malformed spec, ε or δ.
+        """
+        check_json_text(spec_json, "job spec")
+        epsilon = check_privacy_amount(epsilon, "requested epsilon")
+        delta = check_privacy_amount(delta, "requested delta")
+        with self._tx.transaction() as session:
+            dataset = session.scalar(
+                select(Dataset).where(Dataset.id == dataset_id).with_for_update()
+            )
+            if dataset is None:
+                raise NotFound(f"dataset {dataset_id!r} not found")
+            existing = self._by_request_id(session, request_id)
+            if existing is not None:
+                return existing, False
+            left_epsilon, left_delta = remaining_in(session, dataset)
+            if epsilon > left_epsilon + BUDGET_TOLERANCE or delta > left_delta + BUDGET_TOLERANCE:
+                raise PrivacyBudgetExceeded(
+                    f"dataset {dataset.name!r} has not enough privacy budget left: requested "
+                    f"epsilon={epsilon:g}, delta={delta:g}; remaining "
+                    f"epsilon={max(left_epsilon, 0.0):g}, delta={max(left_delta, 0.0):g}"
+                )
+            job = Job(
+                id=str(uuid.uuid4()),
+                request_id=request_id,
+                dataset_id=dataset_id,
+                submitter_common_name=submitter_common_name,
+                spec_json=spec_json,
+                state=JobState.PENDING.value,
+                created_at=utcnow(),
+            )
+            try:
+                # Savepoint: a concurrent submit with the same request_id on
+                # another dataset (not serialized by our row lock) makes this
+                # insert fail; we then answer with the winner's job.
+                with session.begin_nested():
+                    session.add(job)
+                    session.flush()
+                    session.add(
+                        PrivacySpend(
+                            job_id=job.id,
+                            dataset_id=dataset_id,
+                            epsilon_reserved=epsilon,
+                            delta_reserved=delta,
+                            epsilon_spent=0.0,
+                            settled=False,
+                        )
+                    )
+            except IntegrityError:
+                existing = self._by_request_id(session, request_id)
+                if existing is None:
+                    raise
+                return existing, False
+            return job_record(job), True
+
+    @staticmethod
+    def _by_request_id(session: Session, request_id: str | None) -> JobRecord | None:
+        if request_id is None:
+            return None
+        row = session.scalar(select(Job).where(Job.request_id == request_id))
+        return None if row is None else job_record(row)
+
+    def get(self, job_id: str) -> JobRecord:
+        """Return the job with ``job_id``; raise NotFound if there is none."""
+        with self._tx.read() as session:
+            row = session.get(Job, job_id)
+            if row is None:
+                raise NotFound(f"job {job_id!r} not found")
+            return job_record(row)
+
+    def unfinished(self) -> list[JobRecord]:
+        """Return PENDING and RUNNING jobs, oldest first (recovery at server start)."""
+        query = (
+            select(Job)
+            .where(Job.state.in_([JobState.PENDING.value, JobState.RUNNING.value]))
+            .order_by(Job.created_at, Job.id)
+        )
+        with self._tx.read() as session:
+            return [job_record(row) for row in session.scalars(query)]
+
+    def list(self, state: JobState | None = None, dataset_id: str | None = None) -> list[JobRecord]:
+        """Return jobs, oldest first, optionally filtered by state and dataset."""
+        query = select(Job).order_by(Job.created_at, Job.id)
+        if state is not None:
+            query = query.where(Job.state == JobState(state).value)
+        if dataset_id is not None:
+            query = query.where(Job.dataset_id == dataset_id)
+        with self._tx.read() as session:
+            return [job_record(row) for row in session.scalars(query)]
+
+    def transition(
+        self,
+        job_id: str,
+        expected: JobState,
+        new: JobState,
+        *,
+        error: str | None = None,
+        worker_pid: int | None = None,
+    ) -> bool:
+        """Move a job from ``expected`` to ``new`` as compare-and-set.
+
+        Runs ``UPDATE jobs SET state=:new ... WHERE id=:id AND state=:expected``
+        and checks the row count, so of two racing changes (a cancel and a
+        start) exactly one wins. Entering RUNNING sets ``started_at``;
+        entering a terminal state sets ``finished_at``.
+
+        Parameters
+        ----------
+        job_id : str
+        expected, new : JobState
+            The state the caller believes the job is in, and the target.
+        error : str | None
+            Stored when given (a failure reason).
+        worker_pid : int | None
+            Stored when given (the worker process running the job).
+
+        Returns
+        -------
+        bool
+            True when the job was in ``expected`` and is now in ``new``;
+            False (and nothing changed) when it was in another state.
+
+        Raises
+        ------
+        InvalidTransition
+            ``expected -> new`` is not an allowed transition (this includes
+            every change out of a terminal state).
+        NotFound
+            No such job.
+        """
+        expected, new = JobState(expected), JobState(new)
+        check_transition(expected, new)
+        now = utcnow()
+        values: dict[str, Any] = {"state": new.value}
+        if new is JobState.RUNNING:
+            values["started_at"] = now
+        if new in TERMINAL_STATES:
+            values["finished_at"] = now
+        if error is not None:
+            values["error"] = error
+        if worker_pid is not None:
+            values["worker_pid"] = worker_pid
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.state == expected.value)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        with self._tx.transaction() as session:
+            result = cast(CursorResult[Any], session.execute(statement))
+            if result.rowcount == 1:
+                return True
+            if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+                raise NotFound(f"job {job_id!r} not found")
+            return False
+
+    def set_result(self, job_id: str, result: dict[str, Any]) -> None:
+        """Store a job's result (a JSON-serializable dict).
+
+        Raises
+        ------
+        NotFound
+            No such job.
+        InvalidInput
+            ``result`` is not JSON-serializable (NaN included).
+        """
+        payload = dumps(result, "job result")
+        statement = (
+            update(Job)
+            .where(Job.id == job_id)
+            .values(result_json=payload)
+            .execution_options(synchronize_session=False)
+        )
+        with self._tx.transaction() as session:
+            if cast(CursorResult[Any], session.execute(statement)).rowcount != 1:
+                raise NotFound(f"job {job_id!r} not found")

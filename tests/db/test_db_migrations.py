@@ -1,0 +1,172 @@
+"""Migrations shipped in the package: upgrade, downgrade, and agreement with the ORM."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from privtrain.platform.db import Database, DatasetRecord, downgrade, upgrade
+from privtrain.platform.db.engine import make_engine
+from privtrain.platform.db.migrate import (
+    ALEMBIC_DIR,
+    alembic_config,
+    current_revision,
+    head_revision,
+)
+from privtrain.platform.db.models import metadata
+
+TABLES = {"datasets", "jobs", "privacy_spend", "job_events", "job_metrics", "alerts"}
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_head_on_empty_database_creates_tables(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No alembic.ini anywhere near: the config is built in code.
+    monkeypatch.chdir(tmp_path)
+    assert _tables(db_url) == set()
+    upgrade(db_url)
+    assert _tables(db_url) == TABLES
+    assert current_revision(db_url) == head_revision() == "0001"
+
+
+def test_upgrade_downgrade_upgrade_is_green(db_url: str) -> None:
+    """C-D01: upgrade -> downgrade base -> upgrade on SQLite and PostgreSQL."""
+    upgrade(db_url)
+    downgrade(db_url, "base")
+    assert _tables(db_url) == set()
+    assert current_revision(db_url) is None
+    upgrade(db_url)
+    assert _tables(db_url) == TABLES
+
+
+def test_orm_metadata_matches_migrated_schema(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_migrations_are_shipped_inside_the_package() -> None:
+    assert ALEMBIC_DIR.parent.name == "privtrain"
+    assert (ALEMBIC_DIR / "env.py").is_file()
+    assert (ALEMBIC_DIR / "script.py.mako").is_file()
+    assert (ALEMBIC_DIR / "versions" / "0001_initial.py").is_file()
+
+
+_LATER_REVISION = '''
+"""Test revision: NOT NULL, dropped unique constraint, new job state."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+_OLD = "state IN ('PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED')"
+_NEW = "state IN ('PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'PAUSED')"
+
+
+def upgrade():
+    op.execute("UPDATE jobs SET request_id = id WHERE request_id IS NULL")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_constraint(op.f("uq_jobs_request_id"), type_="unique")
+        batch.alter_column("request_id", existing_type=sa.String(255), nullable=False)
+        batch.drop_constraint(op.f("ck_jobs_state"), type_="check")
+        batch.create_check_constraint(op.f("ck_jobs_state"), sa.text(_NEW))
+
+
+def downgrade():
+    op.execute("UPDATE jobs SET state = 'PENDING' WHERE state = 'PAUSED'")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_constraint(op.f("ck_jobs_state"), type_="check")
+        batch.create_check_constraint(op.f("ck_jobs_state"), sa.text(_OLD))
+        batch.alter_column("request_id", existing_type=sa.String(255), nullable=True)
+        batch.create_unique_constraint(op.f("uq_jobs_request_id"), ["request_id"])
+'''
+
+
+def _migrate(url: str, script_dir: Path, action: str, revision: str) -> None:
+    engine = make_engine(url, foreign_keys=False)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(url, connection)
+            config.set_main_option("script_location", str(script_dir))
+            getattr(command, action)(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_batch_migration_keeps_rows_and_foreign_keys(
+    db_url: str,
+    tmp_path: Path,
+    make_dataset: Callable[..., DatasetRecord],
+    submit: Callable[..., str],
+) -> None:
+    """C-D01: a later revision that makes a column NOT NULL, drops a unique constraint and
+    adds a job state runs up, down and up again with every existing row kept."""
+    script_dir = tmp_path / "alembic"
+    shutil.copytree(ALEMBIC_DIR, script_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    (script_dir / "versions" / "0002_test.py").write_text(_LATER_REVISION)
+
+    upgrade(db_url)
+    with Database(db_url) as db:
+        dataset = make_dataset(db)
+        first = submit(db, dataset.id, request_id=None)
+        second = submit(db, dataset.id, request_id="retry-key")
+        db.events.append(first, "queued", {"position": 1})
+
+    _migrate(db_url, script_dir, "upgrade", "head")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            # The new state is accepted, and request_id is no longer unique.
+            connection.execute(text("UPDATE jobs SET state = 'PAUSED', request_id = 'same'"))
+            assert connection.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
+            connection.execute(text("UPDATE jobs SET request_id = id"))
+            connection.execute(
+                text("UPDATE jobs SET request_id = 'retry-key' WHERE id = :id"), {"id": second}
+            )
+    finally:
+        engine.dispose()
+
+    _migrate(db_url, script_dir, "downgrade", "0001")
+    _migrate(db_url, script_dir, "upgrade", "head")
+    _migrate(db_url, script_dir, "downgrade", "0001")
+    with Database(db_url) as db:
+        assert {job.id for job in db.jobs.list()} == {first, second}
+        assert db.jobs.get(second).request_id == "retry-key"
+        assert [event.kind for event in db.events.since(first, 0)] == ["queued"]
+        assert db.budget.remaining(dataset.id)[0] == pytest.approx(1.0)
+    # Foreign keys still point at the recreated jobs table.
+    engine = make_engine(db_url)
+    try:
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO job_events (job_id, kind, payload_json, created_at) "
+                    "VALUES ('no-such-job', 'queued', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+    finally:
+        engine.dispose()
