@@ -1,0 +1,51 @@
+"""Turns detector transitions into stored alerts and job events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from privtrain.monitoring.alerts import AlertState, AlertTransition
+from privtrain.platform.db.records import AlertRecord
+from privtrain.platform.db.repositories import Database
+from privtrain.platform.events import EventHub
+
+log = logging.getLogger(__name__)
+
+
+def alert_payload(alert: AlertRecord) -> dict[str, Any]:
+    """JSON-able form of a stored alert, as streamed in job events."""
+    return {
+        "id": str(alert.id),
+        "job_id": alert.job_id or "",
+        "kind": alert.kind.value,
+        "state": alert.state.value,
+        "message": alert.message,
+        "fired_at": alert.fired_at.isoformat(),
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }
+
+
+class AlertSink:
+    """Stores alert transitions, streams them as job events and logs them."""
+
+    def __init__(self, db: Database, hub: EventHub) -> None:
+        self._db = db
+        self._hub = hub
+
+    def apply(self, transitions: Iterable[AlertTransition]) -> None:
+        """Persist each FIRING/RESOLVED transition; repeated ones are idempotent."""
+        for t in transitions:
+            now = datetime.now(timezone.utc)
+            if t.state is AlertState.FIRING:
+                stored: AlertRecord | None = self._db.alerts.fire(
+                    t.job_id, t.kind, t.message, t.details, now
+                )
+                log.warning("alert FIRING %s job=%s: %s", t.kind.value, t.job_id, t.message)
+            else:
+                stored = self._db.alerts.resolve(t.job_id, t.kind, now)
+                log.info("alert RESOLVED %s job=%s: %s", t.kind.value, t.job_id, t.message)
+            if stored is not None:
+                self._hub.publish(t.job_id, "alert", alert_payload(stored))

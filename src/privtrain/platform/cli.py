@@ -1,0 +1,382 @@
+"""``privtrain`` command line: one entry point for every role.
+
+A user mistake prints one line on stderr (``error: ...``) and exits 2; a
+refused or failed call exits 1 with the gRPC status and its message. Never a
+traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from privtrain.errors import PrivtrainError
+
+DEFAULT_PKI = Path(os.environ.get("PRIVTRAIN_PKI", "pki"))
+DEFAULT_SERVER = os.environ.get("PRIVTRAIN_SERVER", "127.0.0.1:50051")
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=DEFAULT_SERVER,
+                        help="host:port of the server (env PRIVTRAIN_SERVER)")
+    parser.add_argument("--pki", type=Path, default=DEFAULT_PKI,
+                        help="folder made by `privtrain certs init` (env PRIVTRAIN_PKI)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _client(args: argparse.Namespace, role: str) -> Any:
+    from privtrain.platform.client import PrivtrainClient
+
+    return PrivtrainClient(args.server, args.pki, role)
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, sort_keys=True) if args.json else text)
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+# ---------------------------------------------------------------- certs / db / server
+def _certs_init(args: argparse.Namespace) -> int:
+    from privtrain.secure_transport.pki import init_pki
+
+    names = args.server_name or ("localhost", "127.0.0.1", "::1")
+    layout = init_pki(args.dir, server_names=names, overwrite=args.overwrite)
+    print(f"CA and certificates for server, signing, data-owner, trainer, admin in {layout.directory}")
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from privtrain.platform.config import default_database_url
+    from privtrain.platform.db.migrate import upgrade
+
+    url = args.url or default_database_url(args.home)
+    args.home.mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    print(f"database at head: {url}")
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    from privtrain.monitoring.detectors.stall import StallConfig
+    from privtrain.platform.config import ServerConfig
+    from privtrain.platform.server import PrivtrainServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        home=args.home, pki_dir=args.pki, host=args.host, port=args.port,
+        database_url=args.db_url, max_running_jobs=args.max_running_jobs,
+        stall=StallConfig(factor=args.stall_factor, floor_s=args.stall_floor_s,
+                          first_step_s=args.stall_first_step_s),
+    )
+    server = PrivtrainServer(config)
+    server.start()
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(server.port))
+        tmp.replace(args.port_file)
+    print(f"privtrain server listening on {args.host}:{server.port}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(args.grace_s)
+    return 0
+
+
+# ---------------------------------------------------------------- datasets
+def _dataset_upload(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    manifest = args.manifest or args.file.with_name(args.file.name + ".manifest.json")
+    with _client(args, "data-owner") as client, Progress(transient=True, disable=args.json) as bar:
+        task = bar.add_task("uploading", total=args.file.stat().st_size)
+        ds = client.upload(args.file, manifest, name=args.name, epsilon_budget=args.epsilon,
+                           delta_budget=args.delta,
+                           progress=lambda sent, total: bar.update(task, completed=sent))
+    _print(args, _message_dict(ds),
+           f"dataset {ds.id} ({ds.name}): {ds.rows} rows, k={ds.k_anonymity}, "
+           f"budget ε={ds.epsilon_budget} δ={ds.delta_budget}")
+    return 0
+
+
+def _dataset_list(args: argparse.Namespace) -> int:
+    with _client(args, args.role) as client:
+        datasets = client.list_datasets()
+    lines = [f"{d.id}  {d.name:<20} rows={d.rows:<7} k={d.k_anonymity:<3} "
+             f"ε remaining {d.epsilon_remaining:.4g}/{d.epsilon_budget:g}" for d in datasets]
+    _print(args, [_message_dict(d) for d in datasets], "\n".join(lines) or "no datasets")
+    return 0
+
+
+def _dataset_budget(args: argparse.Namespace) -> int:
+    with _client(args, "data-owner") as client:
+        ds = client.set_budget(args.dataset_id, args.epsilon, args.delta)
+    _print(args, _message_dict(ds), f"dataset {ds.id}: budget ε={ds.epsilon_budget} δ={ds.delta_budget}")
+    return 0
+
+
+# ---------------------------------------------------------------- jobs
+def _job_submit(args: argparse.Namespace) -> int:
+    from privtrain.platform.client import job_spec
+
+    spec = job_spec(
+        dataset_id=args.dataset, model=args.model, hidden_sizes=args.hidden,
+        target_column=args.target, feature_columns=args.features or [],
+        target_epsilon=args.epsilon, target_delta=args.delta, epochs=args.epochs,
+        batch_size=args.batch_size, max_physical_batch_size=args.max_physical_batch_size,
+        max_grad_norm=args.max_grad_norm, learning_rate=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+        accountant=args.accountant,
+    )
+    with _client(args, "trainer") as client:
+        job = client.submit(spec, request_id=args.request_id)
+        _print(args, _message_dict(job), f"job {job.id} {job.state}")
+        if args.watch:
+            from privtrain.platform.progress import watch_with_progress
+
+            return watch_with_progress(client, job.id, quiet=args.json)
+    return 0
+
+
+def _job_watch(args: argparse.Namespace) -> int:
+    from privtrain.platform.progress import watch_with_progress
+
+    with _client(args, "trainer") as client:
+        return watch_with_progress(client, args.job_id, quiet=args.json)
+
+
+def _job_get(args: argparse.Namespace) -> int:
+    with _client(args, args.role) as client:
+        job = client.get_job(args.job_id)
+    _print(args, _message_dict(job), _job_line(job))
+    return 0
+
+
+def _job_line(job: Any) -> str:
+    line = f"{job.id}  {job.state:<9} ε spent {job.epsilon_spent:.4g}"
+    if job.HasField("result") and job.result.parameters_sha256:
+        line += f"  test accuracy {job.result.test_accuracy:.4f} (ε={job.result.epsilon:.4g})"
+    if job.error:
+        line += f"  error: {job.error}"
+    return line
+
+
+def _job_list(args: argparse.Namespace) -> int:
+    with _client(args, args.role) as client:
+        jobs = client.list_jobs(args.state or "")
+    _print(args, [_message_dict(j) for j in jobs], "\n".join(_job_line(j) for j in jobs) or "no jobs")
+    return 0
+
+
+def _job_cancel(args: argparse.Namespace) -> int:
+    with _client(args, args.role) as client:
+        job = client.cancel(args.job_id)
+    _print(args, _message_dict(job), _job_line(job))
+    return 0
+
+
+def _job_download(args: argparse.Namespace) -> int:
+    from privtrain.platform.client import sha256_hex
+    from privtrain.trainer.checkpoints import atomic_write_bytes
+
+    with _client(args, "trainer") as client:
+        blob = client.download_parameters(args.job_id)
+    atomic_write_bytes(args.out, blob.plaintext)
+    digest = sha256_hex(blob.plaintext)
+    _print(args, {"path": str(args.out), "sha256": digest, "bytes": len(blob.plaintext),
+                  "signer": blob.signer.common_name, "verified": True},
+           f"verified and decrypted {len(blob.plaintext)} bytes signed by "
+           f"{blob.signer.common_name} -> {args.out} (sha256 {digest})")
+    return 0
+
+
+def _job_evaluate(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from privtrain.trainer.evaluate import evaluate_parameters
+
+    table = pq.read_table(args.data).to_pandas()
+    acc, rows = evaluate_parameters(args.params.read_bytes(), table)
+    _print(args, {"test_accuracy": acc, "test_rows": rows},
+           f"test accuracy {acc:.4f} on {rows} held-out rows")
+    return 0
+
+
+# ---------------------------------------------------------------- alerts
+def _alerts(args: argparse.Namespace) -> int:
+    with _client(args, "admin") as client:
+        alerts = client.list_alerts(args.state or "", args.job or "")
+    lines = [f"{a.state:<8} {a.kind:<19} job {a.job_id}  {a.message}" for a in alerts]
+    _print(args, [_message_dict(a) for a in alerts], "\n".join(lines) or "no alerts")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``privtrain`` argument parser."""
+    from privtrain.anonymize.cli import add_anonymize_commands
+
+    parser = argparse.ArgumentParser(prog="privtrain", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    certs = sub.add_parser("certs", help="PKI for mTLS").add_subparsers(dest="sub", required=True)
+    init = certs.add_parser("init", help="make a CA and server/client certificates")
+    init.add_argument("--dir", type=Path, default=DEFAULT_PKI)
+    init.add_argument("--server-name", action="append", default=None,
+                      help="DNS name or IP the server is reached at (repeatable; "
+                           "default localhost, 127.0.0.1, ::1)")
+    init.add_argument("--overwrite", action="store_true", help="replace an existing CA")
+    init.set_defaults(func=_certs_init)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="sub", required=True)
+    up = db.add_parser("upgrade", help="apply Alembic migrations up to head")
+    up.add_argument("--home", type=Path, default=Path("privtrain-home"))
+    up.add_argument("--url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
+    up.set_defaults(func=_db_upgrade)
+
+    srv = sub.add_parser("server", help="run the training service (mTLS gRPC)")
+    srv.add_argument("--home", type=Path, default=Path("privtrain-home"))
+    srv.add_argument("--pki", type=Path, default=DEFAULT_PKI)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    srv.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
+    srv.add_argument("--db-url", default=None)
+    srv.add_argument("--max-running-jobs", type=int, default=1)
+    srv.add_argument("--stall-factor", type=float, default=10.0)
+    srv.add_argument("--stall-floor-s", type=float, default=60.0)
+    srv.add_argument("--stall-first-step-s", type=float, default=600.0)
+    srv.add_argument("--grace-s", type=float, default=5.0)
+    srv.set_defaults(func=_server)
+
+    add_anonymize_commands(sub)
+
+    ds = sub.add_parser("dataset", help="upload and list datasets").add_subparsers(dest="sub", required=True)
+    upl = ds.add_parser("upload", help="upload an anonymized Parquet file with its manifest")
+    upl.add_argument("file", type=Path)
+    upl.add_argument("--manifest", type=Path, default=None, help="default FILE.manifest.json")
+    upl.add_argument("--name", required=True)
+    upl.add_argument("--epsilon", type=float, required=True, help="privacy budget ε")
+    upl.add_argument("--delta", type=float, required=True, help="privacy budget δ")
+    _connection_args(upl)
+    upl.set_defaults(func=_dataset_upload)
+    lst = ds.add_parser("list")
+    lst.add_argument("--role", default="trainer", choices=["data-owner", "trainer", "admin"])
+    _connection_args(lst)
+    lst.set_defaults(func=_dataset_list)
+    bud = ds.add_parser("budget", help="set a dataset's (ε, δ) budget")
+    bud.add_argument("dataset_id")
+    bud.add_argument("--epsilon", type=float, required=True)
+    bud.add_argument("--delta", type=float, required=True)
+    _connection_args(bud)
+    bud.set_defaults(func=_dataset_budget)
+
+    job = sub.add_parser("job", help="DP training jobs").add_subparsers(dest="sub", required=True)
+    sj = job.add_parser("submit", help="submit a DP-SGD job")
+    sj.add_argument("--dataset", required=True, help="dataset id")
+    sj.add_argument("--target", required=True, help="label column")
+    sj.add_argument("--features", nargs="*", default=None)
+    sj.add_argument("--model", default="mlp")
+    sj.add_argument("--hidden", type=int, nargs="*", default=[64])
+    sj.add_argument("--epsilon", type=float, default=3.0, help="target ε")
+    sj.add_argument("--delta", type=float, default=1e-5, help="target δ")
+    sj.add_argument("--epochs", type=int, default=5)
+    sj.add_argument("--batch-size", type=int, default=512, help="logical batch size")
+    sj.add_argument("--max-physical-batch-size", type=int, default=256)
+    sj.add_argument("--max-grad-norm", type=float, default=1.0)
+    sj.add_argument("--lr", type=float, default=0.5)
+    sj.add_argument("--momentum", type=float, default=0.9)
+    sj.add_argument("--weight-decay", type=float, default=0.0)
+    sj.add_argument("--seed", type=int, default=0)
+    sj.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"])
+    sj.add_argument("--request-id", default=None, help="idempotency key for retries")
+    sj.add_argument("--watch", action="store_true", help="follow progress until the job ends")
+    _connection_args(sj)
+    sj.set_defaults(func=_job_submit)
+    for name, func, help_text in [("watch", _job_watch, "follow a job's progress"),
+                                  ("get", _job_get, "show one job"),
+                                  ("cancel", _job_cancel, "cancel a job")]:
+        p = job.add_parser(name, help=help_text)
+        p.add_argument("job_id")
+        if name != "watch":
+            p.add_argument("--role", default="trainer", choices=["trainer", "admin"])
+        _connection_args(p)
+        p.set_defaults(func=func)
+    jl = job.add_parser("list", help="list jobs")
+    jl.add_argument("--state", default=None)
+    jl.add_argument("--role", default="trainer", choices=["trainer", "admin"])
+    _connection_args(jl)
+    jl.set_defaults(func=_job_list)
+    dl = job.add_parser("download", help="download, verify and decrypt trained parameters")
+    dl.add_argument("job_id")
+    dl.add_argument("--out", type=Path, required=True, help="safetensors file to write")
+    _connection_args(dl)
+    dl.set_defaults(func=_job_download)
+    ev = job.add_parser("evaluate", help="re-evaluate downloaded parameters on local test rows")
+    ev.add_argument("--params", type=Path, required=True)
+    ev.add_argument("--data", type=Path, required=True, help="anonymized Parquet with the test split")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_job_evaluate)
+
+    al = sub.add_parser("alerts", help="list monitoring alerts (admin)")
+    al.add_argument("--state", choices=["FIRING", "RESOLVED"], default=None)
+    al.add_argument("--job", default=None)
+    _connection_args(al)
+    al.set_defaults(func=_alerts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PrivtrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        hint = _diagnose(args, exc)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: no such file: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _diagnose(args: argparse.Namespace, exc: grpc.RpcError) -> str | None:
+    """Explain a failed handshake (wrong names, other CA, expired) when we can."""
+    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED):  # type: ignore[attr-defined]
+        return None
+    server = getattr(args, "server", None)
+    if not server or ":" not in server:
+        return None
+    from privtrain.secure_transport.channels import ClientTLS, diagnose_connection
+    from privtrain.secure_transport.pki import PkiLayout
+
+    host, _, port = server.rpartition(":")
+    try:
+        tls = ClientTLS.from_layout(PkiLayout(args.pki), "trainer")
+    except PrivtrainError:
+        return None
+    return diagnose_connection(host.strip("[]"), int(port), tls)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

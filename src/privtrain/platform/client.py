@@ -1,0 +1,168 @@
+"""Python client of the privtrain API, used by the CLI, the demo and the tests."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from privtrain.platform.convert import sealed_from_proto
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
+from privtrain.secure_transport.channels import ClientTLS, TransportLimits, create_channel
+from privtrain.secure_transport.envelope import OpenedBlob, generate_recipient_keypair, open_sealed
+from privtrain.secure_transport.pki import PkiLayout, load_certificate
+
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+class PrivtrainClient:
+    """One mTLS channel to a privtrain server, authenticated as one role.
+
+    Parameters
+    ----------
+    target : str
+        ``host:port`` of the server.
+    pki_dir : Path
+        Folder written by ``privtrain certs init`` (CA and client pairs).
+    role : str
+        ``data-owner``, ``trainer`` or ``admin``: which client certificate to present.
+    timeout_s : float
+        Deadline of unary calls in seconds.
+    """
+
+    def __init__(self, target: str, pki_dir: Path, role: str, *, timeout_s: float = 30.0,
+                 limits: TransportLimits | None = None) -> None:
+        self.target = target
+        self.layout = PkiLayout(pki_dir)
+        self.tls = ClientTLS.from_layout(self.layout, role)
+        self.limits = limits or TransportLimits()
+        self.timeout_s = timeout_s
+        self.channel = create_channel(target, self.tls, limits=self.limits)
+        self.datasets = pb_grpc.DatasetServiceStub(self.channel)
+        self.training = pb_grpc.TrainingServiceStub(self.channel)
+        self.monitoring = pb_grpc.MonitoringServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def __enter__(self) -> PrivtrainClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_until_serving(self, timeout_s: float = 30.0) -> None:
+        """Block until the standard health service answers SERVING (raises grpc.RpcError)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+        reply = self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError(f"server health is {reply.status}")
+
+    # ---------------------------------------------------------------- datasets
+    def upload(self, parquet: Path, manifest: Path, *, name: str, epsilon_budget: float,
+               delta_budget: float, progress: Callable[[int, int], None] | None = None) -> pb.Dataset:
+        """Stream an anonymized Parquet file and its signed manifest (role data-owner)."""
+        manifest_bytes = manifest.read_bytes()
+        total = parquet.stat().st_size
+
+        def parts() -> Iterator[pb.UploadRequest]:
+            yield pb.UploadRequest(header=pb.UploadHeader(
+                name=name, manifest=manifest_bytes, epsilon_budget=epsilon_budget,
+                delta_budget=delta_budget, total_bytes=total,
+            ))
+            sent = 0
+            with parquet.open("rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+                    sent += len(chunk)
+                    if progress:
+                        progress(sent, total)
+                    yield pb.UploadRequest(chunk=chunk)
+
+        reply: pb.Dataset = self.datasets.Upload(parts(), timeout=max(self.timeout_s, total / 2**20))
+        return reply
+
+    def list_datasets(self) -> list[pb.Dataset]:
+        """Every dataset with its remaining budget."""
+        return list(self.datasets.ListDatasets(pb.ListDatasetsRequest(), timeout=self.timeout_s).datasets)
+
+    def set_budget(self, dataset_id: str, epsilon: float, delta: float) -> pb.Dataset:
+        """Change a dataset's (ε, δ) budget (role data-owner, owner only)."""
+        reply: pb.Dataset = self.datasets.SetBudget(
+            pb.SetBudgetRequest(dataset_id=dataset_id, epsilon_budget=epsilon, delta_budget=delta),
+            timeout=self.timeout_s,
+        )
+        return reply
+
+    # ---------------------------------------------------------------- jobs
+    def submit(self, spec: pb.JobSpec, request_id: str | None = None) -> pb.Job:
+        """Submit a job; a retry with the same ``request_id`` returns the same job."""
+        reply: pb.Job = self.training.SubmitJob(
+            pb.SubmitJobRequest(request_id=request_id or str(uuid.uuid4()), spec=spec),
+            timeout=self.timeout_s,
+        )
+        return reply
+
+    def get_job(self, job_id: str) -> pb.Job:
+        """One job."""
+        reply: pb.Job = self.training.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
+        return reply
+
+    def list_jobs(self, state: str = "") -> list[pb.Job]:
+        """Jobs visible to this caller, optionally of one state."""
+        return list(self.training.ListJobs(pb.ListJobsRequest(state=state), timeout=self.timeout_s).jobs)
+
+    def cancel(self, job_id: str) -> pb.Job:
+        """Cancel a PENDING or RUNNING job."""
+        reply: pb.Job = self.training.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout_s)
+        return reply
+
+    def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[pb.JobEvent]:
+        """Every event of the job from the first, until it reaches a terminal state."""
+        yield from self.training.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout_s)
+
+    def download_parameters(self, job_id: str) -> OpenedBlob:
+        """Fetch, verify and decrypt a SUCCEEDED job's parameters.
+
+        A fresh X25519 key pair is made for the download; the server seals to
+        its public half. The blob is accepted only if it decrypts and its
+        signature verifies under a parameter-signer certificate of our CA.
+
+        Raises
+        ------
+        TamperedEnvelope
+            Any chunk, the order, the length, the hash or the signature is wrong.
+        """
+        private_key, public_key = generate_recipient_keypair()
+        stream = self.training.DownloadParameters(
+            pb.DownloadParametersRequest(job_id=job_id, recipient_public_key=public_key),
+            timeout=max(self.timeout_s, 600.0),
+        )
+        return open_sealed(
+            (sealed_from_proto(part) for part in stream), private_key,
+            load_certificate(self.layout.ca_cert),
+        )
+
+    # ---------------------------------------------------------------- monitoring
+    def list_alerts(self, state: str = "", job_id: str = "") -> list[pb.Alert]:
+        """Stored alerts (role admin)."""
+        return list(self.monitoring.ListAlerts(
+            pb.ListAlertsRequest(state=state, job_id=job_id), timeout=self.timeout_s
+        ).alerts)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def job_spec(**fields: Any) -> pb.JobSpec:
+    """A JobSpec message from keyword fields (lists for repeated fields)."""
+    return pb.JobSpec(**fields)

@@ -1,0 +1,68 @@
+"""Server settings and the on-disk layout of a server's home folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from privtrain.monitoring.detectors.stall import StallConfig
+from privtrain.secure_transport.channels import TransportLimits
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``privtrain server`` needs.
+
+    Attributes
+    ----------
+    home : Path
+        State folder: ``datasets/`` (uploaded Parquet), ``jobs/<id>/`` (checkpoints,
+        parameters, worker log) and, by default, the SQLite database.
+    pki_dir : Path
+        Folder written by ``privtrain certs init`` (CA, server and signing certificates).
+    host, port : str, int
+        Address to bind; port 0 picks a free one.
+    database_url : str or None
+        SQLAlchemy URL; None means ``sqlite:///<home>/privtrain.db``.
+    max_running_jobs : int
+        Worker processes training at once.
+    stall : StallConfig
+        No-progress alert thresholds.
+    monitor_interval_s : float
+        How often (seconds) the stall check runs.
+    cancel_grace_s : float
+        How long (seconds) a worker asked to stop may take before it is terminated.
+    limits : TransportLimits
+        gRPC message and chunk sizes, shared with clients.
+    """
+
+    home: Path
+    pki_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    database_url: str | None = None
+    max_running_jobs: int = 1
+    stall: StallConfig = field(default_factory=StallConfig)
+    monitor_interval_s: float = 0.25
+    cancel_grace_s: float = 5.0
+    limits: TransportLimits = field(default_factory=TransportLimits)
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force."""
+        return self.database_url or default_database_url(self.home)
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where uploaded datasets are stored."""
+        return self.home / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Where each job's outputs are written."""
+        return self.home / "jobs"
+
+
+def default_database_url(home: Path) -> str:
+    """``sqlite:///<home>/privtrain.db`` (absolute path)."""
+    return f"sqlite:///{(home / 'privtrain.db').resolve()}"

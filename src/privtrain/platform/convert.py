@@ -1,0 +1,165 @@
+"""Conversions between stored records / engine types and protobuf messages."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from privtrain.platform.db.records import DatasetRecord, EventRecord, JobRecord
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.secure_transport.envelope import SealedChunk, SealedHeader, SealedPart, SealedTrailer
+from privtrain.trainer.spec import TrainingSpec
+
+_SPEC_FIELDS = (
+    "dataset_id", "model", "target_column", "split_column", "train_split", "test_split",
+    "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
+    "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
+)
+_OPTIONAL_SPEC_FIELDS = frozenset({"momentum", "weight_decay", "seed"})
+_RESULT_FIELDS = (
+    "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy",
+    "test_rows", "train_rows", "final_loss", "parameters_sha256", "parameters_bytes", "device",
+    "train_seconds",
+)
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp for an aware datetime (None stays None)."""
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
+    """Build a validated :class:`TrainingSpec`; proto3 zero values mean "use the default".
+
+    Raises
+    ------
+    InvalidInput
+        A field is out of range (the message names it).
+    """
+    values: dict[str, Any] = {}
+    for name in _SPEC_FIELDS:
+        if name in _OPTIONAL_SPEC_FIELDS:
+            if msg.HasField(name):
+                values[name] = getattr(msg, name)
+        elif getattr(msg, name) not in ("", 0):
+            values[name] = getattr(msg, name)
+    if msg.hidden_sizes:
+        values["hidden_sizes"] = tuple(msg.hidden_sizes)
+    if msg.feature_columns:
+        values["feature_columns"] = tuple(msg.feature_columns)
+    return TrainingSpec(**values)
+
+
+def spec_to_proto(spec: dict[str, Any]) -> pb.JobSpec:
+    """The stored spec dict as a JobSpec message."""
+    msg = pb.JobSpec(**{k: spec[k] for k in _SPEC_FIELDS if k in spec})
+    msg.hidden_sizes.extend(spec.get("hidden_sizes", []))
+    msg.feature_columns.extend(spec.get("feature_columns", []))
+    return msg
+
+
+def job_to_proto(job: JobRecord, *, epsilon_spent: float, worker_pid: int | None = None) -> pb.Job:
+    """A stored job as a Job message."""
+    msg = pb.Job(
+        id=job.id, state=job.state.value, spec=spec_to_proto(job.spec),
+        submitter=job.submitter_common_name, error=job.error or "", epsilon_spent=epsilon_spent,
+        worker_pid=worker_pid or 0,
+    )
+    result = job.result
+    if result:
+        msg.result.CopyFrom(pb.JobResult(**{k: result[k] for k in _RESULT_FIELDS if k in result}))
+    for name in ("created_at", "started_at", "finished_at"):
+        ts = timestamp(getattr(job, name))
+        if ts is not None:
+            getattr(msg, name).CopyFrom(ts)
+    return msg
+
+
+def dataset_to_proto(ds: DatasetRecord, remaining: tuple[float, float]) -> pb.Dataset:
+    """A stored dataset with its remaining (ε, δ) as a Dataset message."""
+    manifest = ds.manifest
+    msg = pb.Dataset(
+        id=ds.id, name=ds.name, owner=ds.owner_common_name, rows=ds.rows, sha256=ds.sha256,
+        size_bytes=ds.size_bytes, epsilon_budget=ds.epsilon_budget, delta_budget=ds.delta_budget,
+        epsilon_remaining=remaining[0], delta_remaining=remaining[1],
+        k_anonymity=int(manifest.get("k_achieved", 0)),
+    )
+    msg.created_at.CopyFrom(timestamp(ds.created_at))
+    return msg
+
+
+def alert_to_proto(payload: dict[str, Any]) -> pb.Alert:
+    """An alert payload (see :func:`privtrain.platform.alerting.alert_payload`) as a message."""
+    msg = pb.Alert(
+        id=payload["id"], job_id=payload["job_id"], kind=payload["kind"],
+        state=payload["state"], message=payload["message"],
+    )
+    msg.fired_at.FromJsonString(payload["fired_at"])
+    if payload.get("resolved_at"):
+        msg.resolved_at.FromJsonString(payload["resolved_at"])
+    return msg
+
+
+def event_to_proto(event: EventRecord) -> pb.JobEvent | None:
+    """A stored job event as a JobEvent message (None for internal kinds)."""
+    msg = pb.JobEvent(id=event.id, job_id=event.job_id)
+    msg.time.CopyFrom(timestamp(event.created_at))
+    p = event.payload
+    if event.kind == "state":
+        msg.state.CopyFrom(pb.StateChange(state=p["state"], error=p.get("error", "")))
+    elif event.kind == "step":
+        step = pb.StepMetrics(
+            step=p["step"], total_steps=p["total_steps"], epoch=p["epoch"],
+            batch_size=p["batch_size"], samples_per_s=p["samples_per_s"], epsilon=p["epsilon"],
+        )
+        if p["loss"] is not None:
+            step.loss = p["loss"] if math.isfinite(p["loss"]) else float("nan")
+        msg.step.CopyFrom(step)
+    elif event.kind == "epoch":
+        msg.epoch.CopyFrom(pb.EpochSummary(epoch=p["epoch"], test_accuracy=p["test_accuracy"],
+                                           epsilon=p["epsilon"]))
+    elif event.kind == "alert":
+        msg.alert.CopyFrom(alert_to_proto(p))
+    else:
+        return None
+    return msg
+
+
+def sealed_to_proto(part: SealedPart) -> pb.SealedPart:
+    """One envelope part as a SealedPart message."""
+    if isinstance(part, SealedHeader):
+        return pb.SealedPart(header=pb.SealedHeader(
+            version=part.version, ephemeral_public_key=part.ephemeral_public_key, salt=part.salt,
+            nonce_prefix=part.nonce_prefix, chunk_bytes=part.chunk_bytes,
+            total_bytes=part.total_bytes, chunk_count=part.chunk_count,
+            plaintext_sha256=part.plaintext_sha256,
+            signer_certificate_pem=part.signer_certificate_pem, content_type=part.content_type,
+            metadata=dict(part.metadata),
+        ))
+    if isinstance(part, SealedChunk):
+        return pb.SealedPart(chunk=pb.SealedChunk(index=part.index, ciphertext=part.ciphertext))
+    return pb.SealedPart(trailer=pb.SealedTrailer(signature=part.signature))
+
+
+def sealed_from_proto(msg: pb.SealedPart) -> SealedPart:
+    """Inverse of :func:`sealed_to_proto`; an empty part becomes an empty trailer (rejected later)."""
+    which = msg.WhichOneof("part")
+    if which == "header":
+        h = msg.header
+        return SealedHeader(
+            version=h.version, ephemeral_public_key=h.ephemeral_public_key, salt=h.salt,
+            nonce_prefix=h.nonce_prefix, chunk_bytes=h.chunk_bytes, total_bytes=h.total_bytes,
+            chunk_count=h.chunk_count, plaintext_sha256=h.plaintext_sha256,
+            signer_certificate_pem=h.signer_certificate_pem, content_type=h.content_type,
+            metadata=dict(h.metadata),
+        )
+    if which == "chunk":
+        return SealedChunk(index=msg.chunk.index, ciphertext=msg.chunk.ciphertext)
+    return SealedTrailer(signature=msg.trailer.signature)

@@ -1,0 +1,267 @@
+"""Runs PENDING jobs in spawned worker processes and relays what they report.
+
+One scheduler thread starts workers (up to ``max_running_jobs``); one pump
+thread per worker drains its queue into the event log, the metrics table, the
+privacy ledger and the monitor, and settles the job when the worker ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue as queue_module
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from privtrain.monitoring.alerts import AlertKind, AlertState, AlertTransition
+from privtrain.monitoring.monitor import JobMonitor
+from privtrain.platform import worker as worker_module
+from privtrain.platform.alerting import AlertSink
+from privtrain.platform.config import ServerConfig
+from privtrain.platform.db.records import JobRecord, StepMetric
+from privtrain.platform.db.repositories import Database
+from privtrain.platform.events import EventHub
+from privtrain.platform.job_states import JobState
+
+log = logging.getLogger(__name__)
+_SPAWN = mp.get_context("spawn")
+
+
+@dataclass
+class _Running:
+    job: JobRecord
+    process: BaseProcess
+    queue: Any
+    cancel: Any
+    steps: int = 0
+    last_epsilon: float = 0.0
+    outcome: tuple[str, dict[str, Any]] | None = None
+    cancel_requested_at: float | None = None
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+
+class JobRunner:
+    """Scheduler of worker processes for one server."""
+
+    def __init__(self, config: ServerConfig, db: Database, hub: EventHub, monitor: JobMonitor,
+                 alerts: AlertSink) -> None:
+        self._config = config
+        self._db = db
+        self._hub = hub
+        self._monitor = monitor
+        self._alerts = alerts
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._schedule_loop, name="job-scheduler", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Recover jobs a previous server left RUNNING, then start scheduling."""
+        for job in self._db.jobs.unfinished():
+            if job.state is JobState.RUNNING:
+                self._finish(job.id, JobState.RUNNING, JobState.FAILED,
+                             "the server stopped while this job was running", epsilon=None)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """A job was submitted: look for work now rather than at the next tick."""
+        self._wake.set()
+
+    def stop(self, grace_s: float) -> None:
+        """Ask every worker to stop, wait up to ``grace_s`` seconds, then terminate the rest."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            running = list(self._running.values())
+        for run in running:
+            run.cancel.set()
+        deadline = time.monotonic() + grace_s
+        for run in running:
+            run.process.join(max(0.0, deadline - time.monotonic()))
+        for run in running:
+            if run.process.is_alive():
+                run.process.kill()
+                run.process.join(5)
+        for run in running:
+            if run.pump is not None:
+                run.pump.join(5)
+        self._thread.join(5)
+
+    def worker_pid(self, job_id: str) -> int | None:
+        """PID of the job's worker process while it runs."""
+        with self._lock:
+            run = self._running.get(job_id)
+        return run.process.pid if run else None
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, job_id: str) -> None:
+        """Cancel a PENDING job at once, or ask a RUNNING job's worker to stop after its step."""
+        if self._db.jobs.transition(job_id, JobState.PENDING, JobState.CANCELLED,
+                                    error="cancelled before it started"):
+            self._db.budget.settle(job_id, epsilon_spent=0.0)
+            self._hub.publish(job_id, "state", {"state": JobState.CANCELLED.value,
+                                                "error": "cancelled before it started"})
+            return
+        with self._lock:
+            run = self._running.get(job_id)
+        if run is not None:
+            run.cancel.set()
+            run.cancel_requested_at = time.monotonic()
+
+    # ------------------------------------------------------------------ scheduling
+    def _schedule_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._start_pending()
+            except Exception:  # keep scheduling; a DB hiccup must not stop the server
+                log.exception("scheduler error")
+
+    def _start_pending(self) -> None:
+        for job in self._db.jobs.list(state=JobState.PENDING):
+            with self._lock:
+                if len(self._running) >= self._config.max_running_jobs:
+                    return
+            self._launch(job)
+
+    def _launch(self, job: JobRecord) -> None:
+        dataset = self._db.datasets.get(job.dataset_id)
+        out_dir = self._config.jobs_dir / job.id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        q = _SPAWN.Queue()
+        cancel = _SPAWN.Event()
+        process = _SPAWN.Process(
+            target=worker_module.worker_main,
+            args=(job.spec, dataset.storage_path, dataset.manifest["columns"], str(out_dir), q, cancel),
+            name=f"privtrain-worker-{job.id}",
+            daemon=True,
+        )
+        process.start()
+        if not self._db.jobs.transition(job.id, JobState.PENDING, JobState.RUNNING,
+                                        worker_pid=process.pid):
+            # Cancelled between listing and starting: the CAS lost, so the worker must not run.
+            process.kill()
+            process.join()
+            return
+        run = _Running(job=job, process=process, queue=q, cancel=cancel)
+        run.pump = threading.Thread(target=self._pump, args=(run,), name=f"pump-{job.id}", daemon=True)
+        with self._lock:
+            self._running[job.id] = run
+        self._hub.publish(job.id, "state", {"state": JobState.RUNNING.value, "error": ""})
+        log.info("job %s RUNNING in worker pid %s", job.id, process.pid)
+        run.pump.start()
+
+    # ------------------------------------------------------------------ relaying
+    def _pump(self, run: _Running) -> None:
+        try:
+            while True:
+                messages = _drain(run.queue, timeout_s=0.2)
+                if messages:
+                    self._relay(run, messages)
+                    continue
+                if not run.process.is_alive():
+                    self._relay(run, _drain(run.queue, timeout_s=0.2))
+                    break
+                if (run.cancel_requested_at is not None
+                        and time.monotonic() - run.cancel_requested_at > self._config.cancel_grace_s):
+                    run.process.kill()
+            run.process.join()
+            self._settle(run)
+        except Exception:
+            log.exception("pump for job %s failed", run.job.id)
+            self._finish(run.job.id, JobState.RUNNING, JobState.FAILED,
+                         "internal error while relaying worker output", epsilon=None)
+        finally:
+            with self._lock:
+                self._running.pop(run.job.id, None)
+            self._alerts.apply(self._monitor.job_finished(run.job.id))
+            self._wake.set()
+
+    def _relay(self, run: _Running, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        job_id = run.job.id
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        metrics: list[StepMetric] = []
+        transitions: list[AlertTransition] = []
+        for kind, payload in messages:
+            if kind == worker_module.MESSAGE_STARTED:
+                self._monitor.job_started(job_id)
+                events.append((job_id, "started", payload))
+            elif kind == worker_module.MESSAGE_STEP:
+                run.steps = payload["step"]
+                run.last_epsilon = payload["epsilon"]
+                metrics.append(StepMetric(
+                    step=payload["step"], epoch=payload["epoch"], loss=payload["loss"],
+                    batch_size=payload["batch_size"], samples_per_s=payload["samples_per_s"],
+                    epsilon=payload["epsilon"],
+                ))
+                events.append((job_id, "step", payload))
+                transitions += self._monitor.observe_step(
+                    job_id, step=payload["step"], loss=payload["loss"],
+                    batch_size=payload["batch_size"], samples_per_s=payload["samples_per_s"],
+                )
+            elif kind == worker_module.MESSAGE_EPOCH:
+                events.append((job_id, "epoch", payload))
+            else:
+                run.outcome = (kind, payload)
+        if metrics:
+            self._db.metrics.add_steps(job_id, metrics)
+            self._db.budget.record_spend(job_id, run.last_epsilon)
+        self._hub.publish_many(events)
+        self._alerts.apply(transitions)
+
+    def _settle(self, run: _Running) -> None:
+        job_id = run.job.id
+        kind, payload = run.outcome or ("", {})
+        if kind == worker_module.MESSAGE_SUCCEEDED:
+            self._db.jobs.set_result(job_id, payload)
+            self._finish(job_id, JobState.RUNNING, JobState.SUCCEEDED, None, epsilon=payload["epsilon"])
+        elif kind == worker_module.MESSAGE_CANCELLED:
+            # The worker stopped between steps and every step it took was relayed.
+            self._finish(job_id, JobState.RUNNING, JobState.CANCELLED, payload["error"],
+                         epsilon=run.last_epsilon)
+        elif kind == worker_module.MESSAGE_FAILED:
+            self._finish(job_id, JobState.RUNNING, JobState.FAILED, payload["error"],
+                         epsilon=run.last_epsilon if run.steps == 0 else None)
+        else:
+            code = run.process.exitcode
+            message = f"worker process exited with code {code} before reporting a result"
+            self._alerts.apply([AlertTransition(
+                job_id=job_id, kind=AlertKind.DEAD_WORKER, state=AlertState.FIRING,
+                message=f"job {job_id}: {message}", at=time.monotonic(),
+                details={"exit_code": code, "last_step": run.steps},
+            )])
+            # Steps may have run after the last one relayed: charge the whole reservation.
+            self._finish(job_id, JobState.RUNNING, JobState.FAILED, message, epsilon=None)
+
+    def _finish(self, job_id: str, expected: JobState, new: JobState, error: str | None,
+                *, epsilon: float | None) -> None:
+        with self._db.transaction():
+            changed = self._db.jobs.transition(job_id, expected, new, error=error)
+            if changed:
+                self._db.budget.settle(job_id, epsilon_spent=epsilon)
+        if changed:
+            self._hub.publish(job_id, "state", {"state": new.value, "error": error or ""})
+            log.info("job %s %s%s", job_id, new.value, f": {error}" if error else "")
+
+
+def _drain(q: Any, timeout_s: float) -> list[tuple[str, dict[str, Any]]]:
+    """Everything in the queue now; waits up to ``timeout_s`` for the first message."""
+    try:
+        items = [q.get(timeout=timeout_s)]
+    except queue_module.Empty:
+        return []
+    except (EOFError, OSError):
+        return []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except (queue_module.Empty, EOFError, OSError):
+            return items

@@ -1,0 +1,109 @@
+"""The privtrain server: gRPC services over mTLS, job runner and monitor in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from privtrain.errors import InvalidInput
+from privtrain.monitoring.monitor import JobMonitor
+from privtrain.platform.alerting import AlertSink
+from privtrain.platform.config import ServerConfig
+from privtrain.platform.db.repositories import Database
+from privtrain.platform.events import EventHub
+from privtrain.platform.runner import JobRunner
+from privtrain.platform.services.datasets import DatasetServicer
+from privtrain.platform.services.monitoring import MonitoringServicer
+from privtrain.platform.services.training import TrainingServicer
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
+from privtrain.secure_transport.channels import ServerTLS, create_server
+from privtrain.secure_transport.pki import PkiLayout, load_certificate, load_private_key
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = tuple(
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("DatasetService", "TrainingService", "MonitoringService")
+)
+
+
+class PrivtrainServer:
+    """Owns the database, the runner, the monitor thread and the gRPC server.
+
+    Call :meth:`start`, then :meth:`stop` (or :meth:`wait`). ``port`` is the
+    bound port after start.
+    """
+
+    def __init__(self, config: ServerConfig, monitor: JobMonitor | None = None) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self.config = config
+        layout = PkiLayout(config.pki_dir)
+        signing_key = load_private_key(layout.key("signing"))
+        if not isinstance(signing_key, Ed25519PrivateKey):
+            raise InvalidInput(f"{layout.key('signing')} is not an Ed25519 key")
+        signing_cert_pem = load_certificate(layout.cert("signing")).public_bytes(
+            serialization.Encoding.PEM
+        )
+        config.home.mkdir(parents=True, exist_ok=True)
+        self.db = Database(config.db_url)
+        self.hub = EventHub(self.db)
+        self.monitor = monitor or JobMonitor(stall=config.stall)
+        self.alerts = AlertSink(self.db, self.hub)
+        self.runner = JobRunner(config, self.db, self.hub, self.monitor, self.alerts)
+        self._grpc, self.port = create_server(
+            ServerTLS.from_layout(layout), config.host, config.port, limits=config.limits
+        )
+        pb_grpc.add_DatasetServiceServicer_to_server(
+            DatasetServicer(self.db, config.datasets_dir), self._grpc
+        )
+        pb_grpc.add_TrainingServiceServicer_to_server(
+            TrainingServicer(
+                self.db, self.hub, self.runner, signing_key=signing_key,
+                signing_cert_pem=signing_cert_pem, chunk_bytes=config.limits.chunk_bytes,
+            ),
+            self._grpc,
+        )
+        pb_grpc.add_MonitoringServiceServicer_to_server(MonitoringServicer(self.db), self._grpc)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        self._stop_monitor = threading.Event()
+        self._monitor_thread = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
+
+    def start(self) -> None:
+        """Recover unfinished jobs, start the runner, the monitor and the gRPC server."""
+        self.runner.start()
+        self._monitor_thread.start()
+        self._grpc.start()
+        for name in ("", *SERVICE_NAMES):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("privtrain server listening on %s:%d (mTLS)", self.config.host, self.port)
+
+    def _monitor_loop(self) -> None:
+        while not self._stop_monitor.wait(self.config.monitor_interval_s):
+            try:
+                self.alerts.apply(self.monitor.check())
+            except Exception:  # a DB hiccup must not end monitoring
+                log.exception("monitor check failed")
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting calls, give in-flight calls and workers ``grace_s`` seconds, then stop."""
+        self._health.enter_graceful_shutdown()
+        stopped = self._grpc.stop(grace_s)
+        self.runner.stop(grace_s)
+        self._stop_monitor.set()
+        self._monitor_thread.join(5)
+        stopped.wait(grace_s + 1)
+        self.db.close()
+
+    def wait(self) -> None:
+        """Block until the gRPC server terminates."""
+        self._grpc.wait_for_termination()

@@ -1,0 +1,1 @@
+"""gRPC servicers: datasets, training jobs, monitoring."""

@@ -1,0 +1,133 @@
+"""DatasetService: verified uploads of anonymized datasets and their budgets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from privtrain.anonymize.manifest import verify_manifest
+from privtrain.errors import InvalidInput, PermissionDenied
+from privtrain.platform.convert import dataset_to_proto
+from privtrain.platform.db.repositories import Database
+from privtrain.platform.rpc import allow
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
+from privtrain.secure_transport.roles import PeerIdentity, Role
+
+
+def check_budget(epsilon: float, delta: float) -> None:
+    """A budget is ε > 0 (finite) and 0 < δ < 1.
+
+    Raises
+    ------
+    InvalidInput
+        Naming the bad value.
+    """
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise InvalidInput(f"epsilon_budget must be a finite number > 0, got {epsilon}")
+    if not (0 < delta < 1):
+        raise InvalidInput(f"delta_budget must be in (0, 1), got {delta}")
+
+
+class DatasetServicer(pb_grpc.DatasetServiceServicer):
+    """Stores a dataset only after its manifest verifies against the uploader and the bytes."""
+
+    def __init__(self, db: Database, storage_dir: Path, max_dataset_bytes: int = 64 * 2**30) -> None:
+        self._db = db
+        self._storage = storage_dir
+        self._storage.mkdir(parents=True, exist_ok=True)
+        self._max_bytes = max_dataset_bytes
+
+    @allow(Role.DATA_OWNER)
+    def Upload(self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext,
+               identity: PeerIdentity) -> pb.Dataset:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidInput("the first Upload message must be an UploadHeader")
+        header = first.header
+        if not header.name.strip():
+            raise InvalidInput("dataset name is empty")
+        check_budget(header.epsilon_budget, header.delta_budget)
+        verified = verify_manifest(header.manifest)
+        if verified.signer_fingerprint_sha256 != identity.fingerprint_sha256:
+            raise PermissionDenied(
+                f"the manifest is signed by another certificate than the uploader's "
+                f"({identity.common_name}); sign it with your own data-owner key"
+            )
+        manifest = verified.manifest
+        expected_bytes = int(manifest["output_bytes"])
+        if header.total_bytes != expected_bytes:
+            raise InvalidInput(
+                f"header announces {header.total_bytes} bytes, the manifest says {expected_bytes}"
+            )
+        if expected_bytes > self._max_bytes:
+            raise InvalidInput(f"dataset of {expected_bytes} bytes exceeds the limit {self._max_bytes}")
+        dataset_id = str(uuid.uuid4())
+        final = self._storage / f"{dataset_id}.parquet"
+        digest, size = self._receive(request_iterator, final, expected_bytes)
+        try:
+            if digest != manifest["output_sha256"]:
+                raise InvalidInput(
+                    f"output_sha256 mismatch: manifest says {manifest['output_sha256']}, "
+                    f"uploaded bytes hash to {digest}"
+                )
+            record = self._db.datasets.create(
+                name=header.name.strip(), owner_common_name=identity.common_name,
+                storage_path=str(final), sha256=digest, size_bytes=size,
+                rows=int(manifest["output_rows"]), manifest_json=json.dumps(manifest),
+                epsilon_budget=header.epsilon_budget, delta_budget=header.delta_budget,
+            )
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+        return dataset_to_proto(record, self._db.budget.remaining(record.id))
+
+    def _receive(self, parts: Iterator[pb.UploadRequest], final: Path, expected: int) -> tuple[str, int]:
+        """Stream chunks into a temporary file, then rename; returns (sha256 hex, bytes)."""
+        sha = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self._storage, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    if part.WhichOneof("part") != "chunk":
+                        raise InvalidInput("only data chunks may follow the UploadHeader")
+                    size += len(part.chunk)
+                    if size > expected:
+                        raise InvalidInput(f"upload exceeds the announced {expected} bytes")
+                    sha.update(part.chunk)
+                    out.write(part.chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if size != expected:
+                raise InvalidInput(f"upload ended after {size} of {expected} announced bytes")
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return sha.hexdigest(), size
+
+    @allow(Role.DATA_OWNER, Role.TRAINER, Role.ADMIN)
+    def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext,
+                     identity: PeerIdentity) -> pb.ListDatasetsResponse:
+        return pb.ListDatasetsResponse(datasets=[
+            dataset_to_proto(ds, self._db.budget.remaining(ds.id)) for ds in self._db.datasets.list()
+        ])
+
+    @allow(Role.DATA_OWNER)
+    def SetBudget(self, request: pb.SetBudgetRequest, context: grpc.ServicerContext,
+                  identity: PeerIdentity) -> pb.Dataset:
+        check_budget(request.epsilon_budget, request.delta_budget)
+        dataset = self._db.datasets.get(request.dataset_id)
+        if dataset.owner_common_name != identity.common_name:
+            raise PermissionDenied(f"dataset {dataset.id} belongs to {dataset.owner_common_name}")
+        record = self._db.datasets.set_budget(dataset.id, request.epsilon_budget, request.delta_budget)
+        return dataset_to_proto(record, self._db.budget.remaining(record.id))

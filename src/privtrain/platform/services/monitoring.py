@@ -1,0 +1,34 @@
+"""MonitoringService: alerts for admins."""
+
+from __future__ import annotations
+
+import grpc
+
+from privtrain.errors import InvalidInput
+from privtrain.monitoring.alerts import AlertState
+from privtrain.platform.alerting import alert_payload
+from privtrain.platform.convert import alert_to_proto
+from privtrain.platform.db.repositories import Database
+from privtrain.platform.rpc import allow
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
+from privtrain.secure_transport.roles import PeerIdentity, Role
+
+
+class MonitoringServicer(pb_grpc.MonitoringServiceServicer):
+    """Lists stored alerts."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @allow(Role.ADMIN)
+    def ListAlerts(self, request: pb.ListAlertsRequest, context: grpc.ServicerContext,
+                   identity: PeerIdentity) -> pb.ListAlertsResponse:
+        state = None
+        if request.state:
+            try:
+                state = AlertState(request.state)
+            except ValueError:
+                raise InvalidInput(f"unknown alert state {request.state!r}; use FIRING or RESOLVED") from None
+        alerts = self._db.alerts.list(state=state, job_id=request.job_id or None)
+        return pb.ListAlertsResponse(alerts=[alert_to_proto(alert_payload(a)) for a in alerts])

@@ -1,0 +1,140 @@
+"""TrainingService: submission, watching, cancelling and sealed parameter download."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from privtrain.errors import FailedPrecondition, InvalidInput, PermissionDenied
+from privtrain.platform.convert import event_to_proto, job_to_proto, sealed_to_proto, spec_from_proto
+from privtrain.platform.db.records import JobRecord
+from privtrain.platform.db.repositories import Database
+from privtrain.platform.events import EventHub
+from privtrain.platform.job_states import TERMINAL_STATES, JobState
+from privtrain.platform.rpc import allow
+from privtrain.platform.runner import JobRunner
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
+from privtrain.secure_transport.envelope import seal
+from privtrain.secure_transport.roles import PeerIdentity, Role
+from privtrain.trainer.engine import build_encoder, validate_model
+from privtrain.trainer.models import build_model
+
+X25519_PUBLIC_KEY_BYTES = 32
+
+
+class TrainingServicer(pb_grpc.TrainingServiceServicer):
+    """Unary handlers only touch the database; training happens in worker processes."""
+
+    def __init__(self, db: Database, hub: EventHub, runner: JobRunner, *,
+                 signing_key: Ed25519PrivateKey, signing_cert_pem: bytes, chunk_bytes: int) -> None:
+        self._db = db
+        self._hub = hub
+        self._runner = runner
+        self._signing_key = signing_key
+        self._signing_cert_pem = signing_cert_pem
+        self._chunk_bytes = chunk_bytes
+
+    def _visible_job(self, job_id: str, identity: PeerIdentity) -> JobRecord:
+        if not job_id:
+            raise InvalidInput("job_id is empty")
+        job = self._db.jobs.get(job_id)
+        if identity.role is not Role.ADMIN and job.submitter_common_name != identity.common_name:
+            raise PermissionDenied(f"job {job_id} was submitted by someone else")
+        return job
+
+    def _job_message(self, job: JobRecord) -> pb.Job:
+        spend = self._db.budget.spend(job.id)
+        return job_to_proto(job, epsilon_spent=spend.epsilon_spent,
+                            worker_pid=self._runner.worker_pid(job.id))
+
+    @allow(Role.TRAINER)
+    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext,
+                  identity: PeerIdentity) -> pb.Job:
+        spec = spec_from_proto(request.spec)
+        dataset = self._db.datasets.get(spec.dataset_id)
+        # Everything that can be checked from the schema is checked before ε is reserved.
+        encoder = build_encoder(spec, dataset.manifest["columns"])
+        validate_model(build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes))
+        if spec.batch_size > dataset.rows:
+            raise InvalidInput(f"batch_size {spec.batch_size} exceeds the dataset's {dataset.rows} rows")
+        job, created = self._db.jobs.submit(
+            request_id=request.request_id or None, dataset_id=dataset.id,
+            submitter_common_name=identity.common_name, spec_json=json.dumps(spec.to_dict()),
+            epsilon=spec.target_epsilon, delta=spec.target_delta,
+        )
+        if created:
+            self._hub.publish(job.id, "state", {"state": JobState.PENDING.value, "error": ""})
+            self._runner.wake()
+        return self._job_message(job)
+
+    @allow(Role.TRAINER, Role.ADMIN)
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext,
+               identity: PeerIdentity) -> pb.Job:
+        return self._job_message(self._visible_job(request.job_id, identity))
+
+    @allow(Role.TRAINER, Role.ADMIN)
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext,
+                 identity: PeerIdentity) -> pb.ListJobsResponse:
+        state = None
+        if request.state:
+            try:
+                state = JobState(request.state)
+            except ValueError:
+                raise InvalidInput(f"unknown job state {request.state!r}") from None
+        jobs = self._db.jobs.list(state=state)
+        if identity.role is not Role.ADMIN:
+            jobs = [j for j in jobs if j.submitter_common_name == identity.common_name]
+        return pb.ListJobsResponse(jobs=[self._job_message(j) for j in jobs])
+
+    @allow(Role.TRAINER, Role.ADMIN)
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext,
+                  identity: PeerIdentity) -> pb.Job:
+        job = self._visible_job(request.job_id, identity)
+        if job.state in TERMINAL_STATES:
+            raise FailedPrecondition(f"job {job.id} is already {job.state.value}")
+        self._runner.cancel(job.id)
+        return self._job_message(self._db.jobs.get(job.id))
+
+    @allow(Role.TRAINER, Role.ADMIN)
+    def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext,
+                 identity: PeerIdentity) -> Iterator[pb.JobEvent]:
+        job = self._visible_job(request.job_id, identity)
+        last_id = 0
+        while context.is_active():
+            for event in self._hub.wait_for(job.id, last_id, timeout_s=1.0):
+                last_id = event.id
+                message = event_to_proto(event)
+                if message is not None:
+                    yield message
+                if event.kind == "state" and JobState(event.payload["state"]) in TERMINAL_STATES:
+                    return
+
+    @allow(Role.TRAINER)
+    def DownloadParameters(self, request: pb.DownloadParametersRequest,
+                           context: grpc.ServicerContext,
+                           identity: PeerIdentity) -> Iterator[pb.SealedPart]:
+        job = self._visible_job(request.job_id, identity)
+        if job.state is not JobState.SUCCEEDED:
+            raise FailedPrecondition(f"job {job.id} is {job.state.value}; parameters exist only "
+                                     "for SUCCEEDED jobs")
+        if len(request.recipient_public_key) != X25519_PUBLIC_KEY_BYTES:
+            raise InvalidInput(
+                f"recipient_public_key must be a raw X25519 key of {X25519_PUBLIC_KEY_BYTES} "
+                f"bytes, got {len(request.recipient_public_key)}"
+            )
+        result = job.result or {}
+        path = Path(result.get("parameters_path", ""))
+        if not path.is_file():
+            raise FailedPrecondition(f"parameters of job {job.id} are missing on the server")
+        plaintext = path.read_bytes()
+        for part in seal(
+            plaintext, request.recipient_public_key, self._signing_key, self._signing_cert_pem,
+            chunk_bytes=self._chunk_bytes,
+            metadata={"job_id": job.id, "parameters_sha256": result.get("parameters_sha256", "")},
+        ):
+            yield sealed_to_proto(part)

@@ -1,0 +1,87 @@
+"""Worker process entry point: one spawned process trains one job.
+
+Training never runs inside an RPC handler or the server process: a crash, a
+CUDA fault or a SIGSTOP of the worker leaves the server answering. The worker
+talks to the server only through its own queue of ``(kind, payload)`` messages.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import asdict
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+MESSAGE_STARTED = "started"
+MESSAGE_STEP = "step"
+MESSAGE_EPOCH = "epoch"
+MESSAGE_SUCCEEDED = "succeeded"
+MESSAGE_FAILED = "failed"
+MESSAGE_CANCELLED = "cancelled"
+
+
+class QueueReporter:
+    """Forwards the engine's progress to the server's queue."""
+
+    def __init__(self, queue: Queue[tuple[str, dict[str, Any]]]) -> None:
+        self._queue = queue
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self._queue.put((MESSAGE_STARTED, info))
+
+    def on_step(self, report: Any) -> None:
+        self._queue.put((MESSAGE_STEP, asdict(report)))
+
+    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
+        self._queue.put((MESSAGE_EPOCH, {"epoch": epoch, "test_accuracy": test_accuracy,
+                                         "epsilon": epsilon}))
+
+
+def worker_main(
+    spec: dict[str, Any],
+    dataset_path: str,
+    domains: dict[str, Any],
+    out_dir: str,
+    queue: Queue[tuple[str, dict[str, Any]]],
+    cancel: Event,
+) -> None:
+    """Train one job; runs in a spawned process.
+
+    Sends ``started``, ``step``, ``epoch`` messages, then exactly one of
+    ``succeeded`` (the :class:`TrainingResult` dict), ``failed`` or
+    ``cancelled`` (``{"error": message}``). The worker's stderr goes to
+    ``<out_dir>/worker.log``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "worker.log", "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), sys.stderr.fileno())
+    sys.stderr = log
+    # Imported here so the parent pays nothing for torch until a job runs.
+    import pyarrow.parquet as pq
+
+    from privtrain.errors import PrivtrainError
+    from privtrain.trainer.engine import JobCancelled, train
+    from privtrain.trainer.spec import TrainingSpec
+
+    try:
+        table = pq.read_table(dataset_path).to_pandas()
+        result = train(
+            TrainingSpec.from_dict(spec), table, domains, out, QueueReporter(queue),
+            should_stop=cancel.is_set,
+        )
+        queue.put((MESSAGE_SUCCEEDED, result.to_dict()))
+    except JobCancelled as exc:
+        queue.put((MESSAGE_CANCELLED, {"error": str(exc)}))
+    except PrivtrainError as exc:
+        queue.put((MESSAGE_FAILED, {"error": str(exc)}))
+    except Exception as exc:  # the job fails, the server stays up; details go to the log
+        traceback.print_exc()
+        queue.put((MESSAGE_FAILED, {"error": f"internal error in worker: {type(exc).__name__}: {exc}"}))
+    finally:
+        queue.close()
+        queue.join_thread()
