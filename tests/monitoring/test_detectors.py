@@ -99,6 +99,17 @@ def test_throughput_collapse_is_not_a_stall() -> None:
     assert kinds == [(AlertKind.THROUGHPUT_COLLAPSE, AlertState.FIRING)]
 
 
+def test_brief_hiccups_of_tiny_steps_are_not_a_collapse() -> None:
+    """Millisecond steps slowed 20x for ten steps (0.2 s in all) raise nothing."""
+    mon, clock = _monitor()
+    mon.job_started("j")
+    alerts = []
+    for step, rate in enumerate([64_000.0] * 40 + [3_200.0] * 10 + [64_000.0] * 10, start=1):
+        clock.advance(64 / rate)
+        alerts += _step(mon, step, rate=rate)
+    assert alerts == []
+
+
 def test_nan_loss_fires_at_first_nan_and_not_for_empty_step() -> None:
     """C-M01: loss 2.3 -> 0.9 over steps 1-90, NaN from 91; an empty step's NaN is not an alert."""
     mon, clock = _monitor()
@@ -130,3 +141,17 @@ def test_finished_job_resolves_what_still_fires() -> None:
     assert [(a.kind, a.state) for a in resolved] == [(AlertKind.NO_PROGRESS, AlertState.RESOLVED)]
     clock.advance(100)
     assert mon.check() == []
+
+
+def test_nan_loss_resolves_on_the_next_finite_loss() -> None:
+    """NAN_LOSS fires once and resolves when a non-empty step has a finite loss again."""
+    mon, clock = _monitor()
+    mon.job_started("j")
+    transitions = []
+    for step, loss in enumerate([1.0, float("inf"), float("nan"), 0.8], start=1):
+        clock.advance(1)
+        transitions += _step(mon, step, loss=loss)
+    assert [(a.kind, a.state, a.details["step"]) for a in transitions] == [
+        (AlertKind.NAN_LOSS, AlertState.FIRING, 2),
+        (AlertKind.NAN_LOSS, AlertState.RESOLVED, 4),
+    ]

@@ -34,11 +34,15 @@ class DatasetRepository:
         manifest_json: str,
         epsilon_budget: float,
         delta_budget: float,
+        dataset_id: str | None = None,
     ) -> DatasetRecord:
         """Register a stored dataset.
 
         Parameters
         ----------
+        dataset_id : str, optional
+            Id to use (the caller may have named the stored file after it);
+            a new UUID by default.
         name : str
             Unique dataset name.
         owner_common_name : str
@@ -66,7 +70,7 @@ class DatasetRepository:
         epsilon = check_privacy_amount(epsilon_budget, "epsilon budget")
         delta = check_privacy_amount(delta_budget, "delta budget")
         row = Dataset(
-            id=str(uuid.uuid4()),
+            id=dataset_id or str(uuid.uuid4()),
             name=name,
             owner_common_name=owner_common_name,
             storage_path=storage_path,

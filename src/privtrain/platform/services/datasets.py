@@ -84,6 +84,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                 storage_path=str(final), sha256=digest, size_bytes=size,
                 rows=int(manifest["output_rows"]), manifest_json=json.dumps(manifest),
                 epsilon_budget=header.epsilon_budget, delta_budget=header.delta_budget,
+                dataset_id=dataset_id,
             )
         except BaseException:
             final.unlink(missing_ok=True)

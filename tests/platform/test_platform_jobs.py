@@ -1,0 +1,226 @@
+"""Training jobs at the real server: budget, idempotency, streams, sealed parameters, alerts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pyarrow.parquet as pq
+import pytest
+from server_harness import AnonymizedAdult, RunningServer, adult_spec, start_server, upload_adult, wait_terminal
+
+from privtrain.platform.convert import sealed_from_proto
+from privtrain.secure_transport.envelope import SealedChunk, TamperedEnvelope, generate_recipient_keypair, open_sealed
+from privtrain.secure_transport.pki import load_certificate
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.trainer.evaluate import evaluate_parameters
+
+
+def _events(events: list[pb.JobEvent], kind: str) -> list:
+    return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]
+
+
+def _wait_for_step(client, job_id: str, step: int) -> int:
+    """Follow the stream until ``step`` is reported; returns the worker pid."""
+    for event in client.watch(job_id, timeout_s=120):
+        if event.WhichOneof("event") == "step" and event.step.step >= step:
+            return client.get_job(job_id).worker_pid
+    raise AssertionError(f"job {job_id} ended before step {step}")
+
+
+def test_job_runs_to_success_and_parameters_round_trip(running: RunningServer, adult: AnonymizedAdult) -> None:
+    """PENDING at once, RUNNING, steps with growing ε, SUCCEEDED; ledger = accountant's ε;
+    sealed parameters verify, decrypt and give the server's accuracy on the client."""
+    ds = upload_adult(running, adult, epsilon=5.0)
+    with running.client("trainer") as trainer:
+        job = trainer.submit(adult_spec(ds.id, target_epsilon=2.0, epochs=2))
+        assert job.state == "PENDING"  # work is never inside the unary handler
+        events = wait_terminal(trainer, job.id)
+        states = [s.state for s in _events(events, "state")]
+        assert states == ["PENDING", "RUNNING", "SUCCEEDED"]
+        steps = _events(events, "step")
+        assert [s.step for s in steps] == list(range(1, len(steps) + 1))
+        eps = [s.epsilon for s in steps]
+        assert eps == sorted(eps) and eps[-1] <= 2.0
+        done = trainer.get_job(job.id)
+        assert done.state == "SUCCEEDED"
+        assert done.result.steps == len(steps)
+        assert done.result.epsilon == pytest.approx(eps[-1])
+        assert done.epsilon_spent == pytest.approx(done.result.epsilon)
+        blob = trainer.download_parameters(job.id)
+    assert blob.signer.role.value == "parameter-signer"
+    table = pq.read_table(adult.parquet).to_pandas()
+    accuracy, rows = evaluate_parameters(blob.plaintext, table)
+    assert accuracy == pytest.approx(done.result.test_accuracy, abs=1e-12)
+    assert rows == done.result.test_rows
+    assert accuracy > 0.78
+    with running.client("trainer") as trainer:
+        [dataset] = trainer.list_datasets()
+    assert dataset.epsilon_remaining == pytest.approx(5.0 - done.result.epsilon)
+
+
+def test_over_budget_job_is_refused_and_reserves_nothing(running: RunningServer, adult: AnonymizedAdult) -> None:
+    """A job asking more ε than remains gets FAILED_PRECONDITION; the budget is untouched."""
+    ds = upload_adult(running, adult, epsilon=1.0)
+    with running.client("trainer") as trainer:
+        with pytest.raises(grpc.RpcError) as err:
+            trainer.submit(adult_spec(ds.id, target_epsilon=1.5))
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "1.5" in err.value.details()
+        assert trainer.list_jobs() == []
+        assert trainer.list_datasets()[0].epsilon_remaining == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [({"target_column": "no_such_column"}, "no_such_column"),
+     ({"max_grad_norm": -1.0}, "max_grad_norm"),
+     ({"model": "transformer"}, "transformer"),
+     ({"batch_size": 10_000_000}, "batch_size")],
+)
+def test_bad_spec_is_invalid_argument_before_any_reservation(
+    running: RunningServer, adult: AnonymizedAdult, overrides: dict, needle: str
+) -> None:
+    """Bad fields are refused naming the field, and cost no ε."""
+    ds = upload_adult(running, adult, epsilon=2.0)
+    with running.client("trainer") as trainer:
+        with pytest.raises(grpc.RpcError) as err:
+            trainer.submit(adult_spec(ds.id, **overrides))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in err.value.details()
+        assert trainer.list_datasets()[0].epsilon_remaining == 2.0
+
+
+def test_retried_submission_returns_the_same_job(running: RunningServer, adult: AnonymizedAdult) -> None:
+    """C-T06: a client that dropped after 0.3 s retries with the same request id: one job, one reservation."""
+    ds = upload_adult(running, adult, epsilon=1.0)
+    with running.client("trainer") as trainer:
+        request = pb.SubmitJobRequest(request_id="retry-1", spec=adult_spec(ds.id, target_epsilon=0.6))
+        first = trainer.training.SubmitJob(request, timeout=0.3)
+        second = trainer.training.SubmitJob(request, timeout=5)
+        assert first.id == second.id
+        assert len(trainer.list_jobs()) == 1
+        assert trainer.list_datasets()[0].epsilon_remaining == pytest.approx(0.4)
+        trainer.cancel(first.id)
+
+
+def test_tampered_sealed_chunk_is_rejected(running: RunningServer, adult: AnonymizedAdult) -> None:
+    """Flip one ciphertext byte of the parameter stream: the client refuses the blob."""
+    ds = upload_adult(running, adult)
+    with running.client("trainer") as trainer:
+        job = trainer.submit(adult_spec(ds.id))
+        wait_terminal(trainer, job.id)
+        private, public = generate_recipient_keypair()
+        parts = [sealed_from_proto(p) for p in trainer.training.DownloadParameters(
+            pb.DownloadParametersRequest(job_id=job.id, recipient_public_key=public), timeout=30)]
+    ca = load_certificate(running.pki.ca_cert)
+    assert open_sealed(parts, private, ca).plaintext  # untouched stream opens
+    index = next(i for i, p in enumerate(parts) if isinstance(p, SealedChunk))
+    chunk = parts[index]
+    flipped = bytes([chunk.ciphertext[0] ^ 1]) + chunk.ciphertext[1:]
+    parts[index] = SealedChunk(index=chunk.index, ciphertext=flipped)
+    with pytest.raises(TamperedEnvelope, match="chunk 0"):
+        open_sealed(parts, private, ca)
+
+
+def test_download_needs_a_succeeded_job_and_a_real_key(running: RunningServer, adult: AnonymizedAdult) -> None:
+    """FAILED_PRECONDITION before success; INVALID_ARGUMENT for a malformed recipient key."""
+    ds = upload_adult(running, adult)
+    with running.client("trainer") as trainer:
+        job = trainer.submit(adult_spec(ds.id, epochs=3, batch_size=64))
+        with pytest.raises(grpc.RpcError) as err:
+            trainer.download_parameters(job.id)
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        trainer.cancel(job.id)
+        wait_terminal(trainer, job.id)
+        with pytest.raises(grpc.RpcError) as err:
+            list(trainer.training.DownloadParameters(
+                pb.DownloadParametersRequest(job_id=job.id, recipient_public_key=b"short"), timeout=5))
+        assert err.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_stalled_worker_fires_no_progress_then_resolves(running: RunningServer, adult: AnonymizedAdult) -> None:
+    """SIGSTOP the worker: NO_PROGRESS fires (stored, streamed); SIGCONT: it resolves; the job succeeds."""
+    ds = upload_adult(running, adult)
+    with running.client("trainer") as trainer, running.client("admin") as admin:
+        job = trainer.submit(adult_spec(ds.id, epochs=1, batch_size=128))
+        pid = _wait_for_step(trainer, job.id, 10)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 30
+            while not admin.list_alerts(state="FIRING", job_id=job.id):
+                assert time.monotonic() < deadline, "no alert within 30 s"
+                time.sleep(0.2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        events = wait_terminal(trainer, job.id)
+        alerts = admin.list_alerts(job_id=job.id)
+    assert [(a.kind, a.state) for a in alerts] == [("NO_PROGRESS", "RESOLVED")]
+    streamed = [(a.kind, a.state) for a in _events(events, "alert")]
+    assert streamed == [("NO_PROGRESS", "FIRING"), ("NO_PROGRESS", "RESOLVED")]
+    assert _events(events, "state")[-1].state == "SUCCEEDED"
+
+
+def test_killed_worker_fails_the_job_and_charges_the_reservation(
+    running: RunningServer, adult: AnonymizedAdult
+) -> None:
+    """SIGKILL mid-run: DEAD_WORKER alert, FAILED, and the ledger keeps the whole reservation
+    (steps after the last one relayed cannot be ruled out)."""
+    ds = upload_adult(running, adult, epsilon=3.0)
+    with running.client("trainer") as trainer, running.client("admin") as admin:
+        job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=2, batch_size=128))
+        pid = _wait_for_step(trainer, job.id, 5)
+        os.kill(pid, signal.SIGKILL)
+        events = wait_terminal(trainer, job.id)
+        final = trainer.get_job(job.id)
+        kinds = {a.kind for a in admin.list_alerts(job_id=job.id)}
+        remaining = trainer.list_datasets()[0].epsilon_remaining
+    assert _events(events, "state")[-1].state == "FAILED"
+    assert "exited" in final.error
+    assert "DEAD_WORKER" in kinds
+    assert final.epsilon_spent == pytest.approx(1.0)
+    assert remaining == pytest.approx(2.0)
+
+
+def test_cancel_stops_a_running_job_between_steps(running: RunningServer, adult: AnonymizedAdult) -> None:
+    """CANCELLED; ε charged is what the relayed steps spent (> 0, ≤ reservation)."""
+    ds = upload_adult(running, adult, epsilon=3.0)
+    with running.client("trainer") as trainer:
+        job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=3, batch_size=64))
+        _wait_for_step(trainer, job.id, 5)
+        trainer.cancel(job.id)
+        events = wait_terminal(trainer, job.id)
+        final = trainer.get_job(job.id)
+    assert _events(events, "state")[-1].state == "CANCELLED"
+    last_eps = _events(events, "step")[-1].epsilon
+    assert final.epsilon_spent == pytest.approx(last_eps)
+    assert 0 < final.epsilon_spent <= 1.0
+
+
+def test_shutdown_with_short_grace_ends_promptly_and_restart_settles(
+    tmp_path: Path, adult: AnonymizedAdult
+) -> None:
+    """C-T06: stop(0.2 s) while a job trains returns within grace + one step (bounded here by
+    a generous 10 s for a loaded machine); the worker is gone; a restarted server marks the job
+    FAILED and charges its reservation."""
+    rs = start_server(tmp_path / "home", adult.pki)
+    ds = upload_adult(rs, adult, epsilon=3.0)
+    with rs.client("trainer") as trainer:
+        job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=3, batch_size=64))
+        pid = _wait_for_step(trainer, job.id, 3)
+    started = time.monotonic()
+    rs.server.stop(0.2)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    rs2 = start_server(tmp_path / "home", adult.pki)
+    try:
+        with rs2.client("trainer") as trainer:
+            final = trainer.get_job(job.id)
+            assert final.state in ("FAILED", "CANCELLED")
+            assert final.epsilon_spent > 0
+    finally:
+        rs2.server.stop(1.0)
