@@ -9,7 +9,6 @@ from pathlib import Path
 from privtrain.anonymize.keys import generate_key
 from privtrain.anonymize.pipeline import anonymize_file
 from privtrain.datasets.adult import fetch_adult
-from privtrain.monitoring.detectors.stall import StallConfig
 from privtrain.platform.client import PrivtrainClient, job_spec
 from privtrain.platform.config import ServerConfig
 from privtrain.platform.db.migrate import upgrade

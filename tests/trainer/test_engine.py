@@ -129,7 +129,7 @@ def test_epsilon_tracker_is_an_upper_bound_and_exact_at_the_end() -> None:
     tracker = EpsilonTracker("rdp", 1.0, 0.02, 100, 1e-5)
     values = [tracker.after(step) for step in range(1, 101)]
     assert values == sorted(values)
-    for step, value in zip(range(1, 101), values):
+    for step, value in zip(range(1, 101), values, strict=True):
         assert value >= epsilon_for("rdp", 1.0, 0.02, step, 1e-5) - 1e-12
     assert values[-1] == pytest.approx(epsilon_for("rdp", 1.0, 0.02, 100, 1e-5))
 

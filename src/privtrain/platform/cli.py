@@ -191,7 +191,7 @@ def _job_cancel(args: argparse.Namespace) -> int:
 
 def _job_download(args: argparse.Namespace) -> int:
     from privtrain.platform.client import sha256_hex
-    from privtrain.trainer.checkpoints import atomic_write_bytes
+    from privtrain.atomic_files import atomic_write_bytes
 
     with _client(args, "trainer") as client:
         blob = client.download_parameters(args.job_id)

@@ -7,14 +7,13 @@ even for the instant between creating and ``chmod``-ing a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from privtrain.atomic_files import atomic_write_bytes
 from privtrain.errors import InvalidInput
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -24,57 +23,19 @@ KEY_FILE_MODE = 0o600
 CERT_FILE_MODE = 0o644
 
 
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one.
-
-    The bytes go to a temporary file in the same directory, created with
-    ``mode`` (then ``fchmod``-ed to exactly ``mode``, since the umask may have
-    narrowed it), flushed to disk, and renamed over ``path``.
-
-    Parameters
-    ----------
-    path : Path
-        Destination file; its directory must exist.
-    data : bytes
-        Full file content.
-    mode : int
-        Permission bits, e.g. ``0o600`` for private keys.
-
-    Raises
-    ------
-    InvalidInput
-        When the directory is not writable.
-    """
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from None
-    # mkstemp already creates the file 0600, so a key is never more readable than that.
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_certificate(path: Path, cert: x509.Certificate) -> None:
-    """Write ``cert`` as PEM with mode 0644 (see :func:`write_atomically`)."""
-    write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), CERT_FILE_MODE)
+    """Write ``cert`` as PEM with mode 0644 (atomically)."""
+    atomic_write_bytes(path, cert.public_bytes(serialization.Encoding.PEM), mode=CERT_FILE_MODE)
 
 
 def write_private_key(path: Path, key: PrivateKey) -> None:
-    """Write ``key`` as unencrypted PKCS #8 PEM with mode 0600 (see :func:`write_atomically`)."""
+    """Write ``key`` as unencrypted PKCS #8 PEM with mode 0600 (atomically)."""
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_atomically(path, pem, KEY_FILE_MODE)
+    atomic_write_bytes(path, pem, mode=KEY_FILE_MODE)
 
 
 def read_bytes(path: Path) -> bytes:

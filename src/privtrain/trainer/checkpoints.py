@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,24 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import load, load_file, save
 
+from privtrain.atomic_files import atomic_write_bytes
 from privtrain.errors import InvalidInput
 
 PARAMETERS_FORMAT = "privtrain-parameters-v1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -58,6 +42,7 @@ def save_checkpoint(
         buf = optimizer.state.get(param, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"momentum.{index}"] = buf.detach().cpu().contiguous()
+    directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"epoch-{epoch:04d}"
     atomic_write_bytes(stem.with_suffix(".safetensors"), save(tensors))
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(state, sort_keys=True).encode())
@@ -68,6 +53,7 @@ def save_parameters(path: Path, state_dict: Mapping[str, torch.Tensor], metadata
     """Write final parameters as safetensors with ``metadata``; returns the file's SHA-256 (hex)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     data = save(tensors, metadata={"format": PARAMETERS_FORMAT, **metadata})
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
