@@ -79,7 +79,8 @@ def test_over_budget_job_is_refused_and_reserves_nothing(running: RunningServer,
     [({"target_column": "no_such_column"}, "no_such_column"),
      ({"max_grad_norm": -1.0}, "max_grad_norm"),
      ({"model": "transformer"}, "transformer"),
-     ({"batch_size": 10_000_000}, "batch_size")],
+     ({"batch_size": 10_000_000}, "batch_size"),
+     ({"model": "mlp", "hidden_sizes": [100_000, 100_000]}, "parameters")],
 )
 def test_bad_spec_is_invalid_argument_before_any_reservation(
     running: RunningServer, adult: AnonymizedAdult, overrides: dict, needle: str

@@ -43,6 +43,8 @@ from privtrain.trainer.models import build_model
 from privtrain.trainer.spec import TrainingSpec
 
 EVAL_BATCH = 8192
+# Per-sample gradients multiply parameter memory by the physical batch size.
+MAX_PARAMETERS = 20_000_000
 
 
 class JobCancelled(PrivtrainError):
@@ -135,6 +137,29 @@ def build_encoder(spec: TrainingSpec, domains: dict[str, Any]) -> FeatureEncoder
     )
 
 
+def check_model_spec(spec: TrainingSpec, encoder: FeatureEncoder) -> None:
+    """Build the spec's model without allocating it and refuse what cannot train.
+
+    The model is instantiated on PyTorch's ``meta`` device, so a request for
+    billions of parameters costs nothing to inspect.
+
+    Raises
+    ------
+    InvalidInput
+        Unknown model, more than :data:`MAX_PARAMETERS` parameters, or modules
+        Opacus cannot train privately.
+    """
+    with torch.device("meta"):
+        model = build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes)
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise InvalidInput(
+            f"model {spec.model!r} with hidden_sizes {list(spec.hidden_sizes)} has {count:,} "
+            f"parameters; the limit is {MAX_PARAMETERS:,}"
+        )
+    validate_model(model)
+
+
 def validate_model(model: nn.Module) -> None:
     """Refuse a model Opacus cannot train privately, naming the offending modules.
 
@@ -203,9 +228,8 @@ def train(
     if spec.batch_size > n_train:
         raise InvalidInput(f"batch_size {spec.batch_size} exceeds the {n_train} training rows")
 
-    model = build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes)
-    validate_model(model)
-    model = model.to(device)
+    check_model_spec(spec, encoder)
+    model = build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes).to(device)
 
     sample_rate = spec.batch_size / n_train
     steps_per_epoch = int(1 / sample_rate)

@@ -21,8 +21,7 @@ from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.envelope import seal
 from privtrain.secure_transport.roles import PeerIdentity, Role
-from privtrain.trainer.engine import build_encoder, validate_model
-from privtrain.trainer.models import build_model
+from privtrain.trainer.engine import build_encoder, check_model_spec
 
 X25519_PUBLIC_KEY_BYTES = 32
 
@@ -58,8 +57,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         spec = spec_from_proto(request.spec)
         dataset = self._db.datasets.get(spec.dataset_id)
         # Everything that can be checked from the schema is checked before ε is reserved.
-        encoder = build_encoder(spec, dataset.manifest["columns"])
-        validate_model(build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes))
+        check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"]))
         if spec.batch_size > dataset.rows:
             raise InvalidInput(f"batch_size {spec.batch_size} exceeds the dataset's {dataset.rows} rows")
         job, created = self._db.jobs.submit(
