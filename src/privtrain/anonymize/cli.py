@@ -100,5 +100,8 @@ def _verify(args: argparse.Namespace) -> int:
         for p in problems[:-1]:
             print(p, file=sys.stderr)
         raise AnonymizationError(f"{args.output}: verification failed: {problems[-1]}")
-    print(f"{args.output}: manifest signature, data hash, domains and k verified")
+    checked = "manifest signature, data hash, domains and k verified"
+    if args.raw is not None:
+        checked += f"; no direct-identifier value of {args.raw} appears in the output"
+    print(f"{args.output}: {checked}")
     return 0

@@ -8,6 +8,7 @@ traceback for a user mistake.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -17,17 +18,47 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import grpc
+# gRPC's C core would print its own handshake log lines on stderr; the CLI
+# prints one line per error (and a diagnosis) instead. A user may still set it.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from privtrain.errors import PrivtrainError
+import grpc  # noqa: E402 - after GRPC_VERBOSITY on purpose
+
+from privtrain.errors import InvalidInput, PrivtrainError  # noqa: E402
 
 DEFAULT_PKI = Path(os.environ.get("PRIVTRAIN_PKI", "pki"))
 DEFAULT_SERVER = os.environ.get("PRIVTRAIN_SERVER", "127.0.0.1:50051")
 
 
+def parse_target(target: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:PORT``) and check the port is 1..65535.
+
+    Raises
+    ------
+    InvalidInput
+        Naming the value and the expected form.
+    """
+    host, sep, port = target.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    usage = f"--server {target!r} must be HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051"
+    if not sep or not host or not port.isdigit() or not (1 <= int(port) <= 65535):
+        raise InvalidInput(usage)
+    if ":" in host:
+        # An IPv6 address needs brackets, or its last group would read as the port.
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise InvalidInput(usage) from None
+        if not bracketed:
+            raise InvalidInput(usage)
+    return host, int(port)
+
+
 def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=DEFAULT_SERVER,
-                        help="host:port of the server (env PRIVTRAIN_SERVER)")
+                        help="HOST:PORT of the server (env PRIVTRAIN_SERVER)")
     parser.add_argument("--pki", type=Path, default=DEFAULT_PKI,
                         help="folder made by `privtrain certs init` (env PRIVTRAIN_PKI)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -36,6 +67,7 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
 def _client(args: argparse.Namespace, role: str) -> Any:
     from privtrain.platform.client import PrivtrainClient
 
+    parse_target(args.server)
     return PrivtrainClient(args.server, args.pki, role)
 
 
@@ -43,10 +75,31 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, sort_keys=True) if args.json else text)
 
 
+_INT64_TYPES = frozenset({3, 4, 6, 16, 18})  # INT64, UINT64, FIXED64, SFIXED64, SINT64
+
+
 def _message_dict(message: Any) -> dict[str, Any]:
+    """A message as a JSON-able dict; 64-bit integers stay numbers (proto3 JSON makes them strings)."""
     from google.protobuf.json_format import MessageToDict
 
-    return MessageToDict(message, preserving_proto_field_name=True)
+    data: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
+    return _int64_as_numbers(message, data)
+
+
+def _int64_as_numbers(message: Any, data: dict[str, Any]) -> dict[str, Any]:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in data:
+            continue
+        if field.type in _INT64_TYPES:
+            value = data[field.name]
+            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            value = getattr(message, field.name)
+            if isinstance(data[field.name], list):
+                data[field.name] = [_int64_as_numbers(m, d) for m, d in zip(value, data[field.name], strict=True)]
+            elif isinstance(data[field.name], dict):
+                data[field.name] = _int64_as_numbers(value, data[field.name])
+    return data
 
 
 # ---------------------------------------------------------------- certs / db / server
@@ -99,10 +152,18 @@ def _server(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- datasets
 def _dataset_upload(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.progress import Progress
 
+    from privtrain.platform.services.datasets import check_budget
+
+    check_budget(args.epsilon, args.delta)
     manifest = args.manifest or args.file.with_name(args.file.name + ".manifest.json")
-    with _client(args, "data-owner") as client, Progress(transient=True, disable=args.json) as bar:
+    for path in (args.file, manifest):
+        if not path.is_file():
+            raise InvalidInput(f"no such file: {path}")
+    progress = Progress(transient=True, disable=args.json, console=Console(stderr=True))
+    with _client(args, "data-owner") as client, progress as bar:
         task = bar.add_task("uploading", total=args.file.stat().st_size)
         ds = client.upload(args.file, manifest, name=args.name, epsilon_budget=args.epsilon,
                            delta_budget=args.delta,
@@ -144,19 +205,27 @@ def _job_submit(args: argparse.Namespace) -> int:
     )
     with _client(args, "trainer") as client:
         job = client.submit(spec, request_id=args.request_id)
-        _print(args, _message_dict(job), f"job {job.id} {job.state}")
-        if args.watch:
-            from privtrain.platform.progress import watch_with_progress
+        if not args.watch:
+            _print(args, _message_dict(job), f"job {job.id} {job.state}")
+            return 0
+        if not args.json:
+            print(f"job {job.id} {job.state}")
+        return _watch_to_end(args, client, job.id)
 
-            return watch_with_progress(client, job.id, quiet=args.json)
-    return 0
+
+def _watch_to_end(args: argparse.Namespace, client: Any, job_id: str) -> int:
+    """Follow the job with a progress bar; then print its final record. Exit 0 only on SUCCEEDED."""
+    from privtrain.platform.progress import watch_with_progress
+
+    code = watch_with_progress(client, job_id, quiet=args.json)
+    job = client.get_job(job_id)
+    _print(args, _message_dict(job), _job_line(job))
+    return code
 
 
 def _job_watch(args: argparse.Namespace) -> int:
-    from privtrain.platform.progress import watch_with_progress
-
     with _client(args, "trainer") as client:
-        return watch_with_progress(client, args.job_id, quiet=args.json)
+        return _watch_to_end(args, client, args.job_id)
 
 
 def _job_get(args: argparse.Namespace) -> int:
@@ -205,6 +274,9 @@ def _job_download(args: argparse.Namespace) -> int:
 
 
 def _job_evaluate(args: argparse.Namespace) -> int:
+    for path in (args.params, args.data):
+        if not path.is_file():
+            raise InvalidInput(f"no such file: {path}")
     import pyarrow.parquet as pq
 
     from privtrain.trainer.evaluate import evaluate_parameters
@@ -236,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = certs.add_parser("init", help="make a CA and server/client certificates")
     init.add_argument("--dir", type=Path, default=DEFAULT_PKI)
     init.add_argument("--server-name", action="append", default=None,
-                      help="DNS name or IP the server is reached at (repeatable; "
+                      help="DNS name or IP the server is reached at (repeatable; replaces the "
                            "default localhost, 127.0.0.1, ::1)")
     init.add_argument("--overwrite", action="store_true", help="replace an existing CA")
     init.set_defaults(func=_certs_init)
@@ -248,17 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_db_upgrade)
 
     srv = sub.add_parser("server", help="run the training service (mTLS gRPC)")
-    srv.add_argument("--home", type=Path, default=Path("privtrain-home"))
-    srv.add_argument("--pki", type=Path, default=DEFAULT_PKI)
-    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--home", type=Path, default=Path("privtrain-home"),
+                     help="state folder: database, datasets, job outputs")
+    srv.add_argument("--pki", type=Path, default=DEFAULT_PKI, help="folder made by `certs init`")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind; must be one of the server certificate's names")
     srv.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     srv.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
-    srv.add_argument("--db-url", default=None)
-    srv.add_argument("--max-running-jobs", type=int, default=1)
-    srv.add_argument("--stall-factor", type=float, default=10.0)
-    srv.add_argument("--stall-floor-s", type=float, default=60.0)
-    srv.add_argument("--stall-first-step-s", type=float, default=600.0)
-    srv.add_argument("--grace-s", type=float, default=5.0)
+    srv.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
+    srv.add_argument("--max-running-jobs", type=int, default=1, help="worker processes at once")
+    srv.add_argument("--stall-factor", type=float, default=10.0,
+                     help="NO_PROGRESS after this many median step intervals without a step")
+    srv.add_argument("--stall-floor-s", type=float, default=60.0,
+                     help="smallest NO_PROGRESS threshold in seconds")
+    srv.add_argument("--stall-first-step-s", type=float, default=600.0,
+                     help="NO_PROGRESS threshold before a job's first step, in seconds")
+    srv.add_argument("--grace-s", type=float, default=5.0,
+                     help="seconds in-flight calls and workers get at shutdown")
     srv.set_defaults(func=_server)
 
     add_anonymize_commands(sub)
@@ -272,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     upl.add_argument("--delta", type=float, required=True, help="privacy budget δ")
     _connection_args(upl)
     upl.set_defaults(func=_dataset_upload)
-    lst = ds.add_parser("list")
-    lst.add_argument("--role", default="trainer", choices=["data-owner", "trainer", "admin"])
+    lst = ds.add_parser("list", help="list datasets and their remaining budgets")
+    lst.add_argument("--role", default="trainer", choices=["data-owner", "trainer", "admin"],
+                     help="which client certificate to present")
     _connection_args(lst)
     lst.set_defaults(func=_dataset_list)
     bud = ds.add_parser("budget", help="set a dataset's (ε, δ) budget")
@@ -287,21 +366,24 @@ def build_parser() -> argparse.ArgumentParser:
     sj = job.add_parser("submit", help="submit a DP-SGD job")
     sj.add_argument("--dataset", required=True, help="dataset id")
     sj.add_argument("--target", required=True, help="label column")
-    sj.add_argument("--features", nargs="*", default=None)
-    sj.add_argument("--model", default="mlp")
-    sj.add_argument("--hidden", type=int, nargs="*", default=[64])
+    sj.add_argument("--features", nargs="*", default=None,
+                    help="feature columns (default: every usable column of the manifest)")
+    sj.add_argument("--model", default="mlp", help="logistic_regression or mlp")
+    sj.add_argument("--hidden", type=int, nargs="*", default=[64], help="MLP hidden layer widths")
     sj.add_argument("--epsilon", type=float, default=3.0, help="target ε")
     sj.add_argument("--delta", type=float, default=1e-5, help="target δ")
-    sj.add_argument("--epochs", type=int, default=5)
+    sj.add_argument("--epochs", type=int, default=5, help="expected passes over the training rows")
     sj.add_argument("--batch-size", type=int, default=512, help="logical batch size")
-    sj.add_argument("--max-physical-batch-size", type=int, default=256)
-    sj.add_argument("--max-grad-norm", type=float, default=1.0)
-    sj.add_argument("--lr", type=float, default=0.5)
-    sj.add_argument("--momentum", type=float, default=0.9)
-    sj.add_argument("--weight-decay", type=float, default=0.0)
-    sj.add_argument("--seed", type=int, default=0)
-    sj.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"])
+    sj.add_argument("--max-physical-batch-size", type=int, default=256,
+                    help="largest batch put through the model at once (memory)")
+    sj.add_argument("--max-grad-norm", type=float, default=1.0, help="per-sample clipping bound C")
+    sj.add_argument("--lr", type=float, default=0.5, help="SGD learning rate")
+    sj.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    sj.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
+    sj.add_argument("--seed", type=int, default=0, help="seeds sampling, noise and initialisation")
+    sj.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto picks CUDA when present")
+    sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"], help="privacy accountant")
     sj.add_argument("--request-id", default=None, help="idempotency key for retries")
     sj.add_argument("--watch", action="store_true", help="follow progress until the job ends")
     _connection_args(sj)
@@ -316,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         _connection_args(p)
         p.set_defaults(func=func)
     jl = job.add_parser("list", help="list jobs")
-    jl.add_argument("--state", default=None)
+    jl.add_argument("--state", default=None, help="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED")
     jl.add_argument("--role", default="trainer", choices=["trainer", "admin"])
     _connection_args(jl)
     jl.set_defaults(func=_job_list)
@@ -326,17 +408,27 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(dl)
     dl.set_defaults(func=_job_download)
     ev = job.add_parser("evaluate", help="re-evaluate downloaded parameters on local test rows")
-    ev.add_argument("--params", type=Path, required=True)
+    ev.add_argument("--params", type=Path, required=True, help="safetensors file from `job download`")
     ev.add_argument("--data", type=Path, required=True, help="anonymized Parquet with the test split")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of text")
     ev.set_defaults(func=_job_evaluate)
 
     al = sub.add_parser("alerts", help="list monitoring alerts (admin)")
     al.add_argument("--state", choices=["FIRING", "RESOLVED"], default=None)
-    al.add_argument("--job", default=None)
+    al.add_argument("--job", default=None, help="only this job's alerts")
     _connection_args(al)
     al.set_defaults(func=_alerts)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's --help shows option defaults."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,17 +457,17 @@ def _diagnose(args: argparse.Namespace, exc: grpc.RpcError) -> str | None:
     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED):  # type: ignore[attr-defined]
         return None
     server = getattr(args, "server", None)
-    if not server or ":" not in server:
+    if not server:
         return None
     from privtrain.secure_transport.channels import ClientTLS, diagnose_connection
     from privtrain.secure_transport.pki import PkiLayout
 
-    host, _, port = server.rpartition(":")
     try:
+        host, port = parse_target(server)
         tls = ClientTLS.from_layout(PkiLayout(args.pki), "trainer")
     except PrivtrainError:
         return None
-    return diagnose_connection(host.strip("[]"), int(port), tls)
+    return diagnose_connection(host, port, tls)
 
 
 if __name__ == "__main__":

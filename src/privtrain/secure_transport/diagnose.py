@@ -113,8 +113,9 @@ def _problems(cert: x509.Certificate, host: str, ca_pem: bytes) -> str | None:
     except Exception:  # noqa: BLE001 - ValueError, TypeError or InvalidSignature: all mean "not ours"
         problems.append(
             f"server certificate is not issued by our CA: its issuer is "
-            f"{cert.issuer.rfc4514_string()}, our CA is {ca.subject.rfc4514_string()} "
-            f"(the server uses certificates from another PKI, or our ca.pem is stale)"
+            f"{cert.issuer.rfc4514_string()} (key id {_issuer_key_id(cert)}), our CA is "
+            f"{ca.subject.rfc4514_string()} (key id {_subject_key_id(ca)}); the server uses "
+            f"certificates from another PKI, or our ca.pem is stale"
         )
     now = dt.datetime.now(dt.UTC)
     if now > cert.not_valid_after_utc:
@@ -125,3 +126,20 @@ def _problems(cert: x509.Certificate, host: str, ca_pem: bytes) -> str | None:
             f"(check the clocks of server and client)"
         )
     return "; ".join(problems) if problems else None
+
+
+def _issuer_key_id(cert: x509.Certificate) -> str:
+    """Hex of the Authority Key Identifier: tells apart two CAs that share a name."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return "unknown"
+    return aki.key_identifier.hex() if aki.key_identifier else "unknown"
+
+
+def _subject_key_id(cert: x509.Certificate) -> str:
+    """Hex of the Subject Key Identifier."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return "unknown"

@@ -297,7 +297,7 @@ def init_pki(
     if not overwrite and (layout.ca_cert.exists() or layout.ca_key.exists()):
         raise FailedPrecondition(
             f"{layout.directory} already holds a CA ({layout.ca_cert.name}); replacing it "
-            f"invalidates every certificate issued so far: pass overwrite=True to do it anyway"
+            f"invalidates every certificate issued so far: pass --overwrite (overwrite=True) to do it anyway"
         )
     dns: list[str] = []
     ips: list[IpLike] = []

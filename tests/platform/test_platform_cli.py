@@ -1,0 +1,67 @@
+"""The CLI: one-line errors, exit codes, JSON output of a real server's records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from server_harness import AnonymizedAdult, RunningServer, upload_adult
+
+from privtrain.errors import InvalidInput
+from privtrain.platform.cli import main, parse_target
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("127.0.0.1:50051", ("127.0.0.1", 50051)),
+    ("[::1]:8443", ("::1", 8443)),
+    ("training-01.example:443", ("training-01.example", 443)),
+])
+def test_parse_target_accepts_host_and_port(target: str, expected: tuple[str, int]) -> None:
+    """Names, IPv4 and bracketed IPv6 with a port in 1..65535."""
+    assert parse_target(target) == expected
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:", "localhost", "[::1]", "127.0.0.1:99999",
+                                    "127.0.0.1:abc", ":50051", "::1:50051"])
+def test_parse_target_refuses_malformed_values(target: str) -> None:
+    """Each malformed --server is refused naming the value and the expected form."""
+    with pytest.raises(InvalidInput, match="HOST:PORT"):
+        parse_target(target)
+
+
+def test_bad_server_value_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """No traceback: a single `error:` line on stderr."""
+    assert main(["dataset", "list", "--server", "127.0.0.1:"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --server '127.0.0.1:'")
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_refused_call_prints_status_and_exit_1(running: RunningServer,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A NOT_FOUND from the server is one line with the status name."""
+    code = main(["job", "get", "no-such-job", "--server", running.target,
+                 "--pki", str(running.pki.directory)])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("error: NOT_FOUND:")
+
+
+def test_json_output_keeps_64_bit_integers_numeric(running: RunningServer, adult: AnonymizedAdult,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`dataset list --json` gives rows and size_bytes as numbers, as the server stored them."""
+    ds = upload_adult(running, adult)
+    assert main(["dataset", "list", "--json", "--server", running.target,
+                 "--pki", str(running.pki.directory)]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["rows"] == ds.rows and isinstance(listed["rows"], int)
+    assert listed["size_bytes"] == ds.size_bytes
+
+
+def test_cli_runs_as_a_module_and_prints_help() -> None:
+    """`python -m privtrain.platform.cli --help` lists every command."""
+    out = subprocess.run([sys.executable, "-m", "privtrain.platform.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for command in ("certs", "db", "server", "anonymize", "dataset", "job", "alerts"):
+        assert command in out
