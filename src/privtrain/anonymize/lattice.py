@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.privacy_models import ModelSpec, Sensitive, bad_classes
 from privtrain.anonymize.risk import class_sizes, combine_codes
 
 
@@ -89,7 +90,24 @@ def _counts(key: npt.NDArray[np.int64], radix_bound: int, n: int) -> npt.NDArray
     return c.astype(np.int64)
 
 
-def search(qis: dict[str, Leveled], n: int, k: int, max_suppression: float) -> LatticeResult:
+def _node_with_models(
+    key: npt.NDArray[np.int64], k: int, spec: ModelSpec, sensitive: list[Sensitive]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Kept class sizes and the per-row keep mask when l-diversity / t-closeness also apply."""
+    _, inverse, sizes = np.unique(key, return_inverse=True, return_counts=True)
+    cls = inverse.reshape(-1).astype(np.int64)
+    bad = bad_classes(cls, sizes.astype(np.int64), k, spec, sensitive)
+    return sizes[~bad].astype(np.int64), ~bad[cls]
+
+
+def search(
+    qis: dict[str, Leveled],
+    n: int,
+    k: int,
+    max_suppression: float,
+    spec: ModelSpec | None = None,
+    sensitive: list[Sensitive] | None = None,
+) -> LatticeResult:
     """Find the feasible lattice node with the least information loss.
 
     Parameters
@@ -102,6 +120,11 @@ def search(qis: dict[str, Leveled], n: int, k: int, max_suppression: float) -> L
         k-anonymity target.
     max_suppression : float
         Largest fraction of rows that may be suppressed, in [0, 1).
+    spec : ModelSpec | None
+        l-diversity / t-closeness targets; a class failing one is suppressed like a
+        class smaller than k (ARX's treatment).
+    sensitive : list of Sensitive | None
+        The sensitive attributes ``spec`` applies to, as codes of the output values.
 
     Returns
     -------
@@ -126,7 +149,9 @@ def search(qis: dict[str, Leveled], n: int, k: int, max_suppression: float) -> L
         key=lambda node: (sum(lv * w for lv, w in zip(node, weights, strict=True)), node),
     )
 
+    models = spec is not None and spec.active and bool(sensitive)
     best: tuple[int, tuple[int, ...], int, npt.NDArray[np.int64]] | None = None
+    best_keep: npt.NDArray[np.bool_] | None = None
     evaluated = 0
     for node in nodes:
         loss = sum(lv * w for lv, w in zip(node, weights, strict=True))
@@ -135,25 +160,35 @@ def search(qis: dict[str, Leveled], n: int, k: int, max_suppression: float) -> L
         evaluated += 1
         cols = [codes[i][lv] for i, lv in enumerate(node)]
         key = combine_codes(cols, n)
-        counts = _counts(key, math.prod(c for _, c in cols), n)
-        small = counts < k
-        suppressed = int(counts[small].sum())
-        if suppressed > budget:
+        node_keep = None
+        if models:
+            assert spec is not None and sensitive is not None
+            kept, node_keep = _node_with_models(key, k, spec, sensitive)
+            suppressed = n - int(kept.sum())
+        else:
+            counts = _counts(key, math.prod(c for _, c in cols), n)
+            small = counts < k
+            suppressed = int(counts[small].sum())
+            kept = counts[~small]
+        if suppressed > budget or kept.size == 0:
             continue
-        kept = counts[~small]
         dm = int((kept * kept).sum()) + suppressed * n
         if best is None or dm < best[2]:
             best = (loss, node, dm, kept)
+            best_keep = node_keep
     if best is None:
         raise AnonymizationError(
-            f"no generalization reaches k = {k} with at most {max_suppression:.1%} of the "
+            f"no generalization reaches k = {k}{_model_text(spec) if models else ''} with at most {max_suppression:.1%} of the "
             f"{n} rows suppressed (even the fully generalized node fails); lower k, allow more "
             f"suppression, or add hierarchy levels"
         )
     loss, node, dm, kept = best
-    key = combine_codes([codes[i][lv] for i, lv in enumerate(node)], n)
-    _, row_size = class_sizes(key)
-    keep = row_size >= k
+    if best_keep is not None:
+        keep = best_keep
+    else:
+        key = combine_codes([codes[i][lv] for i, lv in enumerate(node)], n)
+        _, row_size = class_sizes(key)
+        keep = row_size >= k
     return LatticeResult(
         levels=dict(zip(names, node, strict=True)),
         heights=dict(zip(names, heights, strict=True)),
@@ -166,3 +201,14 @@ def search(qis: dict[str, Leveled], n: int, k: int, max_suppression: float) -> L
         nodes_total=len(nodes),
         nodes_evaluated=evaluated,
     )
+
+
+def _model_text(spec: ModelSpec | None) -> str:
+    if spec is None:
+        return ""
+    parts = []
+    if spec.l is not None:
+        parts.append(f"{spec.l_kind} l = {spec.l}")
+    if spec.t is not None:
+        parts.append(f"t = {spec.t}")
+    return (", " + ", ".join(parts)) if parts else ""

@@ -10,7 +10,6 @@ only then write both files atomically (temporary file + ``os.replace``).
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,25 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import faker
-import numpy as np
 import pandas as pd
 
 from privtrain import __version__
-from privtrain.atomic_files import atomic_write_bytes
-from privtrain.anonymize.errors import AnonymizationError, ManifestError, PolicyError
+from privtrain.anonymize.errors import AnonymizationError, PolicyError
 from privtrain.anonymize.keys import load_key
 from privtrain.anonymize.lattice import search
-from privtrain.anonymize.manifest import (
-    MANIFEST_FORMAT,
-    MANIFEST_VERSION,
-    sign_manifest,
-    verify_manifest,
-)
+from privtrain.anonymize.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sign_manifest
 from privtrain.anonymize.operators.generalize import Generalization
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
+from privtrain.anonymize.privacy_models import ModelSpec, sensitive_codes, table_models
 from privtrain.anonymize.risk import k_anonymity
+from privtrain.anonymize.tableio import encode_table, read_table
+from privtrain.anonymize.verify import verify_output
+from privtrain.atomic_files import atomic_write_bytes
 from privtrain.errors import NotFound
+
+__all__ = [
+    "AnonymizationReport",
+    "anonymize_file",
+    "manifest_path_for",
+    "read_table",
+    "verify_output",
+]
 
 Progress = Callable[[str, float], None]
 
@@ -83,36 +87,6 @@ def manifest_path_for(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".manifest.json")
 
 
-def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a CSV (every column as text) or Parquet table.
-
-    CSV cells are read as strings so ZIP codes keep leading zeros and a person named
-    "NA" stays "NA"; only an empty cell is missing.
-
-    Raises
-    ------
-    NotFound
-        No such file.
-    AnonymizationError
-        Undecodable bytes (the message suggests ``--encoding``) or malformed CSV/Parquet.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise NotFound(f"{path}: input file not found")
-    try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
-            return pd.read_parquet(path).reset_index(drop=True)
-        return pd.read_csv(
-            path, dtype="string", keep_default_na=False, na_values=[""], encoding=encoding
-        )
-    except UnicodeDecodeError as exc:
-        raise AnonymizationError(
-            f"{path}: byte {exc.start} is not valid {encoding}; pass --encoding (e.g. cp1252)"
-        ) from None
-    except (ValueError, OSError) as exc:
-        raise AnonymizationError(f"{path}: cannot read table ({exc})") from None
-
-
 def _check_columns(df: pd.DataFrame, policy: Policy, source: str) -> None:
     declared = set(policy.columns)
     for name in df.columns:
@@ -135,7 +109,7 @@ def anonymize_file(
     *,
     signing_key_path: Path,
     signing_cert_path: Path,
-    encoding: str = "utf-8",
+    encoding: str | None = None,
     progress: Progress | None = None,
 ) -> AnonymizationReport:
     """Anonymize one table and write ``out_path`` (Parquet) and its signed manifest.
@@ -143,17 +117,18 @@ def anonymize_file(
     Parameters
     ----------
     input_path : Path
-        Raw CSV or Parquet table.
+        Raw CSV, Parquet or JSON Lines table.
     policy_path : Path
         Policy TOML (:func:`privtrain.anonymize.policy.load_policy`).
     key_path : Path
         HMAC key file (:func:`privtrain.anonymize.keys.load_key`).
     out_path : Path
-        Output Parquet file; the manifest goes to ``OUTPUT.manifest.json``.
+        Output file, Parquet unless it ends in ``.csv`` or ``.jsonl``; the manifest goes to
+        ``OUTPUT.manifest.json``.
     signing_key_path, signing_cert_path : Path
         The data owner's TLS private key (PEM, ECDSA P-256 or Ed25519) and certificate.
-    encoding : str
-        Text encoding of a CSV input.
+    encoding : str | None
+        Text encoding of a CSV input; None: UTF-8 (with or without BOM), else detected.
     progress : callable(stage, fraction) | None
         Called with a stage name and the overall fraction done in [0, 1].
 
@@ -182,32 +157,49 @@ def anonymize_file(
             f"{exc.filename}: cannot read signing key/certificate ({exc.strerror})"
         ) from None
     tick("read", 0.0)
-    df = read_table(input_path, encoding)
+    df = read_table(input_path, encoding, policy.missing_values)
     source = str(input_path)
     _check_columns(df, policy, source)
     n = len(df)
-    tick("generalize", 0.2)
+    tick("operators", 0.1)
 
+    # Operators other than generalize do not depend on the lattice, and the
+    # privacy models need the sensitive attributes as they will be released.
+    released: dict[str, pd.Series | None] = {}
+    contexts: dict[str, OperatorContext] = {}
+    for i, name in enumerate(df.columns):
+        col = policy.columns[name]
+        if col.operator == "generalize":
+            continue
+        contexts[name] = OperatorContext(col, key, policy.locale, source, None, df)
+        released[name] = get_operator(col.operator).transform(df[name], contexts[name])
+        tick("operators", 0.1 + 0.4 * (i + 1) / len(df.columns))
+
+    tick("generalize", 0.5)
     gens = {q: Generalization(df[q], policy.columns[q], source) for q in policy.quasi_identifiers}
-    result = search(gens, n, policy.k, policy.max_suppression)  # type: ignore[arg-type]
-    tick("operators", 0.5)
+    spec = ModelSpec(policy.l, policy.l_diversity, policy.t)
+    sensitive = [
+        sensitive_codes(s, released[s], policy.columns[s].type == "numeric")  # type: ignore[arg-type]
+        for s in policy.sensitive_attributes
+    ]
+    result = search(gens, n, policy.k, policy.max_suppression, spec, sensitive)  # type: ignore[arg-type]
+    tick("assemble", 0.8)
 
     out: dict[str, pd.Series] = {}
     domains: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(df.columns):
+    for name in df.columns:
         col = policy.columns[name]
-        ctx = OperatorContext(col, key, policy.locale, source, result.levels.get(name))
         if col.operator == "generalize":
+            ctx = OperatorContext(col, key, policy.locale, source, result.levels[name])
             # Reuse the levels the lattice search already computed.
             values: pd.Series | None = gens[name].labels(result.levels[name])
         else:
-            values = get_operator(col.operator).transform(df[name], ctx)
+            ctx, values = contexts[name], released[name]
         if values is not None:
             out[name] = values[result.keep].reset_index(drop=True)
             domain = get_operator(col.operator).output_domain(ctx)
             assert domain is not None
             domains[name] = domain
-        tick("operators", 0.5 + 0.3 * (i + 1) / len(df.columns))
     table = pd.DataFrame(out)
 
     # Independent re-check on the finished table: the lattice's codes and the
@@ -218,10 +210,25 @@ def anonymize_file(
             f"internal check failed: output has k = {k_out}, the lattice search claimed "
             f"{result.k_achieved} (target {policy.k}); nothing was written"
         )
+    models: dict[str, Any] = {}
+    if policy.sensitive_attributes:
+        claim = {
+            "sensitive_attributes": list(policy.sensitive_attributes),
+            "l_target": policy.l,
+            "l_kind": policy.l_diversity,
+            "t_target": policy.t,
+        }
+        models = table_models(table, claim, policy.quasi_identifiers, domains)
+        lv = models["l_distinct"] if policy.l_diversity == "distinct" else models["l_entropy"]
+        if (policy.l is not None and lv < policy.l - 1e-9) or (
+            policy.t is not None and models["t"] > policy.t + 1e-9
+        ):
+            raise AnonymizationError(
+                f"internal check failed: output has l = {lv:g}, t = {models['t']:.4f} "
+                f"(targets l = {policy.l}, t = {policy.t}); nothing was written"
+            )
     tick("write", 0.85)
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False, engine="pyarrow")
-    data = buf.getvalue()
+    data = encode_table(table, out_path)
     digest = hashlib.sha256(data).hexdigest()
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -253,6 +260,8 @@ def anonymize_file(
         "output_bytes": len(data),
         "columns": domains,
     }
+    if models:
+        manifest["privacy_models"] = models
     signed = sign_manifest(manifest, signing_key, signing_cert)
     manifest_path = manifest_path_for(out_path)
     atomic_write_bytes(out_path, data)
@@ -271,111 +280,3 @@ def anonymize_file(
         manifest_path=manifest_path,
         output_sha256=digest,
     )
-
-
-def _domain_problems(table: pd.DataFrame, columns: dict[str, Any]) -> list[str]:
-    problems = []
-    for name, dom in columns.items():
-        if name not in table.columns or not isinstance(dom, dict):
-            continue
-        values = table[name].dropna()
-        if dom.get("type") == "categorical":
-            bad = ~values.astype("string").isin([str(v) for v in dom.get("values", [])])
-        elif dom.get("type") == "numeric":
-            num = pd.to_numeric(values, errors="coerce")
-            bad = num.isna() | (num < dom["lower"]) | (num > dom["upper"])
-        else:
-            continue
-        if bool(bad.any()):
-            row = int(np.flatnonzero(bad.to_numpy(dtype=bool))[0])
-            problems.append(
-                f"column {name!r}: {int(bad.sum())} value(s) outside the manifest's domain "
-                f"(first at output row {int(values.index[row]) + 1})"
-            )
-    return problems
-
-
-def verify_output(
-    output_path: Path, manifest_path: Path, raw_path: Path | None = None
-) -> list[str]:
-    """Check an anonymized file against its signed manifest (and its raw input).
-
-    Checks: manifest structure and signature; SHA-256 and size of the data; row count,
-    column names and declared domains; k recomputed from the data over the manifest's
-    QIs; and, with ``raw_path``, that no raw value of a direct-identifier column equals
-    any output cell.
-
-    Returns
-    -------
-    list of str
-        Problems found; empty when everything holds. Messages never quote raw values.
-    """
-    try:
-        manifest_bytes = Path(manifest_path).read_bytes()
-        data = Path(output_path).read_bytes()
-    except OSError as exc:
-        return [f"{exc.filename}: cannot read ({exc.strerror})"]
-    try:
-        manifest = verify_manifest(manifest_bytes).manifest
-    except ManifestError as exc:
-        return [f"{manifest_path}: {exc}"]
-    problems = []
-    try:
-        verify_manifest(manifest_bytes, data)
-    except ManifestError as exc:
-        problems.append(f"{output_path}: {exc}")
-    try:
-        table = pd.read_parquet(io.BytesIO(data))
-    except (ValueError, OSError) as exc:
-        return [*problems, f"{output_path}: not a readable Parquet file ({exc})"]
-    if len(table) != manifest["output_rows"]:
-        problems.append(f"output has {len(table)} rows, manifest says {manifest['output_rows']}")
-    if set(table.columns) != set(manifest["columns"]):
-        problems.append(
-            f"output columns {sorted(table.columns)} differ from the manifest's "
-            f"{sorted(manifest['columns'])}"
-        )
-    problems += _domain_problems(table, manifest["columns"])
-    qis = [q for q in manifest["quasi_identifiers"] if q in table.columns]
-    if len(qis) != len(manifest["quasi_identifiers"]):
-        problems.append("a quasi-identifier named in the manifest is missing from the output")
-    else:
-        k = k_anonymity(table, qis)
-        if k != manifest["k_achieved"]:
-            problems.append(
-                f"k recomputed from the output is {k}, manifest says {manifest['k_achieved']}"
-            )
-        if k < manifest["k_target"]:
-            problems.append(
-                f"k recomputed from the output is {k}, below the target {manifest['k_target']}"
-            )
-    if raw_path is not None:
-        problems += _leak_problems(
-            table, read_table(Path(raw_path)), manifest["direct_identifiers"]
-        )
-    return problems
-
-
-def _leak_problems(table: pd.DataFrame, raw: pd.DataFrame, direct: list[str]) -> list[str]:
-    # Distinct values only, as object arrays: pandas' hash-table isin, not the Arrow
-    # string path that loops in Python over the lookup values.
-    outputs = {
-        name: pd.Series(pd.unique(table[name].dropna().astype("string").str.strip()), dtype=object)
-        for name in table.columns
-    }
-    problems = []
-    for di in direct:
-        if di not in raw.columns:
-            problems.append(f"direct identifier {di!r} is not a column of the raw file")
-            continue
-        secrets_ = np.asarray(
-            pd.unique(raw[di].dropna().astype("string").str.strip()), dtype=object
-        )
-        for name, values in outputs.items():
-            hits = int(values.isin(secrets_).sum())
-            if hits:
-                problems.append(
-                    f"{hits} distinct value(s) of output column {name!r} equal a raw value of "
-                    f"direct identifier {di!r}"
-                )
-    return problems

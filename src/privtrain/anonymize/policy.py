@@ -35,20 +35,32 @@ typo in a privacy policy must never silently weaken it.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
+from privtrain.anonymize import policy_specs as specs
 from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.operators.registry import registered_operators
 
 ROLES = frozenset({"direct_identifier", "quasi_identifier", "sensitive", "other"})
 TYPES = frozenset({"categorical", "numeric", "text"})
 
-_TOP_KEYS = frozenset({"k", "max_suppression", "locale", "columns", "description"})
+_TOP_KEYS = frozenset(
+    {
+        "k",
+        "max_suppression",
+        "locale",
+        "columns",
+        "description",
+        "l",
+        "l_diversity",
+        "t",
+        "sensitive_attributes",
+        "missing_values",
+    }
+)
 _COLUMN_KEYS = frozenset(
     {
         "operator",
@@ -128,6 +140,18 @@ class Policy:
         The file it was read from (named in errors).
     sha256 : str
         Hex SHA-256 of the policy file bytes, recorded in the manifest.
+    l : int | None
+        l-diversity target over ``sensitive_attributes`` (Machanavajjhala et al. 2007).
+    l_diversity : str
+        ``"distinct"`` or ``"entropy"``.
+    t : float | None
+        t-closeness target in [0, 1] (Li et al. 2007).
+    sensitive_attributes : tuple of str
+        Columns l and t apply to; by default every kept column with role ``sensitive``
+        when l or t is set.
+    missing_values : tuple of str
+        Cell values read as missing besides the empty cell (e.g. ``["NA", "null"]``);
+        by default none, so a person named "NA" keeps the name (case C-A05).
     """
 
     k: int
@@ -136,6 +160,11 @@ class Policy:
     columns: dict[str, ColumnPolicy]
     source: Path
     sha256: str
+    l: int | None = None
+    l_diversity: str = "distinct"
+    t: float | None = None
+    sensitive_attributes: tuple[str, ...] = ()
+    missing_values: tuple[str, ...] = ()
 
     @property
     def quasi_identifiers(self) -> list[str]:
@@ -146,24 +175,6 @@ class Policy:
     def direct_identifiers(self) -> list[str]:
         """Names of the direct-identifier columns, in policy order."""
         return [c.name for c in self.columns.values() if c.role == "direct_identifier"]
-
-
-def _is_int(v: object) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: object) -> TypeGuard[float]:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-class _Checker:
-    """Collects the file name so every error reads ``FILE: KEY: problem``."""
-
-    def __init__(self, source: Path) -> None:
-        self.source = source
-
-    def fail(self, key: str, problem: str) -> PolicyError:
-        return PolicyError(f"{self.source}: {key}: {problem}")
 
 
 def load_policy(path: Path) -> Policy:
@@ -186,7 +197,7 @@ def load_policy(path: Path) -> Policy:
         or an unknown Faker provider; the message names the file and the key.
     """
     path = Path(path)
-    chk = _Checker(path)
+    chk = specs.Checker(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -200,10 +211,10 @@ def load_policy(path: Path) -> Policy:
         if key not in _TOP_KEYS:
             raise chk.fail(key, f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
     k = doc.get("k")
-    if not _is_int(k) or k < 1:
+    if not specs.is_int(k) or k < 1:
         raise chk.fail("k", f"must be an integer >= 1, got {k!r}")
     max_supp = doc.get("max_suppression", 0.05)
-    if not _is_num(max_supp) or not 0.0 <= float(max_supp) < 1.0:
+    if not specs.is_num(max_supp) or not 0.0 <= float(max_supp) < 1.0:
         raise chk.fail("max_suppression", f"must be a number in [0, 1), got {max_supp!r}")
     locale = doc.get("locale", "en_US")
     if not isinstance(locale, str) or not locale:
@@ -215,7 +226,7 @@ def load_policy(path: Path) -> Policy:
     columns = {name: _column(chk, name, spec) for name, spec in cols.items()}
     pseudo = [c for c in columns.values() if c.operator == "pseudonym"]
     if pseudo:
-        _check_faker(chk, locale, pseudo)
+        specs.check_faker(chk, locale, pseudo)
     return Policy(
         k=int(k),
         max_suppression=float(max_supp),
@@ -223,10 +234,55 @@ def load_policy(path: Path) -> Policy:
         columns=columns,
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
+        **_models(chk, doc, columns),
     )
 
 
-def _column(chk: _Checker, name: str, spec: Any) -> ColumnPolicy:
+def _models(
+    chk: specs.Checker, doc: dict[str, Any], columns: dict[str, ColumnPolicy]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    l_val = doc.get("l")
+    if l_val is not None:
+        if not specs.is_int(l_val) or l_val < 2:
+            raise chk.fail("l", f"must be an integer >= 2, got {l_val!r}")
+        out["l"] = int(l_val)
+    kind = doc.get("l_diversity", "distinct")
+    if kind not in ("distinct", "entropy"):
+        raise chk.fail("l_diversity", f'must be "distinct" or "entropy", got {kind!r}')
+    out["l_diversity"] = kind
+    t_val = doc.get("t")
+    if t_val is not None:
+        if not specs.is_num(t_val) or not 0.0 < float(t_val) <= 1.0:
+            raise chk.fail("t", f"must be a number in (0, 1], got {t_val!r}")
+        out["t"] = float(t_val)
+    sens = doc.get("sensitive_attributes")
+    if sens is None:
+        names = [c.name for c in columns.values() if c.role == "sensitive" and c.operator != "drop"]
+    else:
+        if not isinstance(sens, list) or not all(isinstance(v, str) for v in sens):
+            raise chk.fail("sensitive_attributes", "must be a list of column names")
+        names = list(sens)
+        for name in names:
+            col = columns.get(name)
+            if col is None or col.operator == "drop" or col.role == "direct_identifier":
+                raise chk.fail(
+                    "sensitive_attributes",
+                    f"{name!r} must be a declared, kept column that is not a direct identifier",
+                )
+    if ("l" in out or "t" in out) and not names:
+        raise chk.fail(
+            "l", 'l and t need sensitive_attributes (or columns with role = "sensitive")'
+        )
+    out["sensitive_attributes"] = tuple(names) if ("l" in out or "t" in out) else ()
+    missing = doc.get("missing_values", [])
+    if not isinstance(missing, list) or not all(isinstance(v, str) for v in missing):
+        raise chk.fail("missing_values", 'must be a list of strings, e.g. ["NA", "null"]')
+    out["missing_values"] = tuple(missing)
+    return out
+
+
+def _column(chk: specs.Checker, name: str, spec: Any) -> ColumnPolicy:
     base = f"columns.{name}"
     if not isinstance(spec, dict):
         raise chk.fail(base, "must be a table [columns.NAME]")
@@ -273,125 +329,20 @@ def _column(chk: _Checker, name: str, spec: Any) -> ColumnPolicy:
         out["faker"] = faker
     elif op == "keep" and typ == "categorical":
         allowed.add("domain")
-        out["domain"] = _domain(chk, f"{base}.domain", spec.get("domain"))
+        out["domain"] = specs.domain(chk, f"{base}.domain", spec.get("domain"))
     elif op in {"keep", "generalize"} and typ == "numeric":
         allowed |= {"lower", "upper"}
-        out["lower"], out["upper"] = _bounds(chk, base, spec)
+        out["lower"], out["upper"] = specs.bounds(chk, base, spec)
     if op == "generalize":
         if typ == "numeric":
             allowed |= {"intervals", "bottom_code", "top_code"}
-            out.update(_intervals(chk, base, spec, out["lower"], out["upper"]))
+            out.update(specs.intervals(chk, base, spec, out["lower"], out["upper"]))
         elif typ == "categorical":
             allowed.add("hierarchy")
-            out["hierarchy"] = _hierarchy(chk, f"{base}.hierarchy", spec.get("hierarchy"))
+            out["hierarchy"] = specs.hierarchy(chk, f"{base}.hierarchy", spec.get("hierarchy"))
         else:
             raise chk.fail(f"{base}.type", "a generalized column must be numeric or categorical")
     for key in spec:
         if key not in allowed:
             raise chk.fail(f"{base}.{key}", f"not used with operator = {op!r} and type = {typ!r}")
     return ColumnPolicy(name=name, operator=op, role=role, type=typ, **out)
-
-
-def _domain(chk: _Checker, key: str, dom: Any) -> tuple[str, ...]:
-    if not isinstance(dom, list) or not dom or not all(isinstance(v, str) for v in dom):
-        raise chk.fail(
-            key, 'a kept categorical column needs domain = ["value", ...] (non-empty strings)'
-        )
-    if len(set(dom)) != len(dom):
-        raise chk.fail(key, "lists a value twice")
-    return tuple(dom)
-
-
-def _bounds(chk: _Checker, base: str, spec: dict[str, Any]) -> tuple[float, float]:
-    lo, hi = spec.get("lower"), spec.get("upper")
-    if not _is_num(lo):
-        raise chk.fail(f"{base}.lower", f"a numeric column needs a finite number, got {lo!r}")
-    if not _is_num(hi):
-        raise chk.fail(f"{base}.upper", f"a numeric column needs a finite number, got {hi!r}")
-    if lo > hi:
-        raise chk.fail(f"{base}.lower", f"lower ({lo}) is above upper ({hi})")
-    return lo, hi
-
-
-def _intervals(
-    chk: _Checker, base: str, spec: dict[str, Any], lo: float, hi: float
-) -> dict[str, Any]:
-    widths = spec.get("intervals")
-    if not isinstance(widths, list) or not widths or not all(_is_int(w) and w > 0 for w in widths):
-        raise chk.fail(
-            f"{base}.intervals",
-            "a numeric quasi_identifier needs intervals = [w1, w2, ...] (positive integers)",
-        )
-    for a, b in itertools.pairwise(widths):
-        # Nested bins keep the hierarchy a tree, which the lattice search's monotonicity needs.
-        if b % a != 0:
-            raise chk.fail(
-                f"{base}.intervals",
-                f"each width must be a multiple of the previous ({b} is not a multiple of {a})",
-            )
-    if not (_is_int(lo) and _is_int(hi)):
-        raise chk.fail(f"{base}.lower", "interval generalization needs integer lower/upper bounds")
-    codes: dict[str, Any] = {"intervals": tuple(widths), "bottom_code": None, "top_code": None}
-    for key in ("bottom_code", "top_code"):
-        v = spec.get(key)
-        if v is None:
-            continue
-        if not _is_int(v) or not lo <= v <= hi:
-            raise chk.fail(
-                f"{base}.{key}",
-                f"must be an integer within [lower, upper] = [{lo}, {hi}], got {v!r}",
-            )
-        codes[key] = v
-    if (
-        codes["bottom_code"] is not None
-        and codes["top_code"] is not None
-        and codes["bottom_code"] >= codes["top_code"]
-    ):
-        raise chk.fail(f"{base}.bottom_code", "must be below top_code")
-    return codes
-
-
-def _hierarchy(chk: _Checker, key: str, h: Any) -> dict[str, tuple[str, ...]]:
-    if not isinstance(h, dict) or not h:
-        raise chk.fail(
-            key,
-            'a categorical quasi_identifier needs hierarchy = { "value" = ["level1", ..., "*"] }',
-        )
-    height = None
-    rows: dict[str, tuple[str, ...]] = {}
-    for value, row in h.items():
-        if not isinstance(row, list) or not row or not all(isinstance(v, str) and v for v in row):
-            raise chk.fail(f"{key}.{value}", "must be a non-empty list of non-empty strings")
-        if height is None:
-            height = len(row)
-        elif len(row) != height:
-            raise chk.fail(f"{key}.{value}", f"has {len(row)} levels, other rows have {height}")
-        rows[value] = tuple(row)
-    assert height is not None
-    # Full-domain generalization assumes a tree: a label at level j has one parent at j+1.
-    for j in range(height - 1):
-        parent: dict[str, tuple[str, str]] = {}
-        for value, row in rows.items():
-            seen = parent.setdefault(row[j], (row[j + 1], value))
-            if seen[0] != row[j + 1]:
-                raise chk.fail(
-                    f"{key}.{value}",
-                    f"level {j + 1} label {row[j]!r} has parent {row[j + 1]!r} here "
-                    f"but {seen[0]!r} under {seen[1]!r}; a hierarchy must be a tree",
-                )
-    return rows
-
-
-def _check_faker(chk: _Checker, locale: str, cols: list[ColumnPolicy]) -> None:
-    from faker import Faker
-
-    try:
-        fake = Faker(locale)
-    except AttributeError:
-        raise chk.fail("locale", f"Faker has no locale {locale!r}") from None
-    for col in cols:
-        assert col.faker is not None
-        if not callable(getattr(fake, col.faker, None)):
-            raise chk.fail(
-                f"columns.{col.name}.faker", f"Faker ({locale}) has no provider {col.faker!r}"
-            )

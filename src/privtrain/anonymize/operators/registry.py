@@ -33,6 +33,9 @@ class OperatorContext:
         Input file name, quoted in errors together with the 1-based data row.
     level : int | None
         Generalization level chosen by the lattice search (``generalize`` only).
+    frame : pd.DataFrame | None
+        The whole raw table, for operators that read another column (``date_shift``
+        reads its subject column, ``scrub`` the identifier columns' values).
     """
 
     column: ColumnPolicy
@@ -40,6 +43,7 @@ class OperatorContext:
     locale: str
     source: str
     level: int | None = None
+    frame: pd.DataFrame | None = None
 
 
 class Operator(Protocol):

@@ -1,0 +1,194 @@
+"""Reading and writing tables: CSV (any encoding), Parquet and JSON Lines.
+
+The format follows the file name: ``.parquet`` / ``.pq``, ``.jsonl`` / ``.ndjson``,
+anything else is CSV. CSV cells are read as text, so ZIP codes keep their leading
+zeros and a person named "NA" stays "NA": only an empty cell is missing unless the
+policy lists more missing markers (case C-A05). A CSV is decoded with the encoding
+the user names; without one, UTF-8 (a byte-order mark is dropped), and when the bytes
+are not UTF-8, the encoding charset-normalizer detects, which is then named in the
+run's messages. A header that names one column twice is refused: one name, one
+policy entry.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from privtrain.anonymize.errors import AnonymizationError
+from privtrain.errors import NotFound
+
+PARQUET = frozenset({".parquet", ".pq"})
+JSONL = frozenset({".jsonl", ".ndjson"})
+
+
+def table_format(path: Path) -> str:
+    """``"parquet"``, ``"jsonl"`` or ``"csv"``, from the file name's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix in PARQUET:
+        return "parquet"
+    if suffix in JSONL:
+        return "jsonl"
+    return "csv"
+
+
+def detect_encoding(path: Path, sample_bytes: int = 1 << 20) -> str:
+    """The text encoding of a CSV: ``utf-8-sig`` when its first MiB decodes as UTF-8, else
+    the charset-normalizer guess (``cp1252``, ``latin-1``...).
+
+    Raises
+    ------
+    AnonymizationError
+        No encoding fits; the message asks for ``--encoding``.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(sample_bytes)
+    # Cut at the last newline so a multi-byte character split by the sample is not an error.
+    cut = head.rfind(b"\n")
+    sample = head if cut < 0 or len(head) < sample_bytes else head[: cut + 1]
+    try:
+        sample.decode("utf-8")
+        return "utf-8-sig"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(sample).best()
+    if best is None:
+        raise AnonymizationError(
+            f"{path}: cannot tell the text encoding; pass --encoding (e.g. cp1252)"
+        )
+    return str(best.encoding)
+
+
+def _check_header(path: Path, encoding: str) -> None:
+    with open(path, encoding=encoding, newline="") as fh:
+        header = next(csv.reader(fh), [])
+    seen: set[str] = set()
+    for i, name in enumerate(header, start=1):
+        if name in seen:
+            raise AnonymizationError(
+                f"{path}: row 1 (header), column {i}: column name {name!r} appears twice; "
+                "rename one so each column can have its own policy entry"
+            )
+        seen.add(name)
+
+
+def read_table(
+    path: Path,
+    encoding: str | None = None,
+    missing: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Read a CSV, Parquet or JSON Lines table.
+
+    Parameters
+    ----------
+    path : Path
+        The input file.
+    encoding : str | None
+        Text encoding of a CSV; None for UTF-8 (BOM dropped) with detection as a fallback.
+    missing : tuple of str
+        Extra cell values that mean "missing" (the policy's ``missing_values``); the empty
+        cell always does.
+
+    Returns
+    -------
+    pd.DataFrame
+        CSV and JSON Lines cells as ``string`` dtype; Parquet with its own types.
+
+    Raises
+    ------
+    NotFound
+        No such file.
+    AnonymizationError
+        Undecodable bytes (names the byte offset and suggests ``--encoding``), a repeated
+        column name, or a malformed file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"{path}: input file not found")
+    fmt = table_format(path)
+    try:
+        if fmt == "parquet":
+            df = pd.read_parquet(path).reset_index(drop=True)
+        elif fmt == "jsonl":
+            df = _read_jsonl(path)
+        else:
+            enc = encoding or detect_encoding(path)
+            if enc.replace("_", "-").lower() in {"utf-8", "utf8"}:
+                enc = "utf-8-sig"
+            _check_header(path, enc)
+            df = pd.read_csv(
+                path, dtype="string", keep_default_na=False, na_values=[""], encoding=enc
+            )
+    except UnicodeDecodeError as exc:
+        raise AnonymizationError(
+            f"{path}: byte {exc.start} is not valid {exc.encoding}; pass --encoding (e.g. cp1252)"
+        ) from None
+    except (ValueError, OSError, csv.Error) as exc:
+        raise AnonymizationError(f"{path}: cannot read table ({exc})") from None
+    if missing:
+        for name in df.columns:
+            if pd.api.types.is_string_dtype(df[name].dtype):
+                df[name] = df[name].mask(df[name].isin(list(missing)))
+    return df
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows = []
+    with open(path, encoding="utf-8-sig") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AnonymizationError(
+                    f"{path}: row {number}: not a JSON object ({exc.msg})"
+                ) from None
+            if not isinstance(obj, dict):
+                raise AnonymizationError(f"{path}: row {number}: not a JSON object")
+            rows.append(obj)
+    df = pd.DataFrame(rows)
+    # JSON numbers become their text, so every format reaches the operators the same way.
+    out = {}
+    for name in df.columns:
+        col = df[name]
+        text = col.map(
+            lambda v: None if v is None else (v if isinstance(v, str) else json.dumps(v))
+        )
+        out[name] = text.astype("string")
+    return pd.DataFrame(out, columns=list(df.columns))
+
+
+def encode_table(table: pd.DataFrame, path: Path) -> bytes:
+    """Encode ``table`` in the format of ``path`` (Parquet, JSON Lines or UTF-8 CSV), in memory.
+
+    Returns
+    -------
+    bytes
+        The file content; missing cells are Parquet nulls, JSON ``null`` or empty CSV cells.
+    """
+    fmt = table_format(path)
+    buf = io.BytesIO()
+    if fmt == "parquet":
+        table.to_parquet(buf, index=False, engine="pyarrow")
+    elif fmt == "jsonl":
+        table.to_json(buf, orient="records", lines=True, force_ascii=False)
+    else:
+        table.to_csv(buf, index=False, encoding="utf-8", lineterminator="\n")
+    return buf.getvalue()
+
+
+def decode_table(data: bytes, path: Path) -> pd.DataFrame:
+    """Read back bytes written by :func:`encode_table` (the format follows ``path``)."""
+    fmt = table_format(path)
+    if fmt == "parquet":
+        return pd.read_parquet(io.BytesIO(data))
+    if fmt == "jsonl":
+        return pd.read_json(io.BytesIO(data), lines=True, dtype=False)
+    return pd.read_csv(io.BytesIO(data), dtype="string", keep_default_na=False, na_values=[""])
