@@ -1,4 +1,4 @@
-"""``privtrain anonymize keygen | run | verify``: the data owner's command line.
+"""``privtrain anonymize inspect | keygen | run | verify``: the data owner's command line.
 
 ``platform/cli.py`` calls :func:`add_anonymize_commands` on its subparsers; each
 command stores its handler as ``args.func``, which returns the exit code.
@@ -31,6 +31,17 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     anon = subparsers.add_parser("anonymize", help="anonymize a table on the data owner's machine")
     sub = anon.add_subparsers(dest="anonymize_command", required=True, metavar="COMMAND")
 
+    insp = sub.add_parser(
+        "inspect", help="classify the columns of INPUT and write a commented policy to edit"
+    )
+    insp.add_argument("input", type=Path, metavar="INPUT", help="raw CSV, Parquet or JSON Lines")
+    insp.add_argument("--out", type=Path, default=None, metavar="POLICY.toml")
+    insp.add_argument("--k", type=int, default=5, help="k written into the policy (default 5)")
+    insp.add_argument(
+        "--encoding", default=None, help="CSV text encoding (default: UTF-8, else detected)"
+    )
+    insp.set_defaults(func=_inspect)
+
     keygen = sub.add_parser("keygen", help="create a new HMAC secret key file (mode 0600)")
     keygen.add_argument("--out", type=Path, required=True, metavar="KEYFILE")
     keygen.set_defaults(func=_keygen)
@@ -45,7 +56,7 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     run.add_argument("--signing-key", type=Path, required=True, metavar="OWNER.key")
     run.add_argument("--signing-cert", type=Path, required=True, metavar="OWNER.pem")
     run.add_argument(
-        "--encoding", default="utf-8", help="text encoding of a CSV input (default utf-8)"
+        "--encoding", default=None, help="CSV text encoding (default: UTF-8, else detected)"
     )
     run.set_defaults(func=_run)
 
@@ -55,7 +66,26 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     verify.add_argument(
         "--raw", type=Path, default=None, help="raw input: also check no direct identifier leaked"
     )
+    verify.add_argument("--encoding", default=None, help="CSV text encoding of --raw")
     verify.set_defaults(func=_verify)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from privtrain.anonymize.inspect_table import inspect_table
+
+    proposals = inspect_table(args.input, args.out, k=args.k, encoding=args.encoding)
+    print(f"{'column':<28} {'kind':<12} {'role':<18} {'distinct':>8} {'unique':>6} {'missing':>7}")
+    for p in proposals:
+        f = p.facts
+        print(
+            f"{p.name[:28]:<28} {p.kind:<12} {p.role:<18} {f.distinct:>8} "
+            f"{f.uniqueness:>6.2f} {f.missing:>7}"
+        )
+    if args.out is not None:
+        print(
+            f"wrote {args.out}: review it, then `privtrain anonymize run ... --policy {args.out}`"
+        )
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -95,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    problems = verify_output(args.output, args.manifest, args.raw)
+    problems = verify_output(args.output, args.manifest, args.raw, raw_encoding=args.encoding)
     if problems:
         for p in problems[:-1]:
             print(p, file=sys.stderr)

@@ -102,7 +102,8 @@ def pseudonyms(
         return hmac.digest(secret, msg, "sha256")
 
     first = [seed(i, 0) for i in range(len(uniques))]
-    taken: set[str] = set(uniques)
+    # Case-folded, so "Miguel Hernandez" is never handed out while "miguel hernandez" is real.
+    taken: set[str] = {u.casefold() for u in uniques}
     result: list[str] = [""] * len(uniques)
     assigned = 0
     for i in sorted(range(len(uniques)), key=first.__getitem__):
@@ -110,9 +111,10 @@ def pseudonyms(
             digest = first[i] if attempt == 0 else seed(i, attempt)
             fake.seed_instance(int.from_bytes(digest[:8], "big"))
             candidate = str(draw())
-            if candidate in taken or (ascii_only and not candidate.isascii()):
+            folded = candidate.casefold()
+            if folded in taken or (ascii_only and not candidate.isascii()):
                 continue
-            taken.add(candidate)
+            taken.add(folded)
             result[i] = candidate
             assigned += 1
             break

@@ -1,0 +1,125 @@
+"""What a column holds, judged from its name and a sample of its distinct values.
+
+Offline and model-free, in the manner of Presidio's pattern recognizers: each kind
+is a regular expression (or a small rule) run once over up to ``SAMPLE`` distinct
+non-missing values with pandas' vectorized ``str.fullmatch``; the share of values
+that match decides. Column-name hints (``dob``, ``email``, ``zip``...) break ties
+and catch what values alone cannot (a first name looks like any word).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+SAMPLE = 2_000
+MATCH_SHARE = 0.9
+
+PATTERNS: dict[str, str] = {
+    "email": r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    "url": r"(?:https?://|www\.)\S+",
+    "ipv4": r"(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)",
+    "ipv6": r"(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}",
+    "phone": r"\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,4}\)?){2,4}",
+    "date": (
+        r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?"
+        r"|\d{1,2}/\d{1,2}/\d{2,4}"
+        r"|[A-Z][a-z]+\.? \d{1,2}, \d{4}"
+    ),
+    "zip": r"\d{5}(?:-\d{4})?",
+    "integer": r"[+-]?\d+",
+    "number": r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?",
+    "person_name": r"[^\W\d_][^\W\d_'.-]*(?:[ '.-]+[^\W\d_][^\W\d_'.-]*){0,3}",
+    "code": r"(?=[A-Za-z0-9-]*\d)(?=[A-Za-z0-9-]*[A-Za-z])[A-Za-z0-9-]{6,}",
+}
+_COMPILED = {k: re.compile(v) for k, v in PATTERNS.items()}
+
+NAME_HINTS: dict[str, tuple[str, ...]] = {
+    "person_name": ("name", "first", "last", "surname", "given", "forename", "fullname"),
+    "email": ("email", "e_mail", "mail"),
+    "phone": ("phone", "tel", "mobile", "fax"),
+    "birth": ("dob", "birth", "born"),
+    "identifier": ("id", "ssn", "passport", "case_number", "account", "licence", "license",
+                   "mrn", "record_id", "patient_id", "uuid"),
+    "address": ("address", "street", "addr"),
+    "zip": ("zip", "postal", "postcode", "plz"),
+    "ip": ("ip", "ip_address"),
+    "quasi": ("age", "sex", "gender", "race", "ethnic", "marital", "country", "nationality",
+              "education", "religion", "language"),
+    "sensitive": ("recid", "income", "salary", "diagnos", "disease", "score", "outcome",
+                  "label", "target", "health", "medical", "charge", "offense", "crime"),
+}  # fmt: skip
+
+
+def tokens(column: str) -> list[str]:
+    """Lower-case word parts of a column name (``"c_case_number"`` -> c, case, number)."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1_\2", column)
+    return [t for t in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if t]
+
+
+def hinted(column: str, kind: str) -> bool:
+    """True when the column name carries one of ``NAME_HINTS[kind]``."""
+    words = tokens(column)
+    joined = "_".join(words)
+    for hint in NAME_HINTS[kind]:
+        if "_" in hint:
+            if hint in joined:
+                return True
+        elif hint in words or (len(hint) >= 5 and any(w.startswith(hint) for w in words)):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class ColumnFacts:
+    """Measured facts about one column.
+
+    Attributes
+    ----------
+    rows, missing, distinct : int
+        Row count, missing cells, distinct non-missing values.
+    uniqueness : float
+        distinct / non-missing, in [0, 1] (1: every value occurs once).
+    singletons : float
+        Share of non-missing rows whose value occurs exactly once.
+    shares : dict[str, float]
+        Kind -> share of the sampled distinct values matching it.
+    mean_length : float
+        Mean length of the sampled values, characters.
+    """
+
+    rows: int
+    missing: int
+    distinct: int
+    uniqueness: float
+    singletons: float
+    shares: dict[str, float]
+    mean_length: float
+
+    def is_(self, kind: str, share: float = MATCH_SHARE) -> bool:
+        return self.shares.get(kind, 0.0) >= share
+
+
+def measure(values: pd.Series) -> ColumnFacts:
+    """Count and pattern-match a column (vectorized over its distinct values)."""
+    text = values.astype("string").str.strip()
+    text = text.mask(text == "")
+    present = text.dropna()
+    counts = present.value_counts(sort=False)
+    n_present = len(present)
+    sample = pd.Series(counts.index[:SAMPLE], dtype="string")
+    shares = {}
+    if len(sample):
+        for kind, pattern in PATTERNS.items():
+            shares[kind] = float(sample.str.fullmatch(pattern).fillna(False).mean())
+    return ColumnFacts(
+        rows=len(values),
+        missing=int(len(values) - n_present),
+        distinct=len(counts),
+        uniqueness=len(counts) / n_present if n_present else 0.0,
+        singletons=float(counts[counts == 1].sum()) / n_present if n_present else 0.0,
+        shares=shares,
+        mean_length=float(sample.str.len().mean()) if len(sample) else 0.0,
+    )
