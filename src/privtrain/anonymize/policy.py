@@ -75,6 +75,10 @@ _COLUMN_KEYS = frozenset(
         "bottom_code",
         "top_code",
         "hierarchy",
+        "subject",
+        "shift_days",
+        "date_format",
+        "day_first",
     }
 )
 
@@ -106,6 +110,14 @@ class ColumnPolicy:
         ``"t+"`` at every generalized level (census-style bottom/top coding).
     hierarchy : dict[str, tuple[str, ...]] | None
         Raw value -> its ancestor labels for levels 1..height (ARX-style hierarchy rows).
+    subject : str | None
+        ``date_shift``: the column naming the person whose dates move together.
+    shift_days : int | None
+        ``date_shift``: offsets are drawn from [-shift_days, +shift_days] days.
+    date_format : str | None
+        ``strftime`` format of a date column (None: ISO, month-name, or slashed with day_first).
+    day_first : bool | None
+        How slashed dates read (04/03/2021 = 4 March when true); None refuses them.
     """
 
     name: str
@@ -120,6 +132,10 @@ class ColumnPolicy:
     bottom_code: int | None = None
     top_code: int | None = None
     hierarchy: dict[str, tuple[str, ...]] | None = None
+    subject: str | None = None
+    shift_days: int | None = None
+    date_format: str | None = None
+    day_first: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +240,9 @@ def load_policy(path: Path) -> Policy:
         raise chk.fail("columns", "missing or empty: declare every input column as [columns.NAME]")
 
     columns = {name: _column(chk, name, spec) for name, spec in cols.items()}
+    for c in columns.values():
+        if c.subject is not None and c.subject not in columns:
+            raise chk.fail(f"columns.{c.name}.subject", f"{c.subject!r} is not a declared column")
     pseudo = [c for c in columns.values() if c.operator == "pseudonym"]
     if pseudo:
         specs.check_faker(chk, locale, pseudo)
@@ -236,6 +255,26 @@ def load_policy(path: Path) -> Policy:
         sha256=hashlib.sha256(raw).hexdigest(),
         **_models(chk, doc, columns),
     )
+
+
+def _date_shift(chk: specs.Checker, base: str, spec: dict[str, Any]) -> dict[str, Any]:
+    subject = spec.get("subject")
+    if not isinstance(subject, str) or not subject:
+        raise chk.fail(
+            f"{base}.subject", 'date_shift needs subject = "COLUMN" (whose dates move together)'
+        )
+    days = spec.get("shift_days", 365)
+    if not specs.is_int(days) or not 1 <= days <= 36_500:
+        raise chk.fail(f"{base}.shift_days", f"must be an integer in [1, 36500] days, got {days!r}")
+    fmt = spec.get("date_format")
+    if fmt is not None and (not isinstance(fmt, str) or "%" not in fmt):
+        raise chk.fail(
+            f"{base}.date_format", f'must be a strftime format such as "%d.%m.%Y", got {fmt!r}'
+        )
+    day_first = spec.get("day_first")
+    if day_first is not None and not isinstance(day_first, bool):
+        raise chk.fail(f"{base}.day_first", f"must be true or false, got {day_first!r}")
+    return {"subject": subject, "shift_days": int(days), "date_format": fmt, "day_first": day_first}
 
 
 def _models(
@@ -300,7 +339,7 @@ def _column(chk: specs.Checker, name: str, spec: Any) -> ColumnPolicy:
     role = spec.get("role")
     if role not in ROLES:
         raise chk.fail(f"{base}.role", f"unknown role {role!r} (one of {', '.join(sorted(ROLES))})")
-    typ = spec.get("type", "text" if op == "drop" else None)
+    typ = spec.get("type", "text" if op in {"drop", "date_shift"} else None)
     if typ not in TYPES:
         raise chk.fail(f"{base}.type", f"unknown type {typ!r} (one of {', '.join(sorted(TYPES))})")
 
@@ -319,6 +358,9 @@ def _column(chk: specs.Checker, name: str, spec: Any) -> ColumnPolicy:
 
     allowed: set[str] = {"operator", "role", "type", "description"}
     out: dict[str, Any] = {}
+    if op == "date_shift":
+        allowed |= {"subject", "shift_days", "date_format", "day_first"}
+        out.update(_date_shift(chk, base, spec))
     if op == "pseudonym":
         allowed.add("faker")
         faker = spec.get("faker")

@@ -92,6 +92,7 @@ def _load_builtins() -> None:
     # Imported lazily: the operator modules need the policy types, and the policy
     # module asks this registry which operator names are valid.
     from privtrain.anonymize.operators import (  # noqa: F401
+        date_shift,
         drop,
         generalize,
         hmac_token,
