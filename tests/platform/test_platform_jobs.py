@@ -159,9 +159,10 @@ def test_stalled_worker_fires_no_progress_then_resolves(running: RunningServer, 
             os.kill(pid, signal.SIGCONT)
         events = wait_terminal(trainer, job.id)
         alerts = admin.list_alerts(job_id=job.id)
-    assert [(a.kind, a.state) for a in alerts] == [("NO_PROGRESS", "RESOLVED")]
-    streamed = [(a.kind, a.state) for a in _events(events, "alert")]
-    assert streamed == [("NO_PROGRESS", "FIRING"), ("NO_PROGRESS", "RESOLVED")]
+    # A loaded machine may stall the thawed worker again; every alert must end RESOLVED.
+    assert alerts and {(a.kind, a.state) for a in alerts} == {("NO_PROGRESS", "RESOLVED")}
+    streamed = [(a.kind, a.state) for a in _events(events, "alert") if a.kind == "NO_PROGRESS"]
+    assert streamed[:2] == [("NO_PROGRESS", "FIRING"), ("NO_PROGRESS", "RESOLVED")]
     assert _events(events, "state")[-1].state == "SUCCEEDED"
 
 
