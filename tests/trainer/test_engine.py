@@ -108,7 +108,7 @@ def test_adult_like_run_meets_target_and_parameters_round_trip(tmp_path: Path) -
     tensors_ckpt, state = load_checkpoint(tmp_path / "checkpoints" / "epoch-0003.safetensors")
     assert state["step"] == result.steps
     assert state["accountant"]["history"] == [[result.noise_multiplier, result.sample_rate, result.steps]]
-    assert any(k.startswith("momentum.") for k in tensors_ckpt)
+    assert any(k.startswith("optimizer.") and k.endswith("momentum_buffer") for k in tensors_ckpt)
 
 
 def test_calibrated_sigma_never_exceeds_target() -> None:

@@ -201,7 +201,8 @@ def _job_submit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_physical_batch_size=args.max_physical_batch_size,
         max_grad_norm=args.max_grad_norm, learning_rate=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, seed=args.seed, device=args.device,
-        accountant=args.accountant,
+        accountant=args.accountant, noise_multiplier=args.noise_multiplier,
+        optimizer=args.optimizer, nesterov=args.nesterov, lr_schedule=args.lr_schedule,
     )
     with _client(args, "trainer") as client:
         job = client.submit(spec, request_id=args.request_id)
@@ -384,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto picks CUDA when present")
     sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"], help="privacy accountant")
+    sj.add_argument("--noise-multiplier", type=float, default=None,
+                    help="use this σ instead of calibrating one (refused if its ε exceeds --epsilon)")
+    sj.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    sj.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    sj.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "step"])
     sj.add_argument("--request-id", default=None, help="idempotency key for retries")
     sj.add_argument("--watch", action="store_true", help="follow progress until the job ends")
     _connection_args(sj)

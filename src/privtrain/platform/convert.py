@@ -17,8 +17,9 @@ _SPEC_FIELDS = (
     "dataset_id", "model", "target_column", "split_column", "train_split", "test_split",
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
+    "noise_multiplier", "optimizer", "nesterov", "lr_schedule",
 )
-_OPTIONAL_SPEC_FIELDS = frozenset({"momentum", "weight_decay", "seed"})
+_OPTIONAL_SPEC_FIELDS = frozenset({"momentum", "weight_decay", "seed", "noise_multiplier"})
 _RESULT_FIELDS = (
     "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy",
     "test_rows", "train_rows", "final_loss", "parameters_sha256", "parameters_bytes", "device",
@@ -59,7 +60,7 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
 
 def spec_to_proto(spec: dict[str, Any]) -> pb.JobSpec:
     """The stored spec dict as a JobSpec message."""
-    msg = pb.JobSpec(**{k: spec[k] for k in _SPEC_FIELDS if k in spec})
+    msg = pb.JobSpec(**{k: spec[k] for k in _SPEC_FIELDS if spec.get(k) is not None})
     msg.hidden_sizes.extend(spec.get("hidden_sizes", []))
     msg.feature_columns.extend(spec.get("feature_columns", []))
     return msg

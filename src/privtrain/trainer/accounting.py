@@ -117,17 +117,19 @@ class EpsilonTracker:
 
     An exact PRV evaluation takes tenths of a second; the tracker evaluates ε
     once, before training, at :data:`EPSILON_EVALUATIONS` evenly spaced step
-    counts (the last one being the job's total), and for step ``t`` reports the
+    counts plus every epoch end (the last one being the job's total), and for step ``t`` reports the
     value at the first evaluation point ≥ ``t``. ε grows with the step count, so
     the figure never under-reports; at the last step it is exact.
     """
 
     def __init__(
         self, accountant: str, noise_multiplier: float, sample_rate: float, total_steps: int,
-        delta: float,
+        delta: float, *, steps_per_epoch: int | None = None,
     ) -> None:
         stride = max(1, -(-total_steps // EPSILON_EVALUATIONS))
-        self._points = sorted({*range(stride, total_steps, stride), total_steps})
+        # Epoch ends are evaluation points too, so a checkpoint's ε is exact.
+        epoch_ends = range(steps_per_epoch, total_steps, steps_per_epoch) if steps_per_epoch else ()
+        self._points = sorted({*range(stride, total_steps, stride), *epoch_ends, total_steps})
         self._values = [
             epsilon_for(accountant, noise_multiplier, sample_rate, point, delta)
             for point in self._points

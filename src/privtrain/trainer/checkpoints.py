@@ -32,21 +32,34 @@ def save_checkpoint(
 ) -> Path:
     """Save one epoch's checkpoint: ``epoch-NNNN.safetensors`` + ``epoch-NNNN.json``.
 
-    Tensors: model parameters under ``model.<name>``, SGD momentum buffers under
-    ``momentum.<param index>``. JSON: ``state`` (step, accountant history, ...).
+    Tensors: model parameters under ``model.<name>``, optimizer state tensors
+    (momentum buffers, Adam moments) under ``optimizer.<param index>.<name>``.
+    JSON: ``state`` (step, accountant history, RNG states, ...) plus the
+    optimizer's scalar state and param groups under ``optimizer``.
     Returns the safetensors path.
     """
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, param in enumerate(params):
-        buf = optimizer.state.get(param, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"momentum.{index}"] = buf.detach().cpu().contiguous()
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in opt["state"].items():
+        for name, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    full_state = {**state, "optimizer": {"scalars": scalars, "param_groups": opt["param_groups"]}}
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"epoch-{epoch:04d}"
     atomic_write_bytes(stem.with_suffix(".safetensors"), save(tensors))
-    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(state, sort_keys=True).encode())
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(full_state, sort_keys=True).encode())
     return stem.with_suffix(".safetensors")
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest ``epoch-NNNN.safetensors`` whose JSON half exists too, or None."""
+    candidates = sorted(directory.glob("epoch-*.safetensors")) if directory.is_dir() else []
+    complete = [p for p in candidates if p.with_suffix(".json").is_file()]
+    return complete[-1] if complete else None
 
 
 def save_parameters(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> str:

@@ -1,85 +1,43 @@
-"""The DP-SGD training loop (Abadi et al. 2016, "Deep Learning with Differential Privacy").
+"""Tabular DP training: from an anonymized table and its manifest to released parameters.
 
-Built from Opacus' parts so the sample rate is ours: q = logical batch / training
-rows, Poisson sampling through ``DPDataLoader``, per-sample gradients through
-``GradSampleModule``, clipping and Gaussian noise through ``DPOptimizer`` over
-momentum SGD, physical batches through ``BatchMemoryManager``, and ε through the
-chosen accountant hooked to every logical step.
+Encodes features from the manifest's public domains, builds the registered
+model, runs :func:`privtrain.trainer.dp_sgd.run_dp_sgd`, and writes the final
+parameters with the metadata a client needs to rebuild model and encoding.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import create_accountant
-from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from privtrain.errors import FailedPrecondition, InvalidInput, PrivtrainError
-from privtrain.trainer.accounting import (
-    EpsilonTracker,
-    accountant_epsilon,
-    accountant_state,
-    calibrate_noise_multiplier,
-)
-from privtrain.trainer.checkpoints import save_checkpoint, save_parameters
+from privtrain.errors import InvalidInput
+from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
+from privtrain.trainer.dp_sgd import JobCancelled, Reporter, StepReport, run_dp_sgd
 from privtrain.trainer.features import FeatureEncoder
 from privtrain.trainer.models import build_model
 from privtrain.trainer.spec import TrainingSpec
 
+__all__ = [
+    "JobCancelled", "Reporter", "StepReport", "TrainingResult", "accuracy", "build_encoder",
+    "check_model_spec", "model_from_parameters", "parameter_metadata", "split_rows", "train",
+    "validate_model",
+]
+
 EVAL_BATCH = 8192
 # Per-sample gradients multiply parameter memory by the physical batch size.
 MAX_PARAMETERS = 20_000_000
-
-
-class JobCancelled(PrivtrainError):
-    """The job was asked to stop between two steps."""
-
-    grpc_code = "CANCELLED"
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """One logical DP-SGD step.
-
-    ``loss`` is the mean cross-entropy over the step's samples, or None for an
-    empty Poisson batch (which is still a step: noise added, ε advanced).
-    ``samples_per_s`` is samples / wall seconds of the step; ``epsilon`` an
-    upper bound of ε spent so far (see :class:`EpsilonTracker`).
-    """
-
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float | None
-    batch_size: int
-    samples_per_s: float
-    epsilon: float
-
-
-class Reporter(Protocol):
-    """Receives progress from :func:`train`."""
-
-    def on_start(self, info: dict[str, Any]) -> None: ...
-
-    def on_step(self, report: StepReport) -> None: ...
-
-    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -193,6 +151,8 @@ def train(
     out_dir: Path,
     reporter: Reporter,
     should_stop: Callable[[], bool] = lambda: False,
+    *,
+    resume: bool = False,
 ) -> TrainingResult:
     """Train ``spec.model`` on ``table`` with DP-SGD and write checkpoints and parameters.
 
@@ -208,7 +168,9 @@ def train(
     reporter : Reporter
         Gets every logical step and every epoch's test accuracy.
     should_stop : callable
-        Polled before every logical step; True raises :class:`JobCancelled`.
+        Polled before every physical batch; True raises :class:`JobCancelled`.
+    resume : bool
+        Continue from the latest checkpoint in ``out_dir``.
 
     Raises
     ------
@@ -224,122 +186,22 @@ def train(
     encoder = build_encoder(spec, domains)
     x_train, y_train = encoder.encode(train_rows)
     x_test, y_test = encoder.encode(test_rows)
-    n_train = len(y_train)
-    if spec.batch_size > n_train:
-        raise InvalidInput(f"batch_size {spec.batch_size} exceeds the {n_train} training rows")
-
     check_model_spec(spec, encoder)
     model = build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes).to(device)
-
-    sample_rate = spec.batch_size / n_train
-    steps_per_epoch = int(1 / sample_rate)
-    total_steps = spec.epochs * steps_per_epoch
-    sigma = calibrate_noise_multiplier(
-        target_epsilon=spec.target_epsilon, target_delta=spec.target_delta,
-        sample_rate=sample_rate, steps=total_steps, accountant=spec.accountant,
+    outcome = run_dp_sgd(
+        spec, model, TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+        lambda m: accuracy(m, x_test, y_test, device), out_dir, reporter,
+        should_stop=should_stop, resume=resume, device=device,
     )
-
-    sampling_gen = torch.Generator().manual_seed(spec.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
-    gsm = GradSampleModule(model, loss_reduction="mean")
-    optimizer = DPOptimizer(
-        torch.optim.SGD(
-            gsm.parameters(), lr=spec.learning_rate, momentum=spec.momentum,
-            weight_decay=spec.weight_decay,
-        ),
-        noise_multiplier=sigma,
-        max_grad_norm=spec.max_grad_norm,
-        expected_batch_size=spec.batch_size,
-        loss_reduction="mean",
-        generator=noise_gen,
-    )
-    accountant = create_accountant(mechanism=spec.accountant)
-    accountant_hook = accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
-    logical_steps_taken = [0]
-
-    def on_logical_step(opt: DPOptimizer) -> None:
-        accountant_hook(opt)
-        logical_steps_taken[0] += 1
-
-    optimizer.attach_step_hook(on_logical_step)
-    loader = DPDataLoader(
-        TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
-        sample_rate=sample_rate,
-        generator=sampling_gen,
-    )
-    tracker = EpsilonTracker(spec.accountant, sigma, sample_rate, total_steps, spec.target_delta)
-    criterion = nn.CrossEntropyLoss()
-    reporter.on_start({
-        "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch, "train_rows": n_train, "test_rows": len(y_test),
-        "device": str(device), "features": encoder.width,
-    })
-
-    step = 0
-    last_loss = float("nan")
-    test_acc = 0.0
-    checkpoints = out_dir / "checkpoints"
-    for epoch in range(1, spec.epochs + 1):
-        with BatchMemoryManager(
-            data_loader=loader, max_physical_batch_size=spec.max_physical_batch_size,
-            optimizer=optimizer,
-        ) as batches:
-            loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
-            for xb, yb in batches:
-                if should_stop():
-                    raise JobCancelled(f"cancelled before step {step + 1}")
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(gsm(xb), yb)
-                with warnings.catch_warnings():
-                    # Opacus' hooks on the first layer fire without input grads, by design.
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
-                if len(yb):
-                    loss_sum += float(loss.detach()) * len(yb)
-                    samples += len(yb)
-                before = logical_steps_taken[0]
-                optimizer.step()
-                if logical_steps_taken[0] == before:
-                    continue  # a physical batch inside a larger logical one
-                step += 1
-                elapsed = max(time.perf_counter() - step_start, 1e-9)
-                mean_loss = loss_sum / samples if samples else None
-                if mean_loss is not None:
-                    last_loss = mean_loss
-                reporter.on_step(StepReport(
-                    step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
-                    batch_size=samples, samples_per_s=samples / elapsed, epsilon=tracker.after(step),
-                ))
-                loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
-        test_acc = accuracy(gsm._module, x_test, y_test, device)
-        epsilon_now = tracker.after(step)
-        reporter.on_epoch(epoch, test_acc, epsilon_now)
-        save_checkpoint(
-            checkpoints, epoch=epoch, model_state=gsm._module.state_dict(),
-            optimizer=optimizer.original_optimizer,
-            state={
-                "epoch": epoch, "step": step, "epsilon_upper_bound": epsilon_now,
-                "delta": spec.target_delta,
-                "accountant": accountant_state(accountant), "spec": spec.to_dict(),
-                "sampling_rng": sampling_gen.get_state().tolist(),
-            },
-        )
-
-    epsilon = accountant_epsilon(accountant, spec.target_delta)
-    if step != total_steps or epsilon > spec.target_epsilon:
-        raise FailedPrecondition(
-            f"accounting check failed: {step}/{total_steps} steps, ε={epsilon:.6f} "
-            f"(target {spec.target_epsilon})"
-        )
     params_path = out_dir / "parameters.safetensors"
-    sha = save_parameters(params_path, gsm._module.state_dict(), parameter_metadata(spec, encoder, epsilon))
+    sha = save_parameters(params_path, outcome.model.state_dict(),
+                          parameter_metadata(spec, encoder, outcome.epsilon))
     return TrainingResult(
-        epsilon=epsilon, delta=spec.target_delta, accountant=spec.accountant,
-        noise_multiplier=sigma, sample_rate=sample_rate, steps=step, test_accuracy=test_acc,
-        test_rows=len(y_test), train_rows=n_train, final_loss=last_loss,
-        parameters_path=params_path, parameters_sha256=sha,
-        parameters_bytes=params_path.stat().st_size, device=str(device),
+        epsilon=outcome.epsilon, delta=spec.target_delta, accountant=spec.accountant,
+        noise_multiplier=outcome.noise_multiplier, sample_rate=outcome.sample_rate,
+        steps=outcome.steps, test_accuracy=outcome.test_accuracy, test_rows=len(y_test),
+        train_rows=len(y_train), final_loss=outcome.final_loss, parameters_path=params_path,
+        parameters_sha256=sha, parameters_bytes=params_path.stat().st_size, device=str(device),
         train_seconds=time.perf_counter() - started,
     )
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from privtrain.errors import InvalidInput
 
 ACCOUNTANTS = ("prv", "rdp")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -54,6 +56,14 @@ class TrainingSpec:
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     accountant : str
         ``prv`` (Gopi et al. 2021) or ``rdp`` (Mironov 2017).
+    noise_multiplier : float or None
+        σ to use as is (refused if its ε exceeds the target); None calibrates σ.
+    optimizer : str
+        ``sgd`` (momentum, optionally Nesterov) or ``adam``.
+    nesterov : bool
+        Nesterov momentum for ``sgd``.
+    lr_schedule : str
+        ``constant``, ``cosine`` (to 0 over all steps) or ``step`` (×0.1 at 50% and 75%).
     """
 
     dataset_id: str
@@ -76,7 +86,10 @@ class TrainingSpec:
     seed: int = 0
     device: str = "auto"
     accountant: str = "prv"
-    extra: dict[str, Any] = field(default_factory=dict)
+    noise_multiplier: float | None = None
+    optimizer: str = "sgd"
+    nesterov: bool = False
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -113,6 +126,17 @@ class TrainingSpec:
             out.append(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.accountant not in ACCOUNTANTS:
             out.append(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.optimizer not in OPTIMIZERS:
+            out.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            out.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            out.append("nesterov needs optimizer 'sgd' with momentum > 0")
+        if self.noise_multiplier is not None and not (
+            isinstance(self.noise_multiplier, (int, float))
+            and math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
+        ):
+            out.append(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
         if self.seed < 0:
             out.append(f"seed must be >= 0, got {self.seed!r}")
         if self.target_column in self.feature_columns:
