@@ -215,23 +215,24 @@ class BookKeepingModule(nn.Module):
         batch = len(next(iter(self._records.values())).activation) if self._records else 0
         # An empty (Poisson) batch contributes nothing; the optimizer still adds noise.
         seen = [(m, r) for m, r in self._records.items() if r.backprops is not None and batch]
+        # With a mean loss the captured gradients are 1/batch of the per-sample ones. Norms are
+        # quadratic and clipped sums linear in them, so the factor goes into those, not into g.
+        scale = float(batch) if self.loss_reduction == "mean" else 1.0
         squared: torch.Tensor | None = None
         for layer, rec in seen:
             assert rec.backprops is not None
-            if self.loss_reduction == "mean":
-                rec.backprops = rec.backprops * batch
             kernel = kernel_for(layer)
             assert kernel is not None
             norms, rec.state = kernel.norms(layer, [rec.activation], rec.backprops)
             for value in norms.values():
                 squared = value.float() if squared is None else squared + value.float()
-        if squared is None or batch == 0:
+        if squared is None:
             norms_total = torch.zeros(batch)
             coef = torch.zeros(batch)
             seen = []
         else:
-            norms_total = squared.sqrt()
-            coef = (self.max_grad_norm / (norms_total + 1e-6)).clamp(max=1.0)
+            norms_total = squared.sqrt() * scale
+            coef = (self.max_grad_norm / (norms_total + 1e-6)).clamp(max=1.0) * scale
         self.per_sample_gradient_norms = norms_total
         for layer, rec in seen:
             kernel = kernel_for(layer)
