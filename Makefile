@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, exactly this version: the CPU wheel; anything looser pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# Independent k/l/t checker for the tests; installed without its exact pins of
+	# pandas and numpy, which would downgrade ours (it needs nothing else).
+	$(PY) -m pip install -q --no-deps pycanon==1.3.6
 	touch $(STAMP)
 
 demo: $(STAMP)

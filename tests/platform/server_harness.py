@@ -57,7 +57,7 @@ class RunningServer:
 
 def start_server(home: Path, pki: PkiLayout, **overrides: object) -> RunningServer:
     """Migrate a fresh SQLite file and start a server on a free port."""
-    config = ServerConfig(home=home, pki_dir=pki.directory, port=0, **overrides)  # type: ignore[arg-type]
+    config = ServerConfig(home=home, pki_dir=pki.directory, **{"port": 0, **overrides})  # type: ignore[arg-type]
     home.mkdir(parents=True, exist_ok=True)
     upgrade(config.db_url)
     server = PrivtrainServer(config)

@@ -102,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a pipe or a log file gets the summary lines only
     ) as bar:
         task = bar.add_task("anonymize", total=1.0)
         report = anonymize_file(

@@ -101,6 +101,28 @@ def _check_columns(df: pd.DataFrame, policy: Policy, source: str) -> None:
             raise PolicyError(f"{policy.source}: columns.{name}: declared but absent from {source}")
 
 
+def _check_output_path(out_path: Path, inputs: list[Path]) -> None:
+    """Refuse an output (or its manifest) that would overwrite an input, or is a folder.
+
+    Raises
+    ------
+    AnonymizationError
+        Naming the clash.
+    """
+    targets = {out_path.resolve(): str(out_path), manifest_path_for(out_path).resolve(): "its manifest"}
+    for path in inputs:
+        clash = targets.get(Path(path).resolve())
+        if clash is not None:
+            raise AnonymizationError(
+                f"output {out_path} ({clash}) would overwrite the input {path}; choose another --out"
+            )
+    for target in targets:
+        if target.is_dir():
+            raise AnonymizationError(f"output {target} is a folder; --out needs a file name")
+    if not out_path.resolve().parent.is_dir():
+        raise AnonymizationError(f"output folder {out_path.resolve().parent} does not exist")
+
+
 def anonymize_file(
     input_path: Path,
     policy_path: Path,
@@ -147,6 +169,8 @@ def anonymize_file(
             progress(stage, fraction)
 
     out_path = Path(out_path)
+    _check_output_path(out_path, [input_path, policy_path, key_path, signing_key_path,
+                                  signing_cert_path])
     policy = load_policy(policy_path)
     key = load_key(key_path)
     try:

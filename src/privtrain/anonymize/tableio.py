@@ -12,6 +12,7 @@ policy entry.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -111,6 +112,13 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"{path}: input file not found")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise AnonymizationError(
+                f"unknown text encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)"
+            ) from None
     fmt = table_format(path)
     try:
         if fmt == "parquet":

@@ -24,10 +24,39 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402 - after GRPC_VERBOSITY on purpose
 
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
 from privtrain.errors import InvalidInput, PrivtrainError  # noqa: E402
 
 DEFAULT_PKI = Path(os.environ.get("PRIVTRAIN_PKI", "pki"))
 DEFAULT_SERVER = os.environ.get("PRIVTRAIN_SERVER", "127.0.0.1:50051")
+
+
+def _int_at_least(low: int, high: int = 2**31 - 1) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return value
+
+
+POSITIVE = _int_at_least(1)
+PORT = _int_at_least(0, 65535)
 
 
 def parse_target(target: str) -> tuple[str, int]:
@@ -162,7 +191,8 @@ def _dataset_upload(args: argparse.Namespace) -> int:
     for path in (args.file, manifest):
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}")
-    progress = Progress(transient=True, disable=args.json, console=Console(stderr=True))
+    console = Console(stderr=True)
+    progress = Progress(transient=True, disable=args.json or not console.is_terminal, console=console)
     with _client(args, "data-owner") as client, progress as bar:
         task = bar.add_task("uploading", total=args.file.stat().st_size)
         ds = client.upload(args.file, manifest, name=args.name, epsilon_budget=args.epsilon,
@@ -226,6 +256,7 @@ def _watch_to_end(args: argparse.Namespace, client: Any, job_id: str) -> int:
 
 def _job_watch(args: argparse.Namespace) -> int:
     with _client(args, "trainer") as client:
+        client.get_job(args.job_id)  # NOT_FOUND / PERMISSION_DENIED before any progress bar
         return _watch_to_end(args, client, args.job_id)
 
 
@@ -278,11 +309,15 @@ def _job_evaluate(args: argparse.Namespace) -> int:
     for path in (args.params, args.data):
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from privtrain.trainer.evaluate import evaluate_parameters
 
-    table = pq.read_table(args.data).to_pandas()
+    try:
+        table = pq.read_table(args.data).to_pandas()
+    except pa.ArrowException as exc:
+        raise InvalidInput(f"{args.data} is not a readable Parquet file: {exc}") from None
     acc, rows = evaluate_parameters(args.params.read_bytes(), table)
     _print(args, {"test_accuracy": acc, "test_rows": rows},
            f"test accuracy {acc:.4f} on {rows} held-out rows")
@@ -326,17 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--pki", type=Path, default=DEFAULT_PKI, help="folder made by `certs init`")
     srv.add_argument("--host", default="127.0.0.1",
                      help="address to bind; must be one of the server certificate's names")
-    srv.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    srv.add_argument("--port", type=PORT, default=50051, help="0 picks a free port")
     srv.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
     srv.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
-    srv.add_argument("--max-running-jobs", type=int, default=1, help="worker processes at once")
-    srv.add_argument("--stall-factor", type=float, default=10.0,
+    srv.add_argument("--max-running-jobs", type=POSITIVE, default=1, help="worker processes at once")
+    srv.add_argument("--stall-factor", type=_positive_float, default=10.0,
                      help="NO_PROGRESS after this many median step intervals without a step")
-    srv.add_argument("--stall-floor-s", type=float, default=60.0,
+    srv.add_argument("--stall-floor-s", type=_positive_float, default=60.0,
                      help="smallest NO_PROGRESS threshold in seconds")
-    srv.add_argument("--stall-first-step-s", type=float, default=600.0,
+    srv.add_argument("--stall-first-step-s", type=_positive_float, default=600.0,
                      help="NO_PROGRESS threshold before a job's first step, in seconds")
-    srv.add_argument("--grace-s", type=float, default=5.0,
+    srv.add_argument("--grace-s", type=_positive_float, default=5.0,
                      help="seconds in-flight calls and workers get at shutdown")
     srv.set_defaults(func=_server)
 
@@ -370,18 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--features", nargs="*", default=None,
                     help="feature columns (default: every usable column of the manifest)")
     sj.add_argument("--model", default="mlp", help="logistic_regression or mlp")
-    sj.add_argument("--hidden", type=int, nargs="*", default=[64], help="MLP hidden layer widths")
+    sj.add_argument("--hidden", type=POSITIVE, nargs="*", default=[64], help="MLP hidden layer widths")
     sj.add_argument("--epsilon", type=float, default=3.0, help="target ε")
     sj.add_argument("--delta", type=float, default=1e-5, help="target δ")
-    sj.add_argument("--epochs", type=int, default=5, help="expected passes over the training rows")
-    sj.add_argument("--batch-size", type=int, default=512, help="logical batch size")
-    sj.add_argument("--max-physical-batch-size", type=int, default=256,
+    sj.add_argument("--epochs", type=POSITIVE, default=5, help="expected passes over the training rows")
+    sj.add_argument("--batch-size", type=POSITIVE, default=512, help="logical batch size")
+    sj.add_argument("--max-physical-batch-size", type=POSITIVE, default=256,
                     help="largest batch put through the model at once (memory)")
     sj.add_argument("--max-grad-norm", type=float, default=1.0, help="per-sample clipping bound C")
     sj.add_argument("--lr", type=float, default=0.5, help="SGD learning rate")
     sj.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     sj.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
-    sj.add_argument("--seed", type=int, default=0, help="seeds sampling, noise and initialisation")
+    sj.add_argument("--seed", type=_int_at_least(0, 2**63 - 1), default=0, help="seeds sampling, noise and initialisation")
     sj.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto picks CUDA when present")
     sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"], help="privacy accountant")
@@ -451,8 +486,16 @@ def main(argv: list[str] | None = None) -> int:
         if hint:
             print(f"hint: {hint}", file=sys.stderr)
         return 1
-    except FileNotFoundError as exc:
-        print(f"error: no such file: {exc.filename}", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; say nothing more, on a stdout that is gone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        print(f"error: database: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

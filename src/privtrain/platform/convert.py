@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +18,11 @@ _SPEC_FIELDS = (
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
     "noise_multiplier", "optimizer", "nesterov", "lr_schedule",
 )
-_OPTIONAL_SPEC_FIELDS = frozenset({"momentum", "weight_decay", "seed", "noise_multiplier"})
+_OPTIONAL_SPEC_FIELDS = frozenset({
+    "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
+    "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "noise_multiplier",
+})
+_REQUIRED_SPEC_FIELDS = frozenset({"dataset_id", "target_column"})
 _RESULT_FIELDS = (
     "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy",
     "test_rows", "train_rows", "final_loss", "parameters_sha256", "parameters_bytes", "device",
@@ -37,7 +40,7 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
-    """Build a validated :class:`TrainingSpec`; proto3 zero values mean "use the default".
+    """Build a validated :class:`TrainingSpec`; unset fields (and empty strings) take the defaults.
 
     Raises
     ------
@@ -49,7 +52,7 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
         if name in _OPTIONAL_SPEC_FIELDS:
             if msg.HasField(name):
                 values[name] = getattr(msg, name)
-        elif getattr(msg, name) not in ("", 0):
+        elif name in _REQUIRED_SPEC_FIELDS or getattr(msg, name) not in ("", False):
             values[name] = getattr(msg, name)
     if msg.hidden_sizes:
         values["hidden_sizes"] = tuple(msg.hidden_sizes)
@@ -121,7 +124,9 @@ def event_to_proto(event: EventRecord) -> pb.JobEvent | None:
             batch_size=p["batch_size"], samples_per_s=p["samples_per_s"], epsilon=p["epsilon"],
         )
         if p["loss"] is not None:
-            step.loss = p["loss"] if math.isfinite(p["loss"]) else float("nan")
+            step.loss = p["loss"]
+        elif p.get("loss_nonfinite"):
+            step.loss = float(p["loss_nonfinite"])
         msg.step.CopyFrom(step)
     elif event.kind == "epoch":
         msg.epoch.CopyFrom(pb.EpochSummary(epoch=p["epoch"], test_accuracy=p["test_accuracy"],

@@ -8,6 +8,7 @@ privacy ledger and the monitor, and settles the job when the worker ends.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import queue as queue_module
 import threading
@@ -140,7 +141,8 @@ class JobRunner:
         cancel = _SPAWN.Event()
         process = _SPAWN.Process(
             target=worker_module.worker_main,
-            args=(job.spec, dataset.storage_path, dataset.manifest["columns"], str(out_dir), q, cancel),
+            args=(job.spec, dataset.storage_path, dataset.sha256, dataset.manifest["columns"],
+                  str(out_dir), q, cancel),
             name=f"privtrain-worker-{job.id}",
             daemon=True,
         )
@@ -177,6 +179,9 @@ class JobRunner:
             self._settle(run)
         except Exception:
             log.exception("pump for job %s failed", run.job.id)
+            # Never leave a worker training with nobody relaying or accounting for it.
+            run.process.kill()
+            run.process.join(10)
             self._finish(run.job.id, JobState.RUNNING, JobState.FAILED,
                          "internal error while relaying worker output", epsilon=None)
         finally:
@@ -202,7 +207,7 @@ class JobRunner:
                     batch_size=payload["batch_size"], samples_per_s=payload["samples_per_s"],
                     epsilon=payload["epsilon"],
                 ))
-                events.append((job_id, "step", payload))
+                events.append((job_id, "step", json_safe_step(payload)))
                 transitions += self._monitor.observe_step(
                     job_id, step=payload["step"], loss=payload["loss"],
                     batch_size=payload["batch_size"], samples_per_s=payload["samples_per_s"],
@@ -225,11 +230,23 @@ class JobRunner:
             self._finish(job_id, JobState.RUNNING, JobState.SUCCEEDED, None, epsilon=payload["epsilon"])
         elif kind == worker_module.MESSAGE_CANCELLED:
             # The worker stopped between steps and every step it took was relayed.
-            self._finish(job_id, JobState.RUNNING, JobState.CANCELLED, payload["error"],
-                         epsilon=run.last_epsilon)
+            if self._stopping.is_set() and run.cancel_requested_at is None:
+                self._finish(job_id, JobState.RUNNING, JobState.FAILED,
+                             f"the server shut down during training (after step {run.steps})",
+                             epsilon=run.last_epsilon)
+            else:
+                self._finish(job_id, JobState.RUNNING, JobState.CANCELLED, payload["error"],
+                             epsilon=run.last_epsilon)
         elif kind == worker_module.MESSAGE_FAILED:
             self._finish(job_id, JobState.RUNNING, JobState.FAILED, payload["error"],
                          epsilon=run.last_epsilon if run.steps == 0 else None)
+        elif run.cancel_requested_at is not None or self._stopping.is_set():
+            # Killed after the grace period: steps after the last one relayed cannot be ruled out.
+            reason = "cancelled" if run.cancel_requested_at is not None else "the server shut down"
+            self._finish(job_id, JobState.RUNNING,
+                         JobState.CANCELLED if run.cancel_requested_at is not None else JobState.FAILED,
+                         f"{reason}; the worker did not stop within the grace period and was killed",
+                         epsilon=None)
         else:
             code = run.process.exitcode
             message = f"worker process exited with code {code} before reporting a result"
@@ -250,6 +267,14 @@ class JobRunner:
         if changed:
             self._hub.publish(job_id, "state", {"state": new.value, "error": error or ""})
             log.info("job %s %s%s", job_id, new.value, f": {error}" if error else "")
+
+
+def json_safe_step(payload: dict[str, Any]) -> dict[str, Any]:
+    """A step payload JSON can store: a NaN/inf loss moves to ``loss_nonfinite`` as text."""
+    loss = payload.get("loss")
+    if loss is None or math.isfinite(loss):
+        return payload
+    return {**payload, "loss": None, "loss_nonfinite": str(loss)}
 
 
 def _drain(q: Any, timeout_s: float) -> list[tuple[str, dict[str, Any]]]:

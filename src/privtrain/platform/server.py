@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
+from pathlib import Path
+from typing import IO
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from privtrain.errors import InvalidInput
+from privtrain.errors import FailedPrecondition, InvalidInput
 from privtrain.monitoring.monitor import JobMonitor
 from privtrain.platform.alerting import AlertSink
 from privtrain.platform.config import ServerConfig
@@ -28,6 +31,47 @@ SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
     for name in ("DatasetService", "TrainingService", "MonitoringService")
 )
+
+
+def lock_home(home: Path) -> IO[bytes]:
+    """Hold an exclusive lock on ``home/server.lock`` for the server's lifetime.
+
+    Two servers on one home would each treat the other's running jobs as
+    leftovers of a crash.
+
+    Raises
+    ------
+    FailedPrecondition
+        Another server holds the lock.
+    """
+    handle = (home / "server.lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FailedPrecondition(f"another privtrain server is already running on {home}") from None
+    return handle
+
+
+def check_migrated(url: str) -> None:
+    """Refuse to serve a database that is not at the latest migration.
+
+    Raises
+    ------
+    FailedPrecondition
+        Naming the revision found and the command that fixes it.
+    """
+    from privtrain.platform.db.migrate import current_revision, head_revision
+
+    try:
+        current = current_revision(url)
+    except Exception as exc:  # SQLAlchemy or driver error: unreadable or unreachable database
+        raise FailedPrecondition(f"cannot read the database at {url}: {exc}") from None
+    if current != head_revision():
+        raise FailedPrecondition(
+            f"the database at {url} is at revision {current or 'none'}, not {head_revision()}: "
+            "run `privtrain db upgrade` first"
+        )
 
 
 class PrivtrainServer:
@@ -50,6 +94,8 @@ class PrivtrainServer:
             serialization.Encoding.PEM
         )
         config.home.mkdir(parents=True, exist_ok=True)
+        self._home_lock = lock_home(config.home)
+        check_migrated(config.db_url)
         self.db = Database(config.db_url)
         self.hub = EventHub(self.db)
         self.monitor = monitor or JobMonitor(stall=config.stall)
@@ -102,6 +148,7 @@ class PrivtrainServer:
         self._monitor_thread.join(5)
         stopped.wait(grace_s + 1)
         self.db.close()
+        self._home_lock.close()
 
     def wait(self) -> None:
         """Block until the gRPC server terminates."""

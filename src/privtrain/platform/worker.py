@@ -7,8 +7,11 @@ talks to the server only through its own queue of ``(kind, payload)`` messages.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import threading
+import time
 import traceback
 from dataclasses import asdict
 from multiprocessing.queues import Queue
@@ -41,9 +44,42 @@ class QueueReporter:
                                          "epsilon": epsilon}))
 
 
+def _exit_with_parent() -> None:
+    """End this process when the server that spawned it dies (even by SIGKILL).
+
+    Without it an orphaned worker would train on for a job the next server
+    already settled, then hang flushing a queue nobody reads.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _check_dataset(path: str, expected_sha256: str) -> None:
+    """Refuse to train on a stored file that no longer matches its verified upload."""
+    from privtrain.errors import FailedPrecondition
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected_sha256:
+        raise FailedPrecondition(
+            f"the stored dataset file {path} changed since its verified upload "
+            f"(sha256 {digest.hexdigest()}, expected {expected_sha256})"
+        )
+
+
 def worker_main(
     spec: dict[str, Any],
     dataset_path: str,
+    dataset_sha256: str,
     domains: dict[str, Any],
     out_dir: str,
     queue: Queue[tuple[str, dict[str, Any]]],
@@ -54,8 +90,10 @@ def worker_main(
     Sends ``started``, ``step``, ``epoch`` messages, then exactly one of
     ``succeeded`` (the :class:`TrainingResult` dict), ``failed`` or
     ``cancelled`` (``{"error": message}``). The worker's stderr goes to
-    ``<out_dir>/worker.log``.
+    ``<out_dir>/worker.log``. The stored file is checked against ``dataset_sha256``
+    first, and the process ends itself if the server dies.
     """
+    _exit_with_parent()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "worker.log", "a", buffering=1)  # noqa: SIM115 - lives as long as the process
@@ -69,6 +107,7 @@ def worker_main(
     from privtrain.trainer.spec import TrainingSpec
 
     try:
+        _check_dataset(dataset_path, dataset_sha256)
         table = pq.read_table(dataset_path).to_pandas()
         result = train(
             TrainingSpec.from_dict(spec), table, domains, out, QueueReporter(queue),

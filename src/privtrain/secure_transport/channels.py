@@ -277,7 +277,9 @@ def create_server(
     server = grpc.server(
         ThreadPoolExecutor(max_workers=limits.max_workers, thread_name_prefix="privtrain-grpc"),
         interceptors=list(interceptors),
-        options=grpc_options(limits),
+        # gRPC sets SO_REUSEPORT by default, which lets a second server bind a port
+        # that is already serving and silently split the traffic.
+        options=[*grpc_options(limits), ("grpc.so_reuseport", 0)],
     )
     try:
         if insecure_dev:

@@ -90,6 +90,52 @@ class LoopResult:
     model: nn.Module
 
 
+MAX_STEPS = 1_000_000
+
+
+def schedule(spec: TrainingSpec, train_rows: int) -> tuple[float, int, int]:
+    """(sample_rate, steps_per_epoch, total_steps) of ``spec`` on ``train_rows`` rows.
+
+    Raises
+    ------
+    InvalidInput
+        The logical batch exceeds the training rows, or the job would take more
+        than :data:`MAX_STEPS` steps.
+    """
+    if spec.batch_size > train_rows:
+        raise InvalidInput(f"batch_size {spec.batch_size} exceeds the {train_rows} training rows")
+    sample_rate = spec.batch_size / train_rows
+    steps_per_epoch = int(1 / sample_rate)
+    total_steps = spec.epochs * steps_per_epoch
+    if total_steps > MAX_STEPS:
+        raise InvalidInput(
+            f"{spec.epochs} epochs of {steps_per_epoch} steps make {total_steps:,} steps; "
+            f"the limit is {MAX_STEPS:,}"
+        )
+    return sample_rate, steps_per_epoch, total_steps
+
+
+def preflight(spec: TrainingSpec, train_rows: int) -> None:
+    """Checks made at submission, before any ε is reserved: schedule and reachable ε.
+
+    Feasibility is checked with the RDP accountant, which is fast and never
+    tighter than PRV: a target RDP can reach, PRV reaches too.
+
+    Raises
+    ------
+    InvalidInput
+        Bad schedule, or no noise multiplier reaches the target ε.
+    """
+    sample_rate, _, total_steps = schedule(spec, train_rows)
+    if spec.noise_multiplier is None:
+        calibrate_noise_multiplier(
+            target_epsilon=spec.target_epsilon, target_delta=spec.target_delta,
+            sample_rate=sample_rate, steps=total_steps, accountant="rdp",
+        )
+    else:
+        noise_for(spec, sample_rate, total_steps)
+
+
 def noise_for(spec: TrainingSpec, sample_rate: float, total_steps: int) -> float:
     """σ for the job: the spec's own (checked against the target) or calibrated to it.
 
@@ -177,11 +223,7 @@ def run_dp_sgd(
     """
     device = device or torch.device("cpu")
     n_train = len(train_data)
-    if spec.batch_size > n_train:
-        raise InvalidInput(f"batch_size {spec.batch_size} exceeds the {n_train} training rows")
-    sample_rate = spec.batch_size / n_train
-    steps_per_epoch = int(1 / sample_rate)
-    total_steps = spec.epochs * steps_per_epoch
+    sample_rate, steps_per_epoch, total_steps = schedule(spec, n_train)
     checkpoints = out_dir / "checkpoints"
     state: dict[str, Any] | None = None
     if resume:

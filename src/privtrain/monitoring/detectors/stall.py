@@ -12,6 +12,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+from privtrain.errors import InvalidInput
 from privtrain.monitoring.alerts import AlertKind, AlertState, AlertTransition
 
 
@@ -39,8 +40,10 @@ class StallConfig:
 
     def __post_init__(self) -> None:
         if self.factor <= 1 or self.floor_s <= 0 or self.first_step_s <= 0 or self.window < 1:
-            raise ValueError(
-                "StallConfig needs factor > 1, floor_s > 0, first_step_s > 0 and window >= 1"
+            raise InvalidInput(
+                "stall settings need factor > 1, floor_s > 0, first_step_s > 0 and window >= 1; "
+                f"got factor={self.factor}, floor_s={self.floor_s}, "
+                f"first_step_s={self.first_step_s}, window={self.window}"
             )
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,16 +24,23 @@ from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.roles import PeerIdentity, Role
 
 
+MAX_EPSILON_BUDGET = 100.0
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def check_budget(epsilon: float, delta: float) -> None:
-    """A budget is ε > 0 (finite) and 0 < δ < 1.
+    """A budget is 0 < ε ≤ 100 and 0 < δ < 1.
+
+    Past ε = 100 the guarantee (a likelihood ratio of e^100) means nothing, so
+    such a budget is a typo rather than a policy.
 
     Raises
     ------
     InvalidInput
         Naming the bad value.
     """
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise InvalidInput(f"epsilon_budget must be a finite number > 0, got {epsilon}")
+    if not (math.isfinite(epsilon) and 0 < epsilon <= MAX_EPSILON_BUDGET):
+        raise InvalidInput(f"epsilon_budget must be in (0, {MAX_EPSILON_BUDGET:g}], got {epsilon}")
     if not (0 < delta < 1):
         raise InvalidInput(f"delta_budget must be in (0, 1), got {delta}")
 
@@ -53,8 +61,11 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("the first Upload message must be an UploadHeader")
         header = first.header
-        if not header.name.strip():
-            raise InvalidInput("dataset name is empty")
+        if not DATASET_NAME.fullmatch(header.name):
+            raise InvalidInput(
+                f"dataset name {header.name[:40]!r} must be 1-128 characters of letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit"
+            )
         check_budget(header.epsilon_budget, header.delta_budget)
         verified = verify_manifest(header.manifest)
         if verified.signer_fingerprint_sha256 != identity.fingerprint_sha256:
@@ -80,7 +91,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                     f"uploaded bytes hash to {digest}"
                 )
             record = self._db.datasets.create(
-                name=header.name.strip(), owner_common_name=identity.common_name,
+                name=header.name, owner_common_name=identity.common_name,
                 storage_path=str(final), sha256=digest, size_bytes=size,
                 rows=int(manifest["output_rows"]), manifest_json=json.dumps(manifest),
                 epsilon_budget=header.epsilon_budget, delta_budget=header.delta_budget,

@@ -21,9 +21,34 @@ from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.envelope import seal
 from privtrain.secure_transport.roles import PeerIdentity, Role
+from privtrain.trainer.device import resolve_device
+from privtrain.trainer.dp_sgd import preflight
 from privtrain.trainer.engine import build_encoder, check_model_spec
 
 X25519_PUBLIC_KEY_BYTES = 32
+
+
+def count_rows(parquet: Path, column: str, value: str) -> int:
+    """Rows of a stored dataset whose ``column`` equals ``value`` (reads that column only).
+
+    Raises
+    ------
+    InvalidInput
+        The column does not exist.
+    FailedPrecondition
+        The stored file is missing or unreadable.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(parquet)
+        if column not in schema.names:
+            raise InvalidInput(f"split_column {column!r} is not a column of the dataset")
+        values = pq.read_table(parquet, columns=[column]).column(column).cast("string")
+    except OSError as exc:
+        raise FailedPrecondition(f"the stored dataset file cannot be read: {exc}") from None
+    return int(pc.sum(pc.equal(values, value)).as_py() or 0)
 
 
 class TrainingServicer(pb_grpc.TrainingServiceServicer):
@@ -56,15 +81,22 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
                   identity: PeerIdentity) -> pb.Job:
         spec = spec_from_proto(request.spec)
         dataset = self._db.datasets.get(spec.dataset_id)
-        # Everything that can be checked from the schema is checked before ε is reserved.
+        # Everything that can be checked without training is checked before ε is reserved.
         check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"]))
-        if spec.batch_size > dataset.rows:
-            raise InvalidInput(f"batch_size {spec.batch_size} exceeds the dataset's {dataset.rows} rows")
+        resolve_device(spec.device)
+        preflight(spec, count_rows(Path(dataset.storage_path), spec.split_column, spec.train_split))
+        spec_json = json.dumps(spec.to_dict(), sort_keys=True)
         job, created = self._db.jobs.submit(
             request_id=request.request_id or None, dataset_id=dataset.id,
-            submitter_common_name=identity.common_name, spec_json=json.dumps(spec.to_dict()),
+            submitter_common_name=identity.common_name, spec_json=spec_json,
             epsilon=spec.target_epsilon, delta=spec.target_delta,
         )
+        if not created and (json.loads(job.spec_json) != spec.to_dict()
+                            or job.submitter_common_name != identity.common_name):
+            raise FailedPrecondition(
+                f"request_id {request.request_id!r} was already used for job {job.id} with a "
+                "different spec; use a new request_id for a new job"
+            )
         if created:
             self._hub.publish(job.id, "state", {"state": JobState.PENDING.value, "error": ""})
             self._runner.wake()
