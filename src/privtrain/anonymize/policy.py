@@ -42,10 +42,11 @@ from typing import Any
 
 from privtrain.anonymize import policy_specs as specs
 from privtrain.anonymize.errors import PolicyError
+from privtrain.anonymize.operators import options
 from privtrain.anonymize.operators.registry import registered_operators
 
 ROLES = frozenset({"direct_identifier", "quasi_identifier", "sensitive", "other"})
-TYPES = frozenset({"categorical", "numeric", "text"})
+TYPES = frozenset({"categorical", "numeric", "text", "date", "zip"})
 
 _TOP_KEYS = frozenset(
     {
@@ -59,6 +60,7 @@ _TOP_KEYS = frozenset(
         "t",
         "sensitive_attributes",
         "missing_values",
+        "phone_region",
     }
 )
 _COLUMN_KEYS = frozenset(
@@ -80,6 +82,12 @@ _COLUMN_KEYS = frozenset(
         "date_format",
         "day_first",
     }
+    | options.MASK_KEYS
+    | options.NOISE_KEYS
+    | options.SCRUB_KEYS
+    | options.DATE_KEYS
+    | options.ZIP_KEYS
+    | options.PHONE_KEYS
 )
 
 
@@ -92,11 +100,12 @@ class ColumnPolicy:
     name : str
         Column name in the input table.
     operator : str
-        One of ``keep``, ``drop``, ``hmac``, ``pseudonym``, ``generalize``.
+        A registered operator: ``keep``, ``drop``, ``hmac``, ``pseudonym``, ``mask``,
+        ``generalize``, ``date_shift``, ``noise``, ``scrub``.
     role : str
         ``direct_identifier``, ``quasi_identifier``, ``sensitive`` or ``other``.
     type : str
-        ``categorical``, ``numeric`` or ``text``.
+        ``categorical``, ``numeric``, ``text``, or (generalized only) ``date`` or ``zip``.
     domain : tuple[str, ...] | None
         Public list of values of a kept categorical column.
     lower, upper : float | None
@@ -118,6 +127,30 @@ class ColumnPolicy:
         ``strftime`` format of a date column (None: ISO, month-name, or slashed with day_first).
     day_first : bool | None
         How slashed dates read (04/03/2021 = 4 March when true); None refuses them.
+    keep_first, keep_last : int | None
+        ``mask``: characters shown at the start / end; the rest become ``mask_char``.
+    mask_char : str | None
+        ``mask``: the masking character (default ``"*"``).
+    distribution : str | None
+        ``noise``: ``"laplace"`` or ``"gaussian"``.
+    scale : float | None
+        ``noise``: Laplace b or Gaussian sigma, in the column's unit.
+    scrub : tuple of str
+        ``scrub``: entity kinds replaced (``email``, ``url``, ``ip``, ``phone``, ``id``, ``name``).
+    names_from : tuple of str
+        ``scrub``: columns whose values are the known names (default: the direct identifiers).
+    date_range : tuple[str, str] | None
+        ``generalize`` of a ``date`` column: public ISO bounds (inclusive).
+    date_levels : tuple of str | None
+        ``generalize`` of a ``date`` column: ``("month", "year")`` or a subset, finest first.
+    digits : int | None
+        ``generalize`` of a ``zip`` column: length of the code (5 for US ZIPs).
+    keep_digits : tuple of int | None
+        ``generalize`` of a ``zip`` column: prefix length kept per level, e.g. ``(3, 1)``.
+    normalize : str | None
+        ``"phone"``: ``hmac`` / ``pseudonym`` inputs are rewritten to E.164 first.
+    phone_region : str | None
+        Region of phone numbers written without ``+`` (``"US"``).
     """
 
     name: str
@@ -136,6 +169,19 @@ class ColumnPolicy:
     shift_days: int | None = None
     date_format: str | None = None
     day_first: bool | None = None
+    keep_first: int | None = None
+    keep_last: int | None = None
+    mask_char: str | None = None
+    distribution: str | None = None
+    scale: float | None = None
+    scrub: tuple[str, ...] = ()
+    names_from: tuple[str, ...] = ()
+    date_range: tuple[str, str] | None = None
+    date_levels: tuple[str, ...] | None = None
+    digits: int | None = None
+    keep_digits: tuple[int, ...] | None = None
+    normalize: str | None = None
+    phone_region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,11 +284,25 @@ def load_policy(path: Path) -> Policy:
     cols = doc.get("columns")
     if not isinstance(cols, dict) or not cols:
         raise chk.fail("columns", "missing or empty: declare every input column as [columns.NAME]")
+    region = doc.get("phone_region")
+    if region is not None:
+        options.check_region(chk, "phone_region", region)
+    else:
+        # "en_US" -> "US": numbers written without "+" are read as the locale's country.
+        region = locale.rpartition("_")[2] or None
+    direct = [
+        n for n, c in cols.items() if isinstance(c, dict) and c.get("role") == "direct_identifier"
+    ]
 
-    columns = {name: _column(chk, name, spec) for name, spec in cols.items()}
+    columns = {name: _column(chk, name, spec, region, direct) for name, spec in cols.items()}
     for c in columns.values():
         if c.subject is not None and c.subject not in columns:
             raise chk.fail(f"columns.{c.name}.subject", f"{c.subject!r} is not a declared column")
+        for other in c.names_from:
+            if other not in columns:
+                raise chk.fail(
+                    f"columns.{c.name}.names_from", f"{other!r} is not a declared column"
+                )
     pseudo = [c for c in columns.values() if c.operator == "pseudonym"]
     if pseudo:
         specs.check_faker(chk, locale, pseudo)
@@ -266,6 +326,10 @@ def _date_shift(chk: specs.Checker, base: str, spec: dict[str, Any]) -> dict[str
     days = spec.get("shift_days", 365)
     if not specs.is_int(days) or not 1 <= days <= 36_500:
         raise chk.fail(f"{base}.shift_days", f"must be an integer in [1, 36500] days, got {days!r}")
+    return {"subject": subject, "shift_days": int(days), **_date_parsing(chk, base, spec)}
+
+
+def _date_parsing(chk: specs.Checker, base: str, spec: dict[str, Any]) -> dict[str, Any]:
     fmt = spec.get("date_format")
     if fmt is not None and (not isinstance(fmt, str) or "%" not in fmt):
         raise chk.fail(
@@ -274,7 +338,7 @@ def _date_shift(chk: specs.Checker, base: str, spec: dict[str, Any]) -> dict[str
     day_first = spec.get("day_first")
     if day_first is not None and not isinstance(day_first, bool):
         raise chk.fail(f"{base}.day_first", f"must be true or false, got {day_first!r}")
-    return {"subject": subject, "shift_days": int(days), "date_format": fmt, "day_first": day_first}
+    return {"date_format": fmt, "day_first": day_first}
 
 
 def _models(
@@ -321,7 +385,9 @@ def _models(
     return out
 
 
-def _column(chk: specs.Checker, name: str, spec: Any) -> ColumnPolicy:
+def _column(
+    chk: specs.Checker, name: str, spec: Any, region: str | None, direct: list[str]
+) -> ColumnPolicy:
     base = f"columns.{name}"
     if not isinstance(spec, dict):
         raise chk.fail(base, "must be a table [columns.NAME]")
@@ -343,9 +409,10 @@ def _column(chk: specs.Checker, name: str, spec: Any) -> ColumnPolicy:
     if typ not in TYPES:
         raise chk.fail(f"{base}.type", f"unknown type {typ!r} (one of {', '.join(sorted(TYPES))})")
 
-    if role == "direct_identifier" and op not in {"drop", "hmac", "pseudonym"}:
+    if role == "direct_identifier" and op not in {"drop", "hmac", "pseudonym", "mask"}:
         raise chk.fail(
-            f"{base}.operator", f"a direct_identifier must be drop, hmac or pseudonym, not {op!r}"
+            f"{base}.operator",
+            f"a direct_identifier must be drop, hmac, pseudonym or mask, not {op!r}",
         )
     if role == "quasi_identifier" and op not in {"generalize", "drop"}:
         raise chk.fail(
@@ -355,12 +422,34 @@ def _column(chk: specs.Checker, name: str, spec: Any) -> ColumnPolicy:
         )
     if op == "generalize" and role != "quasi_identifier":
         raise chk.fail(f"{base}.operator", 'generalize is for role = "quasi_identifier" only')
+    if typ in {"date", "zip"} and op not in {"generalize", "drop"}:
+        raise chk.fail(
+            f"{base}.type",
+            f'type = "{typ}" is for generalize (or drop); use type = "text" with {op}',
+        )
+    if op == "noise" and typ != "numeric":
+        raise chk.fail(f"{base}.type", f'noise needs type = "numeric", not {typ!r}')
+    if op == "scrub" and typ != "text":
+        raise chk.fail(f"{base}.type", f'scrub is for free text: type = "text", not {typ!r}')
 
     allowed: set[str] = {"operator", "role", "type", "description"}
     out: dict[str, Any] = {}
     if op == "date_shift":
         allowed |= {"subject", "shift_days", "date_format", "day_first"}
         out.update(_date_shift(chk, base, spec))
+    if op in {"hmac", "pseudonym"} and "normalize" in spec:
+        allowed |= options.PHONE_KEYS
+        out.update(options.phone(chk, base, spec, region))
+    if op == "mask":
+        allowed |= options.MASK_KEYS
+        out.update(options.mask(chk, base, spec, role))
+    elif op == "noise":
+        allowed |= options.NOISE_KEYS
+        out["lower"], out["upper"] = specs.bounds(chk, base, spec)
+        out.update(options.noise(chk, base, spec))
+    elif op == "scrub":
+        allowed |= options.SCRUB_KEYS
+        out.update(options.scrub(chk, base, spec, [d for d in direct if d != name], region))
     if op == "pseudonym":
         allowed.add("faker")
         faker = spec.get("faker")
@@ -382,8 +471,17 @@ def _column(chk: specs.Checker, name: str, spec: Any) -> ColumnPolicy:
         elif typ == "categorical":
             allowed.add("hierarchy")
             out["hierarchy"] = specs.hierarchy(chk, f"{base}.hierarchy", spec.get("hierarchy"))
+        elif typ == "date":
+            allowed |= options.DATE_KEYS
+            out.update(options.date_generalization(chk, base, spec))
+            out.update(_date_parsing(chk, base, spec))
+        elif typ == "zip":
+            allowed |= options.ZIP_KEYS
+            out.update(options.zip_generalization(chk, base, spec))
         else:
-            raise chk.fail(f"{base}.type", "a generalized column must be numeric or categorical")
+            raise chk.fail(
+                f"{base}.type", "a generalized column must be numeric, categorical, date or zip"
+            )
     for key in spec:
         if key not in allowed:
             raise chk.fail(f"{base}.{key}", f"not used with operator = {op!r} and type = {typ!r}")

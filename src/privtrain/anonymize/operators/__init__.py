@@ -1,6 +1,7 @@
 """Column operators of the anonymizer.
 
-The built-ins (``keep``, ``drop``, ``hmac``, ``pseudonym``, ``generalize``) register
+The built-ins (``keep``, ``drop``, ``hmac``, ``pseudonym``, ``mask``, ``generalize``,
+``date_shift``, ``noise``, ``scrub``) register
 themselves on first lookup through :func:`get_operator` / :func:`registered_operators`.
 """
 

@@ -4,7 +4,8 @@ Level 0 is the raw value; level h (the top) says nothing. Numeric columns use
 nested interval widths (``intervals = [5, 10, 20]`` gives levels raw, 5-wide,
 10-wide, 20-wide bins, then ``"*"``), with optional census-style bottom/top
 coding; categorical columns use an ARX-style hierarchy table (each raw value ->
-its labels at levels 1..h). Missing stays missing at every level and is a
+its labels at levels 1..h); dates go to month and year, ZIP codes to prefixes
+(:mod:`~privtrain.anonymize.operators.generalize_forms`). Missing stays missing at every level and is a
 class of its own when k is computed (case C-A04). The level is picked by the
 lattice search (:mod:`privtrain.anonymize.lattice`; Samarati 2001, Sweeney 2002).
 """
@@ -19,6 +20,12 @@ import numpy.typing as npt
 import pandas as pd
 
 from privtrain.anonymize.errors import PolicyError
+from privtrain.anonymize.operators.generalize_forms import (
+    date_domain,
+    date_levels,
+    zip_domain,
+    zip_levels,
+)
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
 from privtrain.anonymize.values import check_bounds, expand, first_row, to_numeric
 
@@ -105,6 +112,10 @@ class Generalization:
                 at = np.searchsorted(np.array([b.lo for b in bins]), u, side="right") - 1
                 per_level.append([bins[i].label for i in at])
             per_level.append([TOP] * len(u))
+        elif col.type in {"date", "zip"}:
+            build = date_levels if col.type == "date" else zip_levels
+            codes, per_level, self._raw = build(values, col, source)
+            self.height = len(per_level) - 1
         else:
             assert col.hierarchy is not None
             stripped = values.astype("string").str.strip()
@@ -156,6 +167,10 @@ class Generalization:
 
 def level_domain(col: ColumnPolicy, level: int) -> dict[str, Any]:
     """Public domain of a generalized column at ``level`` (manifest ``columns`` entry)."""
+    if col.type == "date":
+        return date_domain(col, level)
+    if col.type == "zip":
+        return zip_domain(col, level)
     if col.type == "numeric":
         assert col.intervals is not None
         if level == 0:

@@ -28,10 +28,13 @@ import hmac
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from faker import Faker
 
 from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.operators.hmac_token import normalized_input
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
 from privtrain.anonymize.values import distinct_normalized, expand
 
@@ -61,6 +64,7 @@ def pseudonyms(
     provider: str,
     locale: str,
     source: str = "<input>",
+    normalized: tuple[npt.NDArray[np.int64], list[str]] | None = None,
 ) -> pd.Series:
     """Pseudonymize a column, one Faker draw per distinct normalized value.
 
@@ -78,6 +82,9 @@ def pseudonyms(
         Faker locale.
     source : str
         Input file name for error messages.
+    normalized : (codes, uniques) | None
+        The column already factorized over normalized values (E.164 phone numbers);
+        None: :func:`~privtrain.anonymize.values.distinct_normalized`.
 
     Returns
     -------
@@ -91,7 +98,7 @@ def pseudonyms(
         The provider's space is too small for the column's distinct values; names the
         column and the counts. Raised before anything is written.
     """
-    codes, uniques = distinct_normalized(values)
+    codes, uniques = normalized if normalized is not None else distinct_normalized(values)
     fake = _faker(locale)
     draw = getattr(fake, provider)
     ascii_only = needs_ascii(provider)
@@ -137,7 +144,13 @@ class Pseudonym:
     def transform(self, values: pd.Series, ctx: OperatorContext) -> pd.Series:
         assert ctx.column.faker is not None
         return pseudonyms(
-            values, ctx.column.name, ctx.key.secret, ctx.column.faker, ctx.locale, ctx.source
+            values,
+            ctx.column.name,
+            ctx.key.secret,
+            ctx.column.faker,
+            ctx.locale,
+            ctx.source,
+            normalized_input(values, ctx),
         )
 
     def output_domain(self, ctx: OperatorContext) -> dict[str, Any]:

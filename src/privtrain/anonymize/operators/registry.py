@@ -97,7 +97,10 @@ def _load_builtins() -> None:
         generalize,
         hmac_token,
         keep,
+        mask,
+        noise,
         pseudonym,
+        scrub,
     )
 
 
