@@ -233,6 +233,8 @@ def _job_submit(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, seed=args.seed, device=args.device,
         accountant=args.accountant, noise_multiplier=args.noise_multiplier,
         optimizer=args.optimizer, nesterov=args.nesterov, lr_schedule=args.lr_schedule,
+        model_options_json=args.model_options or "", fix_model=args.fix_model,
+        freeze_unused=args.freeze_unused,
     )
     with _client(args, "trainer") as client:
         job = client.submit(spec, request_id=args.request_id)
@@ -404,7 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--target", required=True, help="label column")
     sj.add_argument("--features", nargs="*", default=None,
                     help="feature columns (default: every usable column of the manifest)")
-    sj.add_argument("--model", default="mlp", help="logistic_regression or mlp")
+    sj.add_argument("--model", default="mlp",
+                    help="logistic_regression, mlp, cnn, resnet, lstm_text or sequential")
+    sj.add_argument("--model-options", default=None, metavar="JSON",
+                    help='architecture options as a JSON object, e.g. \'{"width": 16}\'')
+    sj.add_argument("--fix-model", action="store_true",
+                    help="replace BatchNorm, in-place activations and LSTM instead of refusing")
+    sj.add_argument("--freeze-unused", action="store_true",
+                    help="freeze parameters the forward never uses instead of refusing")
     sj.add_argument("--hidden", type=POSITIVE, nargs="*", default=[64], help="MLP hidden layer widths")
     sj.add_argument("--epsilon", type=float, default=3.0, help="target ε")
     sj.add_argument("--delta", type=float, default=1e-5, help="target δ")

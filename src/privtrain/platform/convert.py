@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from privtrain.errors import InvalidInput
 from privtrain.platform.db.records import DatasetRecord, EventRecord, JobRecord
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.secure_transport.envelope import SealedChunk, SealedHeader, SealedPart, SealedTrailer
@@ -16,7 +18,7 @@ _SPEC_FIELDS = (
     "dataset_id", "model", "target_column", "split_column", "train_split", "test_split",
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
-    "noise_multiplier", "optimizer", "nesterov", "lr_schedule",
+    "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "fix_model", "freeze_unused",
 )
 _OPTIONAL_SPEC_FIELDS = frozenset({
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
@@ -56,6 +58,14 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
             values[name] = getattr(msg, name)
     if msg.hidden_sizes:
         values["hidden_sizes"] = tuple(msg.hidden_sizes)
+    if msg.model_options_json:
+        try:
+            options = json.loads(msg.model_options_json)
+        except ValueError as exc:
+            raise InvalidInput(f"model_options_json is not JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise InvalidInput("model_options_json must be a JSON object")
+        values["model_options"] = options
     if msg.feature_columns:
         values["feature_columns"] = tuple(msg.feature_columns)
     return TrainingSpec(**values)
@@ -65,6 +75,8 @@ def spec_to_proto(spec: dict[str, Any]) -> pb.JobSpec:
     """The stored spec dict as a JobSpec message."""
     msg = pb.JobSpec(**{k: spec[k] for k in _SPEC_FIELDS if spec.get(k) is not None})
     msg.hidden_sizes.extend(spec.get("hidden_sizes", []))
+    if spec.get("model_options"):
+        msg.model_options_json = json.dumps(spec["model_options"], sort_keys=True)
     msg.feature_columns.extend(spec.get("feature_columns", []))
     return msg
 

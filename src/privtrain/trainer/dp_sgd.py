@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
@@ -38,6 +37,7 @@ from privtrain.trainer.accounting import (
     restore_accountant,
 )
 from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from privtrain.trainer.fast_clipping import prepare_private_training
 from privtrain.trainer.spec import TrainingSpec
 
 
@@ -189,6 +189,8 @@ def run_dp_sgd(
     should_stop: Callable[[], bool] = lambda: False,
     resume: bool = False,
     device: torch.device | None = None,
+    max_physical_batch_size: int | None = None,
+    clipping_mode: str | None = None,
 ) -> LoopResult:
     """Train ``model`` on ``train_data`` with DP-SGD for ``spec.epochs`` epochs.
 
@@ -210,6 +212,10 @@ def run_dp_sgd(
         Polled before every physical batch; True raises :class:`JobCancelled`.
     resume : bool
         Continue from the latest checkpoint in ``out_dir`` (same spec required).
+    max_physical_batch_size : int, optional
+        Cap below the spec's (from the memory estimate); the logical batch is unchanged.
+    clipping_mode : {"ghost", "hooks"}, optional
+        Per-sample clipping implementation; default: the fastest correct one for the model.
 
     Raises
     ------
@@ -240,11 +246,12 @@ def run_dp_sgd(
 
     sampling_gen = torch.Generator().manual_seed(spec.seed)
     noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
-    gsm = GradSampleModule(model, loss_reduction="mean")
-    optimizer = DPOptimizer(
-        _optimizer(spec, gsm.parameters()), noise_multiplier=sigma,
+    # The fastest correct per-sample clipping for this model: book-keeping ghost clipping
+    # when every trainable layer has a norm kernel, Opacus hooks otherwise.
+    gsm, optimizer, clipping_mode = prepare_private_training(
+        model, _optimizer(spec, model.parameters()), noise_multiplier=sigma,
         max_grad_norm=spec.max_grad_norm, expected_batch_size=spec.batch_size,
-        loss_reduction="mean", generator=noise_gen,
+        loss_reduction="mean", generator=noise_gen, mode=clipping_mode,  # type: ignore[arg-type]
     )
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
     accountant = create_accountant(mechanism=spec.accountant)
@@ -269,7 +276,9 @@ def run_dp_sgd(
     tracker = EpsilonTracker(spec.accountant, sigma, sample_rate, total_steps, spec.target_delta,
                              steps_per_epoch=steps_per_epoch)
     criterion = nn.CrossEntropyLoss()
+    physical = min(spec.max_physical_batch_size, max_physical_batch_size or spec.max_physical_batch_size)
     reporter.on_start({
+        "max_physical_batch_size": physical, "clipping_mode": clipping_mode,
         "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "train_rows": n_train, "device": str(device),
         "resumed_at_step": step,
@@ -277,7 +286,7 @@ def run_dp_sgd(
 
     last_loss, test_acc = float("nan"), float("nan")
     for epoch in range(first_epoch, spec.epochs + 1):
-        with BatchMemoryManager(data_loader=loader, max_physical_batch_size=spec.max_physical_batch_size,
+        with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
                                 optimizer=optimizer) as batches:
             loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
             for xb, yb in batches:
@@ -335,7 +344,7 @@ def run_dp_sgd(
 
 
 def _optimizer_state(state: dict[str, Any], tensors: dict[str, torch.Tensor],
-                     gsm: GradSampleModule) -> dict[str, Any]:
+                     gsm: nn.Module) -> dict[str, Any]:
     """Rebuild a torch optimizer state dict from a checkpoint's JSON and tensors."""
     saved = state["optimizer"]
     per_param: dict[int, dict[str, Any]] = {}

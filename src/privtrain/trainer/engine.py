@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -28,6 +27,7 @@ from privtrain.trainer.dp_sgd import JobCancelled, Reporter, StepReport, run_dp_
 from privtrain.trainer.features import FeatureEncoder
 from privtrain.trainer.models import build_model
 from privtrain.trainer.spec import TrainingSpec
+from privtrain.trainer.validation import PreparedModel, prepare_model, validate_modules
 
 __all__ = [
     "JobCancelled", "Reporter", "StepReport", "TrainingResult", "accuracy", "build_encoder",
@@ -36,8 +36,6 @@ __all__ = [
 ]
 
 EVAL_BATCH = 8192
-# Per-sample gradients multiply parameter memory by the physical batch size.
-MAX_PARAMETERS = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -95,27 +93,15 @@ def build_encoder(spec: TrainingSpec, domains: dict[str, Any]) -> FeatureEncoder
     )
 
 
-def check_model_spec(spec: TrainingSpec, encoder: FeatureEncoder) -> None:
-    """Build the spec's model without allocating it and refuse what cannot train.
-
-    The model is instantiated on PyTorch's ``meta`` device, so a request for
-    billions of parameters costs nothing to inspect.
+def check_model_spec(spec: TrainingSpec, encoder: FeatureEncoder) -> PreparedModel:
+    """Build the spec's model for the encoder's features and run every submission check.
 
     Raises
     ------
     InvalidInput
-        Unknown model, more than :data:`MAX_PARAMETERS` parameters, or modules
-        Opacus cannot train privately.
+        See :func:`privtrain.trainer.validation.prepare_model`.
     """
-    with torch.device("meta"):
-        model = build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes)
-    count = sum(p.numel() for p in model.parameters())
-    if count > MAX_PARAMETERS:
-        raise InvalidInput(
-            f"model {spec.model!r} with hidden_sizes {list(spec.hidden_sizes)} has {count:,} "
-            f"parameters; the limit is {MAX_PARAMETERS:,}"
-        )
-    validate_model(model)
+    return prepare_model(spec, (encoder.width,), len(encoder.classes))
 
 
 def validate_model(model: nn.Module) -> None:
@@ -126,9 +112,7 @@ def validate_model(model: nn.Module) -> None:
     InvalidInput
         ``ModuleValidator`` (strict) found unsupported modules.
     """
-    errors = ModuleValidator.validate(model, strict=False)
-    if errors:
-        raise InvalidInput("model is not DP-compatible: " + "; ".join(str(e) for e in errors))
+    validate_modules(model, fix=False)
 
 
 @torch.no_grad()
@@ -186,12 +170,14 @@ def train(
     encoder = build_encoder(spec, domains)
     x_train, y_train = encoder.encode(train_rows)
     x_test, y_test = encoder.encode(test_rows)
-    check_model_spec(spec, encoder)
-    model = build_model(spec.model, encoder.width, len(encoder.classes), spec.hidden_sizes).to(device)
+    prepared = check_model_spec(spec, encoder)
     outcome = run_dp_sgd(
-        spec, model, TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+        spec, prepared.model.to(device),
+        TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
         lambda m: accuracy(m, x_test, y_test, device), out_dir, reporter,
         should_stop=should_stop, resume=resume, device=device,
+        max_physical_batch_size=prepared.max_physical_batch_size,
+        clipping_mode=prepared.clipping_mode,
     )
     params_path = out_dir / "parameters.safetensors"
     sha = save_parameters(params_path, outcome.model.state_dict(),
@@ -209,7 +195,10 @@ def train(
 def parameter_metadata(spec: TrainingSpec, encoder: FeatureEncoder, epsilon: float) -> dict[str, str]:
     """safetensors metadata that lets a client rebuild the model and its feature encoding."""
     return {
-        "model": json.dumps({"name": spec.model, "hidden_sizes": list(spec.hidden_sizes)}),
+        "model": json.dumps({
+            "name": spec.model, "options": {"hidden_sizes": list(spec.hidden_sizes), **spec.model_options},
+            "fix_model": spec.fix_model, "frozen": spec.freeze_unused,
+        }),
         "features": encoder.to_json(),
         "split": json.dumps({
             "column": spec.split_column, "train": spec.train_split, "test": spec.test_split,
@@ -232,7 +221,9 @@ def model_from_parameters(
     """
     model_info = json.loads(metadata["model"])
     encoder = FeatureEncoder.from_json(metadata["features"])
-    model = build_model(model_info["name"], encoder.width, len(encoder.classes), model_info["hidden_sizes"])
+    model = build_model(model_info["name"], (encoder.width,), len(encoder.classes), model_info["options"])
+    if model_info.get("fix_model"):
+        model, _ = validate_modules(model, fix=True)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -1,23 +1,27 @@
 """Registry of model architectures, looked up by the name in the job spec.
 
-Every registered model is Opacus-compatible as built (no BatchNorm, no
-in-place activations), so ``ModuleValidator`` finds nothing to fix.
+A factory takes the input shape of one sample (``(features,)`` for tables,
+``(C, H, W)`` for images, ``(T,)`` for token sequences), the number of classes
+and the spec's model options, and returns a module mapping a batch to
+``(batch, n_classes)`` logits. Users extend it with :func:`register_model`.
+Only declarative specs reach a factory: no user code runs on the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
 from privtrain.errors import InvalidInput
 
-ModelFactory = Callable[[int, int, Sequence[int]], nn.Module]
+ModelFactory = Callable[[tuple[int, ...], int, Mapping[str, Any]], nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator adding ``factory(in_features, n_classes, hidden_sizes)`` under ``name``."""
+    """Decorator adding ``factory(input_shape, n_classes, options)`` under ``name``."""
 
     def decorate(factory: ModelFactory) -> ModelFactory:
         if name in _REGISTRY:
@@ -30,37 +34,42 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 def model_names() -> list[str]:
     """Registered architecture names, sorted."""
+    _load_builtin()
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, in_features: int, n_classes: int, hidden_sizes: Sequence[int]) -> nn.Module:
-    """Instantiate a registered model mapping ``(batch, in_features)`` float32 to ``(batch, n_classes)`` logits.
+def build_model(name: str, input_shape: Sequence[int], n_classes: int,
+                options: Mapping[str, Any] | None = None) -> nn.Module:
+    """Instantiate a registered model.
+
+    Parameters
+    ----------
+    name : str
+        Registered architecture.
+    input_shape : sequence of int
+        Shape of one sample, without the batch dimension.
+    n_classes : int
+        Output logits per sample.
+    options : mapping
+        Architecture options (``hidden_sizes``, ``width``, ``layers``, ...).
 
     Raises
     ------
     InvalidInput
-        ``name`` is not registered.
+        Unknown name, or options the architecture cannot use (the message says which).
     """
+    _load_builtin()
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise InvalidInput(f"unknown model {name!r}; available: {model_names()}") from None
-    return factory(in_features, n_classes, hidden_sizes)
+    try:
+        return factory(tuple(int(d) for d in input_shape), n_classes, dict(options or {}))
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise InvalidInput(f"model {name!r} cannot be built from options {dict(options or {})}: "
+                           f"{exc}") from None
 
 
-@register_model("logistic_regression")
-def logistic_regression(in_features: int, n_classes: int, hidden_sizes: Sequence[int]) -> nn.Module:
-    """Multinomial logistic regression: one Linear layer."""
-    return nn.Sequential(nn.Linear(in_features, n_classes))
-
-
-@register_model("mlp")
-def mlp(in_features: int, n_classes: int, hidden_sizes: Sequence[int]) -> nn.Module:
-    """Linear + ReLU blocks of the given widths, then a Linear head."""
-    layers: list[nn.Module] = []
-    width = in_features
-    for hidden in hidden_sizes:
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
-        width = hidden
-    layers.append(nn.Linear(width, n_classes))
-    return nn.Sequential(*layers)
+def _load_builtin() -> None:
+    # The built-in architectures register themselves on import.
+    from privtrain.trainer import architectures  # noqa: F401

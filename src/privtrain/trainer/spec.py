@@ -7,8 +7,9 @@ privacy budget is reserved, so a bad field never costs ε.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from privtrain.errors import InvalidInput
@@ -64,6 +65,13 @@ class TrainingSpec:
         Nesterov momentum for ``sgd``.
     lr_schedule : str
         ``constant``, ``cosine`` (to 0 over all steps) or ``step`` (×0.1 at 50% and 75%).
+    model_options : dict
+        Architecture options (see :mod:`privtrain.trainer.architectures`).
+    fix_model : bool
+        Replace what Opacus cannot train (BatchNorm, in-place activations, LSTM) instead
+        of refusing the model.
+    freeze_unused : bool
+        Freeze parameters the forward never uses instead of refusing the model.
     """
 
     dataset_id: str
@@ -90,6 +98,9 @@ class TrainingSpec:
     optimizer: str = "sgd"
     nesterov: bool = False
     lr_schedule: str = "constant"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    fix_model: bool = False
+    freeze_unused: bool = False
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -137,6 +148,10 @@ class TrainingSpec:
             and math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
         ):
             out.append(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
+        try:
+            json.dumps(self.model_options)
+        except (TypeError, ValueError):
+            out.append("model_options must be a JSON object")
         if self.seed < 0:
             out.append(f"seed must be >= 0, got {self.seed!r}")
         if self.target_column in self.feature_columns:
