@@ -58,6 +58,13 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     run.add_argument(
         "--encoding", default=None, help="CSV text encoding (default: UTF-8, else detected)"
     )
+    run.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="REPORT.html",
+        help="also write a risk and utility report (HTML, and JSON beside it)",
+    )
     run.set_defaults(func=_run)
 
     verify = sub.add_parser("verify", help="check an anonymized file against its signed manifest")
@@ -95,6 +102,15 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.report is not None:
+        from privtrain.anonymize.pipeline import manifest_path_for
+        from privtrain.anonymize.report import check_report_path
+
+        check_report_path(
+            args.report,
+            [args.input, args.policy, args.key, args.out, manifest_path_for(args.out),
+             args.signing_key, args.signing_cert],
+        )  # fmt: skip
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<12}"),
@@ -122,6 +138,24 @@ def _run(args: argparse.Namespace) -> int:
         f"precision loss {report.precision_loss:.3f})\n"
         f"wrote {report.manifest_path} (output sha256 {report.output_sha256})"
     )
+    if args.report is not None:
+        from privtrain.anonymize.report import write_run_report
+
+        figures = write_run_report(
+            args.input,
+            report.output_path,
+            report.manifest_path,
+            args.policy,
+            args.report,
+            encoding=args.encoding,
+        )
+        risk = figures["risk"]["after"]
+        print(
+            f"wrote {args.report} and {args.report.with_suffix('.json')} (unique records "
+            f"{figures['before']['share_unique']:.1%} -> {figures['after']['share_unique']:.1%}, "
+            f"prosecutor risk max {risk.get('prosecutor_max', 0):.3f} "
+            f"avg {risk.get('prosecutor_avg', 0):.4f})"
+        )
     return 0
 
 
