@@ -18,11 +18,12 @@ _SPEC_FIELDS = (
     "dataset_id", "model", "target_column", "split_column", "train_split", "test_split",
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
-    "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "fix_model", "freeze_unused",
+    "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "fix_model", "freeze_unused", "world_size",
 )
 _OPTIONAL_SPEC_FIELDS = frozenset({
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "noise_multiplier",
+    "world_size",
 })
 _REQUIRED_SPEC_FIELDS = frozenset({"dataset_id", "target_column"})
 _RESULT_FIELDS = (

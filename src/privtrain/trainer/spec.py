@@ -18,6 +18,7 @@ ACCOUNTANTS = ("prv", "rdp")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_WORLD_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ class TrainingSpec:
         of refusing the model.
     freeze_unused : bool
         Freeze parameters the forward never uses instead of refusing the model.
+    world_size : int
+        Training processes (1 to :data:`MAX_WORLD_SIZE`); above 1 the job runs under
+        ``torch.distributed`` with Opacus' DPDDP (see :mod:`privtrain.trainer.distributed`).
+        The privacy analysis is that of one process: same q, σ and steps.
     """
 
     dataset_id: str
@@ -101,6 +106,7 @@ class TrainingSpec:
     model_options: dict[str, Any] = field(default_factory=dict)
     fix_model: bool = False
     freeze_unused: bool = False
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -148,6 +154,8 @@ class TrainingSpec:
             and math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
         ):
             out.append(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
+        if not (isinstance(self.world_size, int) and 1 <= self.world_size <= MAX_WORLD_SIZE):
+            out.append(f"world_size must be an integer in [1, {MAX_WORLD_SIZE}], got {self.world_size!r}")
         try:
             json.dumps(self.model_options)
         except (TypeError, ValueError):
