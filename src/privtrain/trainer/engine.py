@@ -1,7 +1,8 @@
 """Tabular DP training: from an anonymized table and its manifest to released parameters.
 
 Encodes features from the manifest's public domains, builds the registered
-model, runs :func:`privtrain.trainer.dp_sgd.run_dp_sgd`, and writes the final
+model, runs :func:`privtrain.trainer.dp_sgd.run_dp_sgd` (or, for ``world_size`` > 1,
+:func:`privtrain.trainer.distributed.run_distributed`), and writes the final
 parameters with the metadata a client needs to rebuild model and encoding.
 """
 
@@ -23,6 +24,7 @@ from torch.utils.data import TensorDataset
 from privtrain.errors import InvalidInput
 from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
+from privtrain.trainer.distributed import run_distributed
 from privtrain.trainer.dp_sgd import JobCancelled, Reporter, StepReport, run_dp_sgd
 from privtrain.trainer.features import FeatureEncoder
 from privtrain.trainer.models import build_model
@@ -171,14 +173,24 @@ def train(
     x_train, y_train = encoder.encode(train_rows)
     x_test, y_test = encoder.encode(test_rows)
     prepared = check_model_spec(spec, encoder)
-    outcome = run_dp_sgd(
-        spec, prepared.model.to(device),
-        TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
-        lambda m: accuracy(m, x_test, y_test, device), out_dir, reporter,
-        should_stop=should_stop, resume=resume, device=device,
-        max_physical_batch_size=prepared.max_physical_batch_size,
-        clipping_mode=prepared.clipping_mode,
-    )
+    train_data = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+
+    def evaluate(model: nn.Module) -> float:
+        return accuracy(model, x_test, y_test, device)
+
+    if spec.world_size > 1:
+        outcome = run_distributed(
+            spec, prepared.model.to(device), train_data, evaluate, out_dir, reporter,
+            should_stop=should_stop, resume=resume, device=device,
+            max_physical_batch_size=prepared.max_physical_batch_size,
+        )
+    else:
+        outcome = run_dp_sgd(
+            spec, prepared.model.to(device), train_data, evaluate, out_dir, reporter,
+            should_stop=should_stop, resume=resume, device=device,
+            max_physical_batch_size=prepared.max_physical_batch_size,
+            clipping_mode=prepared.clipping_mode,
+        )
     params_path = out_dir / "parameters.safetensors"
     sha = save_parameters(params_path, outcome.model.state_dict(),
                           parameter_metadata(spec, encoder, outcome.epsilon))
