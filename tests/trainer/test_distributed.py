@@ -173,3 +173,17 @@ def test_sampler_yields_empty_local_batches_and_splits_the_rows(
         assert sum(1 for b in batches if not b) > 50  # (1 - 0.05)^5 ≈ 0.77 of them
         seen.append({i for b in batches for i in b})
     assert not seen[0] & seen[1]
+
+
+def test_world_size_travels_through_the_job_spec_message() -> None:
+    from privtrain.platform.convert import spec_from_proto, spec_to_proto
+    from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+
+    msg = pb.JobSpec(dataset_id="d", target_column="label", world_size=2)
+    spec = spec_from_proto(msg)
+    assert spec.world_size == 2
+    assert spec_to_proto(spec.to_dict()).world_size == 2
+    assert spec_from_proto(pb.JobSpec(dataset_id="d", target_column="label")).world_size == 1
+    with pytest.raises(InvalidInput, match="world_size"):
+        spec_from_proto(pb.JobSpec(dataset_id="d", target_column="label", world_size=0))
+    assert TrainingSpec.from_dict({"dataset_id": "d", "target_column": "label"}).world_size == 1
