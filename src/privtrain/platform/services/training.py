@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privtrain.errors import FailedPrecondition, InvalidInput, PermissionDenied
@@ -83,7 +84,12 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         dataset = self._db.datasets.get(spec.dataset_id)
         # Everything that can be checked without training is checked before ε is reserved.
         check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"]))
-        resolve_device(spec.device)
+        device = resolve_device(spec.device)
+        if device.type == "cuda" and spec.world_size > torch.cuda.device_count():
+            raise FailedPrecondition(
+                f"world_size {spec.world_size} needs one GPU per process; this server has "
+                f"{torch.cuda.device_count()}"
+            )
         preflight(spec, count_rows(Path(dataset.storage_path), spec.split_column, spec.train_split))
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
         job, created = self._db.jobs.submit(
