@@ -1,15 +1,17 @@
 """The anonymization run: raw table + policy + key -> anonymized Parquet + signed manifest.
 
-Order of work, chosen so nothing half-done is ever left on disk: read and
-validate everything, apply the column operators, search the generalization
-lattice, suppress the records of small classes, re-check k on the finished
-table, encode the Parquet file in memory, build and sign the manifest, and
-only then write both files atomically (temporary file + ``os.replace``).
+Order of work, chosen so nothing half-done is ever left on disk and memory stays flat
+whatever the file size (:mod:`privtrain.anonymize.stream`): read the input once in
+chunks, validating every value and counting the quasi-identifier combinations; search
+the generalization lattice on those counts; read it again, applying the column
+operators, the chosen generalization and the suppression chunk by chunk into a
+temporary output file; re-check k (and l, t) on what was written; hash the file, build
+and sign the manifest, and only then rename the output into place and write the
+manifest atomically (temporary file + ``os.replace``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,19 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import faker
-import pandas as pd
 
 from privtrain import __version__
+from privtrain.anonymize.chunks import DEFAULT_CHUNK_ROWS, ChunkReader, ChunkWriter
 from privtrain.anonymize.errors import AnonymizationError, PolicyError
 from privtrain.anonymize.keys import load_key
-from privtrain.anonymize.lattice import search
 from privtrain.anonymize.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sign_manifest
-from privtrain.anonymize.operators.generalize import Generalization
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
-from privtrain.anonymize.privacy_models import ModelSpec, sensitive_codes, table_models
-from privtrain.anonymize.risk import k_anonymity
-from privtrain.anonymize.tableio import encode_table, read_table
+from privtrain.anonymize.stream import Streamer
+from privtrain.anonymize.tableio import read_table
 from privtrain.anonymize.verify import verify_output
 from privtrain.atomic_files import atomic_write_bytes
 from privtrain.errors import NotFound
@@ -87,9 +86,9 @@ def manifest_path_for(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".manifest.json")
 
 
-def _check_columns(df: pd.DataFrame, policy: Policy, source: str) -> None:
+def _check_columns(columns: list[str], policy: Policy, source: str) -> None:
     declared = set(policy.columns)
-    for name in df.columns:
+    for name in columns:
         if name not in declared:
             raise PolicyError(
                 f"{policy.source}: columns.{name}: input column {name!r} of {source} "
@@ -97,7 +96,7 @@ def _check_columns(df: pd.DataFrame, policy: Policy, source: str) -> None:
                 f'every column needs a [columns.{name}] entry (use operator = "drop" if unneeded)'
             )
     for name in policy.columns:
-        if name not in df.columns:
+        if name not in columns:
             raise PolicyError(f"{policy.source}: columns.{name}: declared but absent from {source}")
 
 
@@ -109,7 +108,10 @@ def _check_output_path(out_path: Path, inputs: list[Path]) -> None:
     AnonymizationError
         Naming the clash.
     """
-    targets = {out_path.resolve(): str(out_path), manifest_path_for(out_path).resolve(): "its manifest"}
+    targets = {
+        out_path.resolve(): str(out_path),
+        manifest_path_for(out_path).resolve(): "its manifest",
+    }
     for path in inputs:
         clash = targets.get(Path(path).resolve())
         if clash is not None:
@@ -133,6 +135,7 @@ def anonymize_file(
     signing_cert_path: Path,
     encoding: str | None = None,
     progress: Progress | None = None,
+    chunk_rows: int | None = None,
 ) -> AnonymizationReport:
     """Anonymize one table and write ``out_path`` (Parquet) and its signed manifest.
 
@@ -153,6 +156,9 @@ def anonymize_file(
         Text encoding of a CSV input; None: UTF-8 (with or without BOM), else detected.
     progress : callable(stage, fraction) | None
         Called with a stage name and the overall fraction done in [0, 1].
+    chunk_rows : int | None
+        Rows read and processed at a time (None: 262,144). Memory grows with it, not with
+        the file; the output does not depend on it.
 
     Returns
     -------
@@ -169,8 +175,9 @@ def anonymize_file(
             progress(stage, fraction)
 
     out_path = Path(out_path)
-    _check_output_path(out_path, [input_path, policy_path, key_path, signing_key_path,
-                                  signing_cert_path])
+    _check_output_path(
+        out_path, [input_path, policy_path, key_path, signing_key_path, signing_cert_path]
+    )
     policy = load_policy(policy_path)
     key = load_key(key_path)
     try:
@@ -181,119 +188,87 @@ def anonymize_file(
             f"{exc.filename}: cannot read signing key/certificate ({exc.strerror})"
         ) from None
     tick("read", 0.0)
-    df = read_table(input_path, encoding, policy.missing_values)
+    reader = ChunkReader(Path(input_path), encoding, policy.missing_values)
     source = str(input_path)
-    _check_columns(df, policy, source)
-    n = len(df)
-    tick("operators", 0.1)
+    _check_columns(reader.columns, policy, source)
+    streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick)
+    streamer.scan()
+    n = streamer.rows
+    result = streamer.search()
 
-    # Operators other than generalize do not depend on the lattice, and the
-    # privacy models need the sensitive attributes as they will be released.
-    released: dict[str, pd.Series | None] = {}
-    contexts: dict[str, OperatorContext] = {}
-    for i, name in enumerate(df.columns):
-        col = policy.columns[name]
-        if col.operator == "generalize":
-            continue
-        contexts[name] = OperatorContext(col, key, policy.locale, source, None, df)
-        released[name] = get_operator(col.operator).transform(df[name], contexts[name])
-        tick("operators", 0.1 + 0.4 * (i + 1) / len(df.columns))
-
-    tick("generalize", 0.5)
-    gens = {q: Generalization(df[q], policy.columns[q], source) for q in policy.quasi_identifiers}
-    spec = ModelSpec(policy.l, policy.l_diversity, policy.t)
-    sensitive = [
-        sensitive_codes(s, released[s], policy.columns[s].type == "numeric")  # type: ignore[arg-type]
-        for s in policy.sensitive_attributes
-    ]
-    result = search(gens, n, policy.k, policy.max_suppression, spec, sensitive)  # type: ignore[arg-type]
-    tick("assemble", 0.8)
-
-    out: dict[str, pd.Series] = {}
     domains: dict[str, dict[str, Any]] = {}
-    for name in df.columns:
+    for name in reader.columns:
         col = policy.columns[name]
-        if col.operator == "generalize":
-            ctx = OperatorContext(col, key, policy.locale, source, result.levels[name])
-            # Reuse the levels the lattice search already computed.
-            values: pd.Series | None = gens[name].labels(result.levels[name])
-        else:
-            ctx, values = contexts[name], released[name]
-        if values is not None:
-            out[name] = values[result.keep].reset_index(drop=True)
-            domain = get_operator(col.operator).output_domain(ctx)
-            assert domain is not None
-            domains[name] = domain
-    table = pd.DataFrame(out)
-
-    # Independent re-check on the finished table: the lattice's codes and the
-    # written labels must agree, or the manifest would claim a k that is not there.
-    k_out = k_anonymity(table, policy.quasi_identifiers)
-    if k_out != result.k_achieved or k_out < policy.k:
-        raise AnonymizationError(
-            f"internal check failed: output has k = {k_out}, the lattice search claimed "
-            f"{result.k_achieved} (target {policy.k}); nothing was written"
+        level = result.levels[name] if col.operator == "generalize" else None
+        domain = get_operator(col.operator).output_domain(
+            OperatorContext(col, key, policy.locale, source, level)
         )
-    models: dict[str, Any] = {}
-    if policy.sensitive_attributes:
-        claim = {
-            "sensitive_attributes": list(policy.sensitive_attributes),
-            "l_target": policy.l,
-            "l_kind": policy.l_diversity,
-            "t_target": policy.t,
-        }
-        models = table_models(table, claim, policy.quasi_identifiers, domains)
-        lv = models["l_distinct"] if policy.l_diversity == "distinct" else models["l_entropy"]
-        if (policy.l is not None and lv < policy.l - 1e-9) or (
-            policy.t is not None and models["t"] > policy.t + 1e-9
-        ):
+        if domain is not None:
+            domains[name] = domain
+
+    tick("write", 0.5)
+    with ChunkWriter(out_path) as writer:
+        k_out, models = streamer.write(writer)
+        rows_out = writer.rows
+        # Independent re-check on the written labels: the lattice's codes and the
+        # output must agree, or the manifest would claim a k that is not there.
+        if k_out != result.k_achieved or k_out < policy.k or rows_out != n - result.rows_suppressed:
             raise AnonymizationError(
-                f"internal check failed: output has l = {lv:g}, t = {models['t']:.4f} "
-                f"(targets l = {policy.l}, t = {policy.t}); nothing was written"
+                f"internal check failed: output has k = {k_out} over {rows_out} rows, the "
+                f"lattice search claimed {result.k_achieved} over {n - result.rows_suppressed} "
+                f"(target {policy.k}); nothing was written"
             )
-    tick("write", 0.85)
-    data = encode_table(table, out_path)
-    digest = hashlib.sha256(data).hexdigest()
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "tool_version": __version__,
-        "policy_sha256": policy.sha256,
-        "input_rows": n,
-        "output_rows": len(table),
-        "rows_suppressed": result.rows_suppressed,
-        "k_target": policy.k,
-        "k_achieved": result.k_achieved,
-        "max_suppression": policy.max_suppression,
-        "quasi_identifiers": policy.quasi_identifiers,
-        "direct_identifiers": policy.direct_identifiers,
-        "generalization_levels": result.levels,
-        "generalization_heights": result.heights,
-        "information_loss": {
-            "precision_loss": result.precision_loss,
-            "discernibility": result.discernibility,
-            "aecs": result.aecs,
-            "lattice_nodes_total": result.nodes_total,
-            "lattice_nodes_evaluated": result.nodes_evaluated,
-        },
-        "key_id": key.key_id,
-        "faker_version": faker.VERSION,
-        "faker_locale": policy.locale,
-        "output_sha256": digest,
-        "output_bytes": len(data),
-        "columns": domains,
-    }
-    if models:
-        manifest["privacy_models"] = models
-    signed = sign_manifest(manifest, signing_key, signing_cert)
-    manifest_path = manifest_path_for(out_path)
-    atomic_write_bytes(out_path, data)
+        if policy.sensitive_attributes:
+            lv = models["l_distinct"] if policy.l_diversity == "distinct" else models["l_entropy"]
+            if (policy.l is not None and lv < policy.l - 1e-9) or (
+                policy.t is not None and models["t"] > policy.t + 1e-9
+            ):
+                raise AnonymizationError(
+                    f"internal check failed: output has l = {lv:g}, t = {models['t']:.4f} "
+                    f"(targets l = {policy.l}, t = {policy.t}); nothing was written"
+                )
+        tick("write", 0.95)
+        digest, size = writer.finish()
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "tool_version": __version__,
+            "policy_sha256": policy.sha256,
+            "input_rows": n,
+            "output_rows": rows_out,
+            "rows_suppressed": result.rows_suppressed,
+            "k_target": policy.k,
+            "k_achieved": result.k_achieved,
+            "max_suppression": policy.max_suppression,
+            "quasi_identifiers": policy.quasi_identifiers,
+            "direct_identifiers": policy.direct_identifiers,
+            "generalization_levels": result.levels,
+            "generalization_heights": result.heights,
+            "information_loss": {
+                "precision_loss": result.precision_loss,
+                "discernibility": result.discernibility,
+                "aecs": result.aecs,
+                "lattice_nodes_total": result.nodes_total,
+                "lattice_nodes_evaluated": result.nodes_evaluated,
+            },
+            "key_id": key.key_id,
+            "faker_version": faker.VERSION,
+            "faker_locale": policy.locale,
+            "output_sha256": digest,
+            "output_bytes": size,
+            "columns": domains,
+        }
+        if models:
+            manifest["privacy_models"] = models
+        signed = sign_manifest(manifest, signing_key, signing_cert)
+        manifest_path = manifest_path_for(out_path)
+        writer.commit()
     atomic_write_bytes(manifest_path, signed)
     tick("done", 1.0)
     return AnonymizationReport(
         rows_raw=n,
-        rows_out=len(table),
+        rows_out=rows_out,
         rows_suppressed=result.rows_suppressed,
         k_achieved=result.k_achieved,
         levels=result.levels,

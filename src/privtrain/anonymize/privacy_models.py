@@ -16,7 +16,9 @@ each checked per equivalence class over every declared sensitive attribute:
 A missing sensitive value is a value of its own (ordered last for numbers), as a
 missing quasi-identifier is in :mod:`privtrain.anonymize.risk`. Everything is
 computed from integer codes with ``np.bincount`` per (class, value) pair, never per
-cell in Python; the lattice search calls :func:`bad_classes` at every node.
+cell in Python; the lattice search calls :func:`bad_classes` at every node. Every
+function also takes ``weights``: then each entry stands for that many identical rows
+(the streaming path counts distinct (QI, sensitive) combinations instead of keeping rows).
 """
 
 from __future__ import annotations
@@ -94,21 +96,33 @@ class ModelSpec:
         return self.l is not None or self.t is not None
 
 
+Weights = npt.NDArray[np.int64] | None
+
+
 def _pairs(
-    cls: npt.NDArray[np.int64], n_cls: int, s: Sensitive
+    cls: npt.NDArray[np.int64], n_cls: int, s: Sensitive, weights: Weights = None
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Occupied (class, value) pairs and their counts."""
+    """Occupied (class, value) pairs and their counts (rows, or summed ``weights``)."""
     pair = cls * s.cardinality + s.codes
     if n_cls * s.cardinality <= 4 * len(pair) + 65_536:
-        counts = np.bincount(pair, minlength=n_cls * s.cardinality)
+        counts = np.bincount(pair, weights=weights, minlength=n_cls * s.cardinality)
         nz = np.flatnonzero(counts)
         return nz // s.cardinality, nz % s.cardinality, counts[nz].astype(np.int64)
-    uniq, counts = np.unique(pair, return_counts=True)
+    if weights is None:
+        uniq, counts = np.unique(pair, return_counts=True)
+    else:
+        uniq, inverse = np.unique(pair, return_inverse=True)
+        counts = np.bincount(inverse.reshape(-1), weights=weights, minlength=len(uniq))
     return uniq // s.cardinality, uniq % s.cardinality, counts.astype(np.int64)
 
 
 def diversity(
-    cls: npt.NDArray[np.int64], n_cls: int, sizes: npt.NDArray[np.int64], s: Sensitive, kind: str
+    cls: npt.NDArray[np.int64],
+    n_cls: int,
+    sizes: npt.NDArray[np.int64],
+    s: Sensitive,
+    kind: str,
+    weights: Weights = None,
 ) -> npt.NDArray[np.float64]:
     """Per-class l of one attribute: distinct values, or exp(entropy) for ``kind="entropy"``.
 
@@ -116,7 +130,7 @@ def diversity(
     -------
     ndarray of float64, shape (n_cls,)
     """
-    pc, _, cnt = _pairs(cls, n_cls, s)
+    pc, _, cnt = _pairs(cls, n_cls, s, weights)
     if kind == "distinct":
         return np.bincount(pc, minlength=n_cls).astype(np.float64)
     p = cnt / sizes[pc]
@@ -130,6 +144,7 @@ def closeness(
     sizes: npt.NDArray[np.int64],
     s: Sensitive,
     rows: npt.NDArray[np.bool_] | None = None,
+    weights: Weights = None,
 ) -> npt.NDArray[np.float64]:
     """Per-class EMD to the distribution of the rows in ``rows`` (all rows when None).
 
@@ -139,8 +154,12 @@ def closeness(
         In [0, 1]; classes with no row in ``rows`` get 0.
     """
     sel = s.codes if rows is None else s.codes[rows]
-    q = np.bincount(sel, minlength=s.cardinality) / max(len(sel), 1)
-    pc, pv, cnt = _pairs(cls, n_cls, s)
+    if weights is None:
+        q = np.bincount(sel, minlength=s.cardinality) / max(len(sel), 1)
+    else:
+        w = weights if rows is None else weights[rows]
+        q = np.bincount(sel, weights=w, minlength=s.cardinality) / max(int(w.sum()), 1)
+    pc, pv, cnt = _pairs(cls, n_cls, s, weights)
     p = cnt / sizes[pc]
     if not s.ordered:
         # Values absent from a class contribute q_i each: sum|p-q| = sum_present(|p-q| - q) + 1.
@@ -167,6 +186,7 @@ def bad_classes(
     k: int,
     spec: ModelSpec,
     sensitive: list[Sensitive],
+    weights: Weights = None,
 ) -> npt.NDArray[np.bool_]:
     """Classes to suppress: smaller than k, or failing l-diversity or t-closeness.
 
@@ -179,7 +199,9 @@ def bad_classes(
     cls : ndarray of int64, shape (n,)
         Class index per row, in ``[0, len(sizes))``.
     sizes : ndarray of int64, shape (classes,)
-        Rows per class.
+        Rows per class (summed weights when ``weights`` is given).
+    weights : ndarray of int64, shape (n,) | None
+        Rows each entry stands for; None: one each.
 
     Returns
     -------
@@ -189,13 +211,13 @@ def bad_classes(
     bad = sizes < k
     if spec.l is not None:
         for s in sensitive:
-            bad |= diversity(cls, n_cls, sizes, s, spec.l_kind) < spec.l - 1e-9
+            bad |= diversity(cls, n_cls, sizes, s, spec.l_kind, weights) < spec.l - 1e-9
     if spec.t is not None:
         for _ in range(8):
             rows = ~bad[cls]
             new = bad.copy()
             for s in sensitive:
-                new |= (closeness(cls, n_cls, sizes, s, rows) > spec.t + 1e-9) & ~bad
+                new |= (closeness(cls, n_cls, sizes, s, rows, weights) > spec.t + 1e-9) & ~bad
             if (new == bad).all():
                 break
             bad = new
@@ -209,6 +231,7 @@ def achieved(
     sizes: npt.NDArray[np.int64],
     spec: ModelSpec,
     sensitive: list[Sensitive],
+    weights: Weights = None,
 ) -> dict[str, Any]:
     """Headline figures over the classes of a (released) table.
 
@@ -225,12 +248,12 @@ def achieved(
     return {
         "sensitive_attributes": [s.name for s in sensitive],
         "l_distinct": int(
-            min(diversity(cls, n_cls, sizes, s, "distinct").min() for s in sensitive)
+            min(diversity(cls, n_cls, sizes, s, "distinct", weights).min() for s in sensitive)
         ),
         "l_entropy": float(
-            min(diversity(cls, n_cls, sizes, s, "entropy").min() for s in sensitive)
+            min(diversity(cls, n_cls, sizes, s, "entropy", weights).min() for s in sensitive)
         ),
-        "t": float(max(closeness(cls, n_cls, sizes, s).max() for s in sensitive)),
+        "t": float(max(closeness(cls, n_cls, sizes, s, None, weights).max() for s in sensitive)),
         "l_target": spec.l,
         "l_kind": spec.l_kind,
         "t_target": spec.t,

@@ -66,7 +66,14 @@ def detect_encoding(path: Path, sample_bytes: int = 1 << 20) -> str:
     return str(best.encoding)
 
 
-def _check_header(path: Path, encoding: str) -> None:
+def check_header(path: Path, encoding: str) -> list[str]:
+    """The header of a CSV as a list of names.
+
+    Raises
+    ------
+    AnonymizationError
+        A name appears twice (row 1, the column number, the name).
+    """
     with open(path, encoding=encoding, newline="") as fh:
         header = next(csv.reader(fh), [])
     seen: set[str] = set()
@@ -77,6 +84,7 @@ def _check_header(path: Path, encoding: str) -> None:
                 "rename one so each column can have its own policy entry"
             )
         seen.add(name)
+    return list(header)
 
 
 def read_table(
@@ -129,7 +137,7 @@ def read_table(
             enc = encoding or detect_encoding(path)
             if enc.replace("_", "-").lower() in {"utf-8", "utf8"}:
                 enc = "utf-8-sig"
-            _check_header(path, enc)
+            check_header(path, enc)
             df = pd.read_csv(
                 path, dtype="string", keep_default_na=False, na_values=[""], encoding=enc
             )
@@ -161,16 +169,29 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             if not isinstance(obj, dict):
                 raise AnonymizationError(f"{path}: row {number}: not a JSON object")
             rows.append(obj)
-    df = pd.DataFrame(rows)
-    # JSON numbers become their text, so every format reaches the operators the same way.
-    out = {}
-    for name in df.columns:
-        col = df[name]
-        text = col.map(
-            lambda v: None if v is None else (v if isinstance(v, str) else json.dumps(v))
-        )
-        out[name] = text.astype("string")
-    return pd.DataFrame(out, columns=list(df.columns))
+    names: dict[str, None] = {}
+    for obj in rows:
+        for key in obj:
+            names.setdefault(key, None)
+    # Cell by cell, never through a float column: a key absent from a row is missing
+    # (not "NaN"), and 1 stays "1" (not "1.0") whatever the other rows hold.
+    return pd.DataFrame(
+        {
+            name: pd.Series([jsonl_cell(obj.get(name)) for obj in rows], dtype="string")
+            for name in names
+        },
+        columns=list(names),
+    )
+
+
+def jsonl_cell(value: object) -> str | None:
+    """The text of one JSON value: strings as they are, other values as JSON, null missing.
+
+    JSON numbers become their text, so every format reaches the operators the same way.
+    """
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def encode_table(table: pd.DataFrame, path: Path) -> bytes:

@@ -1,0 +1,410 @@
+"""Tables in chunks: read a CSV, Parquet or JSON Lines file a few hundred thousand rows at a
+time, and write the output the same way, so memory stays flat whatever the file size.
+
+Reading keeps the rules of :func:`privtrain.anonymize.tableio.read_table`: CSV cells are
+text (ZIPs keep leading zeros, ``NA`` stays a value), only the empty cell and the policy's
+``missing_values`` are missing, the encoding is the one named or detected, a UTF-8 BOM is
+dropped, and a header naming one column twice is refused. CSV is parsed by Arrow's
+streaming reader (``pyarrow.csv.open_csv``), Parquet by ``ParquetFile.iter_batches``.
+
+Writing goes to a temporary file in the output's folder (Parquet through
+``pyarrow.parquet.ParquetWriter``, one row group per chunk; CSV and JSON Lines appended
+chunk by chunk exactly as :func:`~privtrain.anonymize.tableio.encode_table` writes them);
+:meth:`ChunkWriter.finish` fsyncs and hashes it, :meth:`ChunkWriter.commit` renames it
+into place. Until then nothing exists under the output's name.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Self
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.tableio import (
+    check_header,
+    detect_encoding,
+    jsonl_cell,
+    table_format,
+)
+from privtrain.errors import InvalidInput, NotFound
+
+DEFAULT_CHUNK_ROWS = 262_144
+_BLOCK_BYTES = 4 << 20
+
+
+def _string_types(t: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+    """Arrow -> pandas dtypes as ``read_table`` gives them (strings as ``string``)."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pd.StringDtype()
+    return None
+
+
+def to_pandas(table: pa.Table | pa.Array | pa.ChunkedArray) -> Any:
+    """A chunk (or one column of it) as pandas, strings as ``string`` dtype."""
+    return table.to_pandas(types_mapper=_string_types)
+
+
+class ChunkReader:
+    """One input table, readable any number of times in chunks of rows.
+
+    Parameters
+    ----------
+    path : Path
+        CSV, Parquet or JSON Lines file (format from the suffix).
+    encoding : str | None
+        Text encoding of a CSV; None: UTF-8 (BOM dropped), else detected.
+    missing : tuple of str
+        Cell values that mean missing besides the empty cell (text columns only).
+
+    Attributes
+    ----------
+    columns : list of str
+        Column names in file order.
+    encoding : str | None
+        The encoding a CSV is decoded with.
+
+    Raises
+    ------
+    NotFound
+        No such file.
+    AnonymizationError
+        Unknown encoding, undecodable header, repeated column name, unreadable file.
+    """
+
+    def __init__(self, path: Path, encoding: str | None = None, missing: tuple[str, ...] = ()):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise NotFound(f"{self.path}: input file not found")
+        if encoding is not None:
+            try:
+                codecs.lookup(encoding)
+            except LookupError:
+                raise AnonymizationError(
+                    f"unknown text encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)"
+                ) from None
+        self.format = table_format(self.path)
+        self.missing = tuple(missing)
+        self.encoding: str | None = None
+        self._stat = self._signature()
+        try:
+            if self.format == "csv":
+                enc = encoding or detect_encoding(self.path)
+                if codecs.lookup(enc).name in {"utf-8", "utf-8-sig"}:
+                    enc = "utf-8-sig"
+                self.encoding = enc
+                self.columns = check_header(self.path, enc)
+            elif self.format == "parquet":
+                schema = pq.ParquetFile(self.path).schema_arrow
+                self.columns = [n for n in schema.names if not n.startswith("__index_level_")]
+            else:
+                self.columns = self._jsonl_columns()
+        except UnicodeDecodeError as exc:
+            raise self._decode_error(exc.start) from None
+        except (ValueError, OSError, pa.ArrowException) as exc:
+            raise AnonymizationError(f"{self.path}: cannot read table ({exc})") from None
+
+    def _signature(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def check_unchanged(self) -> None:
+        """Refuse to go on when the file changed since it was opened (between the passes)."""
+        if self._signature() != self._stat:
+            raise AnonymizationError(
+                f"{self.path}: the input changed while it was being read; run again on a "
+                "file nothing else writes to"
+            )
+
+    @property
+    def size_bytes(self) -> int:
+        return self._stat[0]
+
+    def _decode_error(self, start: int | None = None) -> AnonymizationError:
+        enc = self.encoding or "utf-8"
+        if start is None:
+            start = _first_bad_byte(self.path, enc)
+        shown = "utf-8" if enc == "utf-8-sig" else enc
+        return AnonymizationError(
+            f"{self.path}: byte {start} is not valid {shown}; pass --encoding (e.g. cp1252)"
+        )
+
+    def chunks(
+        self, chunk_rows: int, columns: list[str] | None = None, position: list[int] | None = None
+    ) -> Iterator[pa.Table]:
+        """Yield the rows in order, ``chunk_rows`` at a time (the last chunk may be shorter).
+
+        Parameters
+        ----------
+        chunk_rows : int
+            Rows per chunk, >= 1.
+        columns : list of str | None
+            Columns to read, in this order (None: all). Unread columns cost (almost) nothing.
+        position : list of int | None
+            When given, ``position[0]`` is updated with the bytes of the file consumed so
+            far (for progress reporting).
+
+        Yields
+        ------
+        pa.Table
+            Text columns as ``string``; missing cells are nulls.
+        """
+        if chunk_rows < 1:
+            raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
+        cols = list(self.columns if columns is None else columns)
+        try:
+            if self.format == "csv":
+                batches = self._csv_batches(cols, position)
+            elif self.format == "parquet":
+                batches = self._parquet_batches(cols, chunk_rows, position)
+            else:
+                batches = self._jsonl_batches(cols, chunk_rows)
+            yield from _rechunk(batches, chunk_rows, cols)
+        except UnicodeDecodeError as exc:
+            raise (
+                self._decode_error()
+                if self.format == "csv"
+                else AnonymizationError(f"{self.path}: not valid UTF-8 text ({exc.reason})")
+            ) from None
+        except pa.ArrowInvalid as exc:
+            if "UTF8" in str(exc) or "decode" in str(exc).lower():
+                raise self._decode_error() from None
+            raise AnonymizationError(f"{self.path}: cannot read table ({exc})") from None
+        except (ValueError, OSError, pa.ArrowException) as exc:
+            raise AnonymizationError(f"{self.path}: cannot read table ({exc})") from None
+
+    # CSV -------------------------------------------------------------------------------
+    def _csv_batches(self, cols: list[str], position: list[int] | None) -> Iterator[pa.RecordBatch]:
+        assert self.encoding is not None
+        native = self.encoding == "utf-8-sig"
+        read = pacsv.ReadOptions(
+            encoding="utf8" if native else self.encoding, block_size=_BLOCK_BYTES
+        )
+        # Quoted newlines are allowed, as pandas allows them.
+        parse = pacsv.ParseOptions(newlines_in_values=True)
+        convert = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in self.columns},
+            null_values=["", *self.missing],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            include_columns=cols,
+        )
+        with open(self.path, "rb") as fh:
+            reader = pacsv.open_csv(fh, read, parse, convert)
+            for batch in reader:
+                if position is not None:
+                    position[0] = fh.tell()
+                yield batch
+
+    # Parquet ---------------------------------------------------------------------------
+    def _parquet_batches(
+        self, cols: list[str], chunk_rows: int, position: list[int] | None
+    ) -> Iterator[pa.RecordBatch]:
+        pf = pq.ParquetFile(self.path)
+        total = max(pf.metadata.num_rows, 1)
+        done = 0
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
+            done += batch.num_rows
+            if position is not None:
+                position[0] = int(self.size_bytes * done / total)
+            yield self._mask_missing(batch)
+
+    def _mask_missing(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not self.missing:
+            return batch
+        marks = pa.array(self.missing, pa.string())
+        arrays = []
+        for arr in batch.columns:
+            if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+                hit = pc.is_in(arr, value_set=marks.cast(arr.type))
+                arr = pc.if_else(hit, pa.scalar(None, arr.type), arr)
+            arrays.append(arr)
+        return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+    # JSON Lines ------------------------------------------------------------------------
+    def _jsonl_lines(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        with open(self.path, encoding="utf-8-sig") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise AnonymizationError(
+                        f"{self.path}: row {number}: not a JSON object ({exc.msg})"
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise AnonymizationError(f"{self.path}: row {number}: not a JSON object")
+                yield number, obj
+
+    def _jsonl_columns(self) -> list[str]:
+        # Columns are the keys in order of first appearance, so one pass over the keys
+        # fixes them before any chunk is read (a key first seen late is still a column).
+        seen: dict[str, None] = {}
+        for _, obj in self._jsonl_lines():
+            for key in obj:
+                seen.setdefault(key, None)
+        return list(seen)
+
+    def _jsonl_batches(self, cols: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        rows: list[dict[str, Any]] = []
+
+        def flush() -> pa.RecordBatch:
+            arrays = [pa.array([jsonl_cell(r.get(c)) for r in rows], pa.string()) for c in cols]
+            return self._mask_missing(pa.RecordBatch.from_arrays(arrays, names=cols))
+
+        for _, obj in self._jsonl_lines():
+            rows.append(obj)
+            if len(rows) == chunk_rows:
+                yield flush()
+                rows = []
+        if rows:
+            yield flush()
+
+
+def _rechunk(
+    batches: Iterator[pa.RecordBatch], chunk_rows: int, cols: list[str]
+) -> Iterator[pa.Table]:
+    """Regroup record batches into tables of exactly ``chunk_rows`` rows (the last: fewer)."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= chunk_rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_rows).select(cols).combine_chunks()
+            rest = table.slice(chunk_rows)
+            pending = rest.to_batches() if rest.num_rows else []
+            rows = rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending).select(cols).combine_chunks()
+
+
+def _first_bad_byte(path: Path, encoding: str, block: int = 1 << 20) -> int:
+    """Offset of the first byte that does not decode (0 when everything decodes)."""
+    dec = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as fh:
+        while data := fh.read(block):
+            try:
+                dec.decode(data)
+            except UnicodeDecodeError as exc:
+                # The decoder's buffer holds at most a few bytes of an unfinished character.
+                carried = len(exc.object) - len(data)
+                return offset - carried + exc.start
+            offset += len(data)
+    return 0
+
+
+class ChunkWriter:
+    """Write an output table chunk by chunk to a temporary file, then rename it into place.
+
+    Parameters
+    ----------
+    path : Path
+        Final output file; Parquet unless it ends in ``.csv`` or ``.jsonl`` / ``.ndjson``.
+
+    Notes
+    -----
+    The first chunk fixes the Parquet schema (with pandas' metadata, so the file reads
+    back with the same dtypes as one written by ``DataFrame.to_parquet``); later chunks
+    are cast to it. Use as a context manager: leaving it without :meth:`commit` removes
+    the temporary file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.format = table_format(self.path)
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {self.path}: {exc.strerror}") from None
+        os.fchmod(fd, 0o644)
+        self.tmp = Path(tmp)
+        self._fh: IO[bytes] | None = os.fdopen(fd, "wb")
+        self._parquet: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._header = True
+        self.rows = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append the rows of ``frame`` (its columns in output order)."""
+        assert self._fh is not None
+        self.rows += len(frame)
+        if self.format == "parquet":
+            if self._schema is None:
+                self._schema = pa.Schema.from_pandas(frame, preserve_index=False)
+                self._parquet = pq.ParquetWriter(self._fh, self._schema)
+            assert self._parquet is not None
+            try:
+                table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise AnonymizationError(
+                    f"{self.path}: an output column changed type between chunks ({exc})"
+                ) from None
+            if table.num_rows:
+                self._parquet.write_table(table)
+        elif self.format == "jsonl":
+            if len(frame):
+                frame.to_json(self._fh, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_csv(
+                self._fh, index=False, header=self._header, encoding="utf-8", lineterminator="\n"
+            )
+            self._header = False
+
+    def finish(self) -> tuple[str, int]:
+        """Close and fsync the temporary file; return its SHA-256 (hex) and size in bytes."""
+        assert self._fh is not None
+        if self._parquet is not None:
+            self._parquet.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        digest = hashlib.sha256()
+        size = 0
+        with open(self.tmp, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+        return digest.hexdigest(), size
+
+    def commit(self) -> None:
+        """Rename the finished temporary file to the output name."""
+        assert self._fh is None, "finish() first"
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the temporary file, if it is still there."""
+        if self._fh is not None:
+            if self._parquet is not None:
+                try:
+                    self._parquet.close()
+                except (OSError, pa.ArrowException):
+                    pass
+            self._fh.close()
+            self._fh = None
+        self.tmp.unlink(missing_ok=True)

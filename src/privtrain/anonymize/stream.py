@@ -1,0 +1,402 @@
+"""Two-pass streaming anonymization: files of any size, in chunks, with flat memory (C-A07).
+
+k-anonymity needs global counts, so the table is read twice:
+
+1. *Scan.* Each chunk is reduced to what the lattice search needs: the distinct
+   combinations of level-0 quasi-identifier values (and released sensitive values)
+   with their counts (:mod:`privtrain.anonymize.aggregate`); the distinct values of
+   ``pseudonym`` columns (their collision-free assignment depends on the column's whole
+   set of values); and whether each kept numeric column is integral (its output dtype).
+   Every value is checked here, so a bad cell is reported before anything is written.
+2. *Search* the generalization lattice on the counted combinations
+   (:func:`privtrain.anonymize.lattice.search` with ``weights``): same node, same
+   suppression, same figures as a search over the rows.
+3. *Write.* Each chunk is read again, transformed, generalized to the chosen levels,
+   stripped of the suppressed classes' rows and appended to the output; the output's
+   classes are counted again from the written labels, as an independent check of k,
+   l and t.
+
+Operators run per distinct value of a chunk: the column is dictionary-encoded by Arrow,
+the operator transforms the distinct values (a few thousand, not a few hundred thousand
+cells) and the results are taken back to the rows. That is exact for ``keep``,
+``hmac``, ``generalize`` and ``pseudonym`` (:data:`PER_VALUE`), whose output for a cell
+depends only on its value. Any other operator gets the chunk's rows, with
+``OperatorContext.frame`` the chunk. Row numbers in error messages count from the
+start of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from privtrain.anonymize.aggregate import (
+    ClassFilter,
+    Combinations,
+    LeveledIds,
+    ValueIds,
+    group_rows,
+    ids_of,
+    input_changed,
+    sensitive_from_ids,
+    sensitive_key,
+    unique_rows,
+)
+from privtrain.anonymize.chunks import ChunkReader, ChunkWriter, to_pandas
+from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.keys import SecretKey
+from privtrain.anonymize.lattice import LatticeResult, search
+from privtrain.anonymize.operators.generalize import Generalization
+from privtrain.anonymize.operators.registry import OperatorContext, get_operator
+from privtrain.anonymize.policy import Policy
+from privtrain.anonymize.privacy_models import ModelSpec, achieved
+from privtrain.errors import InvalidInput
+
+# Operators whose output for a cell is a function of that cell's value alone.
+PER_VALUE = frozenset({"keep", "hmac", "generalize", "pseudonym"})
+# ... of which these also depend on the column's whole set of distinct values.
+WHOLE_COLUMN = frozenset({"pseudonym"})
+
+Tick = Callable[[str, float], None]
+IntArray = npt.NDArray[np.int64]
+_ROW = re.compile(r"\brow (\d+)\b")
+
+
+@contextmanager
+def _rows_from(offset: int) -> Iterator[None]:
+    """Re-raise an operator's error with its chunk row number turned into the file's."""
+    try:
+        yield
+    except InvalidInput as exc:
+        if offset == 0 or not _ROW.search(str(exc)):
+            raise
+        text = _ROW.sub(lambda m: f"row {int(m[1]) + offset}", str(exc), count=1)
+        raise type(exc)(text) from None
+
+
+def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[IntArray, pd.Series]:
+    """Dictionary-encode one column of a chunk: row codes (-1 = missing) and distinct values."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    enc = pc.dictionary_encode(column)
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, to_pandas(enc.dictionary)
+
+
+def _take(per_value: pd.Series, codes: IntArray) -> pd.Series:
+    """Rows from per-distinct-value results: ``codes`` index ``per_value``, -1 is missing."""
+    per_value = per_value.reset_index(drop=True)
+    slot = len(per_value)
+    ext = pd.concat([per_value, pd.Series([None], dtype=per_value.dtype)], ignore_index=True)
+    return ext.take(np.where(codes < 0, slot, codes)).reset_index(drop=True)
+
+
+@dataclass
+class _Chunk:
+    """One chunk being processed: its Arrow table, offset, and lazily built views."""
+
+    table: pa.Table
+    offset: int
+    source: str
+    _codes: dict[str, tuple[IntArray, pd.Series]] = field(default_factory=dict)
+    _frame: pd.DataFrame | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.table.num_rows)
+
+    def distinct(self, name: str) -> tuple[IntArray, pd.Series]:
+        if name not in self._codes:
+            self._codes[name] = _distinct(self.table.column(name))
+        return self._codes[name]
+
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = to_pandas(self.table)
+        return self._frame
+
+    def per_value(self, name: str, fn: Callable[[pd.Series], Any]) -> tuple[IntArray, Any]:
+        """``fn`` on the column's distinct values. On an error, ``fn`` runs again on the
+        rows so the message names the row of the file where the bad value is."""
+        codes, uniq = self.distinct(name)
+        with _rows_from(self.offset):
+            try:
+                return codes, fn(uniq)
+            except InvalidInput:
+                fn(self.frame()[name])
+                raise
+
+
+class Streamer:
+    """The three steps for one input, policy and key.
+
+    Parameters
+    ----------
+    reader : ChunkReader
+        The input.
+    policy : Policy
+        The validated policy (every input column declared).
+    key : SecretKey
+        HMAC key.
+    chunk_rows : int
+        Rows per chunk.
+    tick : callable(stage, fraction)
+        Progress callback.
+    """
+
+    def __init__(
+        self, reader: ChunkReader, policy: Policy, key: SecretKey, chunk_rows: int, tick: Tick
+    ) -> None:
+        self.reader = reader
+        self.policy = policy
+        self.key = key
+        self.chunk_rows = chunk_rows
+        self.tick = tick
+        self.source = str(reader.path)
+        self.columns = list(reader.columns)
+        self.qis = list(policy.quasi_identifiers)
+        self.sensitive = list(policy.sensitive_attributes)
+        self.spec = ModelSpec(policy.l, policy.l_diversity, policy.t)
+        for s in self.sensitive:
+            if policy.columns[s].operator in WHOLE_COLUMN | {"generalize"}:
+                raise AnonymizationError(
+                    f"{policy.source}: sensitive_attributes: {s!r} is a "
+                    f"{policy.columns[s].operator} column; l and t apply to kept values"
+                )
+        self.rows = 0
+        self.qi_ids = {q: ValueIds() for q in self.qis}
+        self.sens_ids = {s: ValueIds() for s in self.sensitive}
+        self.distinct_values: dict[str, dict[str, None]] = {
+            c: {} for c in self.columns if policy.columns[c].operator in WHOLE_COLUMN
+        }
+        self.integral = {
+            c: True
+            for c in self.columns
+            if policy.columns[c].operator == "keep" and policy.columns[c].type == "numeric"
+        }
+        self.combos = Combinations(len(self.qis) + len(self.sensitive))
+        self.result: LatticeResult | None = None
+        self.levels: dict[str, list[tuple[IntArray, int]]] = {}
+        self.filter: ClassFilter | None = None
+
+    def _ctx(self, name: str, level: int | None = None, frame: Any = None) -> OperatorContext:
+        col = self.policy.columns[name]
+        return OperatorContext(col, self.key, self.policy.locale, self.source, level, frame)
+
+    def _generalization(self, chunk: _Chunk, q: str) -> tuple[IntArray, Generalization]:
+        col = self.policy.columns[q]
+        return chunk.per_value(q, lambda v: Generalization(v, col, self.source))
+
+    def _released(self, chunk: _Chunk, name: str) -> tuple[IntArray | None, pd.Series]:
+        """Released values of a column: per distinct value (with row codes) for
+        :data:`PER_VALUE` operators, per row (codes None) for the others."""
+        op = get_operator(self.policy.columns[name].operator)
+        if self.policy.columns[name].operator in PER_VALUE:
+            codes, out = chunk.per_value(name, lambda v: op.transform(v, self._ctx(name)))
+            return codes, out
+        with _rows_from(chunk.offset):
+            out = op.transform(chunk.frame()[name], self._ctx(name, frame=chunk.frame()))
+        return None, out
+
+    def _sensitive_row_ids(self, chunk: _Chunk, name: str, ids: ValueIds) -> IntArray:
+        ordered = self.policy.columns[name].type == "numeric"
+        codes, out = self._released(chunk, name)
+        if codes is None:
+            return ids_of(ids, out, lambda v: sensitive_key(v, ordered))
+        return ids.note(ids.lookup(sensitive_key(out, ordered))[codes])
+
+    # -- pass 1 --------------------------------------------------------------------------
+    def scan(self) -> None:
+        """Pass 1: count QI/sensitive combinations, collect what later steps need."""
+        policy = self.policy
+        generic = [s for s in self.sensitive if policy.columns[s].operator not in PER_VALUE]
+        wanted = set(self.qis) | set(self.sensitive) | set(self.distinct_values)
+        wanted |= set(self.integral)
+        # An operator outside PER_VALUE may read any column of its chunk.
+        read = self.columns if generic else [c for c in self.columns if c in wanted]
+        position = [0]
+        size = max(self.reader.size_bytes, 1)
+        for table in self.reader.chunks(self.chunk_rows, read, position):
+            chunk = _Chunk(table, self.rows, self.source)
+            ids: list[IntArray] = []
+            for q in self.qis:
+                codes, gen = self._generalization(chunk, q)
+                lookup = self.qi_ids[q].lookup(gen.labels(0).tolist())
+                ids.append(self.qi_ids[q].note(lookup[codes]))
+            for s in self.sensitive:
+                ids.append(self._sensitive_row_ids(chunk, s, self.sens_ids[s]))
+            self.combos.add(ids, chunk.rows)
+            for name, seen in self.distinct_values.items():
+                _, uniq = chunk.distinct(name)
+                seen.update(dict.fromkeys(uniq.tolist()))
+            for name in self.integral:
+                _, out = self._released(chunk, name)
+                if str(out.dtype) != "Int64":
+                    self.integral[name] = False
+            self.rows += chunk.rows
+            self.tick("read", 0.45 * min(position[0] / size, 1.0))
+
+    # -- search --------------------------------------------------------------------------
+    def _levels(self, q: str) -> list[tuple[IntArray, int]]:
+        """Per level of QI ``q``: class code of each value id (id 0 = missing)."""
+        col = self.policy.columns[q]
+        values = self.qi_ids[q].values
+        dtype = "Int64" if col.type == "numeric" else "string"
+        gen = Generalization(pd.Series(values, dtype=dtype), col, self.source)
+        return [gen.codes(level) for level in range(gen.height + 1)]
+
+    def search(self) -> LatticeResult:
+        """Search the lattice on the counted combinations."""
+        self.tick("generalize", 0.45)
+        combos, counts = self.combos.result()
+        nq = len(self.qis)
+        self.levels = {q: self._levels(q) for q in self.qis}
+        leveled = {q: LeveledIds(self.levels[q], combos[:, i]) for i, q in enumerate(self.qis)}
+        sensitive = [
+            sensitive_from_ids(
+                s, self.sens_ids[s], combos[:, nq + j], self.policy.columns[s].type == "numeric"
+            )
+            for j, s in enumerate(self.sensitive)
+        ]
+        result = search(
+            leveled,  # type: ignore[arg-type]
+            len(combos),
+            self.policy.k,
+            self.policy.max_suppression,
+            self.spec,
+            sensitive,
+            weights=counts,
+        )
+        chosen = [self.levels[q][result.levels[q]] for q in self.qis]
+        self.filter = ClassFilter(chosen, combos[~result.keep, :nq])
+        self.result = result
+        return result
+
+    # -- pass 2 --------------------------------------------------------------------------
+    def write(self, writer: ChunkWriter) -> tuple[int, dict[str, Any]]:
+        """Pass 2: transform, generalize, suppress and append every chunk to ``writer``.
+
+        Returns
+        -------
+        k_out : int
+            Smallest class of the written rows, counted from the written labels.
+        models : dict
+            l and t of the written rows (``achieved``), {} without sensitive attributes.
+        """
+        assert self.result is not None and self.filter is not None
+        policy, result, row_filter = self.policy, self.result, self.filter
+        whole = self._whole_column_maps()
+        out_qi = {q: ValueIds() for q in self.qis}
+        out_sens = {s: ValueIds() for s in self.sensitive}
+        check = Combinations(len(self.qis) + len(self.sensitive))
+        offset = 0
+        for table in self.reader.chunks(self.chunk_rows):
+            chunk = _Chunk(table, offset, self.source)
+            # Which rows stay: the class of their level-0 values at the chosen node.
+            gens: dict[str, tuple[IntArray, Generalization]] = {}
+            ids = []
+            for q in self.qis:
+                codes, gen = self._generalization(chunk, q)
+                try:
+                    lookup = self.qi_ids[q].lookup(gen.labels(0).tolist(), add=False)
+                except LookupError:
+                    raise input_changed(self.source) from None
+                gens[q] = (codes, gen)
+                ids.append(lookup[codes])
+            mat = np.column_stack(ids) if ids else np.zeros((chunk.rows, 0), np.int64)
+            keep = row_filter.keep(mat)
+            kept = None if bool(keep.all()) else np.flatnonzero(keep)
+
+            def rows_of(s: pd.Series, kept: IntArray | None = kept) -> pd.Series:
+                return s if kept is None else s.take(kept).reset_index(drop=True)
+
+            def codes_of(c: IntArray, kept: IntArray | None = kept) -> IntArray:
+                return c if kept is None else c[kept]
+
+            out: dict[str, pd.Series] = {}
+            for name in self.columns:
+                col = policy.columns[name]
+                if col.operator == "drop":
+                    continue
+                if col.operator == "generalize":
+                    codes, gen = gens[name]
+                    labels = gen.labels(result.levels[name])
+                    out[name] = _take(labels, codes_of(codes))
+                elif col.operator in WHOLE_COLUMN:
+                    codes, uniq = chunk.distinct(name)
+                    index, mapped = whole[name]
+                    pos = index.get_indexer(uniq)
+                    if bool((pos < 0).any()):
+                        raise input_changed(self.source)
+                    out[name] = _take(mapped.take(pos), codes_of(codes))
+                else:
+                    codes_or_none, values = self._released(chunk, name)
+                    if values is None:
+                        continue
+                    if name in self.integral and not self.integral[name]:
+                        values = values.astype("Float64")
+                    if codes_or_none is None:
+                        out[name] = rows_of(values)
+                    else:
+                        out[name] = _take(values, codes_of(codes_or_none))
+            frame = pd.DataFrame(out)
+            writer.write(frame)
+            # Independent re-check: classes of the labels as written.
+            check_ids = [ids_of(out_qi[q], frame[q], _as_list) for q in self.qis]
+            for s in self.sensitive:
+                ordered = policy.columns[s].type == "numeric"
+                check_ids.append(
+                    ids_of(out_sens[s], frame[s], lambda v, o=ordered: sensitive_key(v, o))
+                )
+            check.add(check_ids, len(frame))
+            offset += chunk.rows
+            self.tick("write", 0.5 + 0.45 * offset / max(self.rows, 1))
+        self.reader.check_unchanged()
+        if offset != self.rows:
+            raise input_changed(self.source)
+        return self._recheck(check, out_sens)
+
+    def _whole_column_maps(self) -> dict[str, tuple[pd.Index, pd.Series]]:
+        """Each :data:`WHOLE_COLUMN` column's output for every distinct raw value."""
+        maps = {}
+        for name, seen in self.distinct_values.items():
+            raw = pd.Series(list(seen), dtype="string")
+            op = get_operator(self.policy.columns[name].operator)
+            mapped = op.transform(raw, self._ctx(name))
+            assert mapped is not None
+            maps[name] = (pd.Index(raw), mapped.reset_index(drop=True))
+        return maps
+
+    def _recheck(
+        self, check: Combinations, out_sens: dict[str, ValueIds]
+    ) -> tuple[int, dict[str, Any]]:
+        combos, counts = check.result()
+        if len(counts) == 0:
+            return 0, {}
+        nq = len(self.qis)
+        _, cls_counts = unique_rows(combos[:, :nq], counts)
+        k_out = int(cls_counts.min())
+        if not self.sensitive:
+            return k_out, {}
+        classes, cls = group_rows(combos[:, :nq])
+        sizes = np.bincount(cls, weights=counts, minlength=len(classes)).astype(np.int64)
+        sens = [
+            sensitive_from_ids(
+                s, out_sens[s], combos[:, nq + j], self.policy.columns[s].type == "numeric"
+            )
+            for j, s in enumerate(self.sensitive)
+        ]
+        return k_out, achieved(cls, sizes, self.spec, sens, counts)
+
+
+def _as_list(values: pd.Series) -> list[Any]:
+    return values.tolist()
