@@ -23,7 +23,6 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402 - after GRPC_VERBOSITY on purpose
-
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from privtrain.errors import InvalidInput, PrivtrainError  # noqa: E402
@@ -293,8 +292,8 @@ def _job_cancel(args: argparse.Namespace) -> int:
 
 
 def _job_download(args: argparse.Namespace) -> int:
-    from privtrain.platform.client import sha256_hex
     from privtrain.atomic_files import atomic_write_bytes
+    from privtrain.platform.client import sha256_hex
 
     with _client(args, "trainer") as client:
         blob = client.download_parameters(args.job_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import Enum
 
 from privtrain.errors import FailedPrecondition
+
 # Alert enums live with the detectors (monitoring never imports platform); re-exported here.
 from privtrain.monitoring.alerts import AlertKind, AlertState
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import threading
-import time
 import traceback
 from dataclasses import asdict
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
+
+from privtrain.parent_watchdog import exit_with_parent
 
 MESSAGE_STARTED = "started"
 MESSAGE_STEP = "step"
@@ -42,23 +42,6 @@ class QueueReporter:
     def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
         self._queue.put((MESSAGE_EPOCH, {"epoch": epoch, "test_accuracy": test_accuracy,
                                          "epsilon": epsilon}))
-
-
-def _exit_with_parent() -> None:
-    """End this process when the server that spawned it dies (even by SIGKILL).
-
-    Without it an orphaned worker would train on for a job the next server
-    already settled, then hang flushing a queue nobody reads.
-    """
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _check_dataset(path: str, expected_sha256: str) -> None:
@@ -93,7 +76,7 @@ def worker_main(
     ``<out_dir>/worker.log``. The stored file is checked against ``dataset_sha256``
     first, and the process ends itself if the server dies.
     """
-    _exit_with_parent()
+    exit_with_parent()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "worker.log", "a", buffering=1)  # noqa: SIM115 - lives as long as the process

@@ -34,10 +34,8 @@ import math
 import multiprocessing
 import os
 import queue as queue_module
-import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privtrain.errors import FailedPrecondition, InvalidInput, PrivtrainError
+from privtrain.parent_watchdog import exit_with_parent
 from privtrain.trainer.accounting import EpsilonTracker, accountant_epsilon, accountant_state
 from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from privtrain.trainer.dp_sgd import (
@@ -68,6 +67,7 @@ from privtrain.trainer.dp_sgd import (
     _lr_scheduler,
     _optimizer,
     noise_for,
+    physical_step,
     schedule,
 )
 from privtrain.trainer.spec import TrainingSpec
@@ -278,25 +278,12 @@ def _load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> Non
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
 
 
-def _exit_with_parent() -> None:
-    """End this rank when the process that spawned it dies (even by SIGKILL)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
 def _rank_main(
     rank: int, world_size: int, config: dict[str, Any], model: nn.Module,
     train_data: TensorDataset, messages: Any, stop: Any,
 ) -> None:
     """One rank: join the group, train, report (rank 0), leave the group."""
-    _exit_with_parent()
+    exit_with_parent()
     torch.set_num_threads(config["threads"])
     cuda = config["device"] == "cuda"
     if cuda:
@@ -381,16 +368,9 @@ def _train_rank(
                                 optimizer=optimizer) as batches:
             loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
             for xb, yb in batches:
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(gsm(xb), yb)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
-                if len(yb):
-                    loss_sum += float(loss.detach()) * len(yb)
-                    samples += len(yb)
-                optimizer.step()
+                batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device)
+                loss_sum += batch_loss
+                samples += batch_samples
                 if logical_steps[0] == step:
                     continue  # a physical batch inside a larger logical one
                 step = logical_steps[0]

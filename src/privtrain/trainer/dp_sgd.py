@@ -178,6 +178,27 @@ def _lr_scheduler(spec: TrainingSpec, optimizer: torch.optim.Optimizer,
     return None
 
 
+def physical_step(module: nn.Module, optimizer: DPOptimizer, criterion: nn.Module,
+                  xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> tuple[float, int]:
+    """Forward, backward and ``optimizer.step()`` of one physical batch.
+
+    The DP optimizer only updates the parameters on the last physical batch of
+    a logical one (BatchMemoryManager tells it which). Returns (mean loss × samples,
+    samples); an empty Poisson batch contributes (0.0, 0) but still steps.
+    """
+    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    loss = criterion(module(xb), yb)
+    with warnings.catch_warnings():
+        # Opacus' hooks on the first layer fire without input grads, by design.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss.backward()
+    n = len(yb)
+    contribution = float(loss.detach()) * n if n else 0.0
+    optimizer.step()
+    return contribution, n
+
+
 def run_dp_sgd(
     spec: TrainingSpec,
     model: nn.Module,
@@ -292,17 +313,9 @@ def run_dp_sgd(
             for xb, yb in batches:
                 if should_stop():
                     raise JobCancelled(f"cancelled before step {step + 1}")
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(gsm(xb), yb)
-                with warnings.catch_warnings():
-                    # Opacus' hooks on the first layer fire without input grads, by design.
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
-                if len(yb):
-                    loss_sum += float(loss.detach()) * len(yb)
-                    samples += len(yb)
-                optimizer.step()
+                batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device)
+                loss_sum += batch_loss
+                samples += batch_samples
                 if logical_steps[0] == step:
                     continue  # a physical batch inside a larger logical one
                 step = logical_steps[0]

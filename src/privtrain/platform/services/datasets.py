@@ -23,7 +23,6 @@ from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.roles import PeerIdentity, Role
 
-
 MAX_EPSILON_BUDGET = 100.0
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 

@@ -11,7 +11,12 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privtrain.errors import FailedPrecondition, InvalidInput, PermissionDenied
-from privtrain.platform.convert import event_to_proto, job_to_proto, sealed_to_proto, spec_from_proto
+from privtrain.platform.convert import (
+    event_to_proto,
+    job_to_proto,
+    sealed_to_proto,
+    spec_from_proto,
+)
 from privtrain.platform.db.records import JobRecord
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.events import EventHub
