@@ -320,9 +320,9 @@ class ChunkWriter:
 
     Notes
     -----
-    The first chunk fixes the Parquet schema (with pandas' metadata, so the file reads
-    back with the same dtypes as one written by ``DataFrame.to_parquet``); later chunks
-    are cast to it. Use as a context manager: leaving it without :meth:`commit` removes
+    The first chunk fixes the schema (with pandas' metadata, so the file reads back with
+    the same dtypes as one written by ``DataFrame.to_parquet``); later chunks are cast
+    to it. Use as a context manager: leaving it without :meth:`commit` removes
     the temporary file.
     """
 
@@ -349,24 +349,38 @@ class ChunkWriter:
     def __exit__(self, *exc: object) -> None:
         self.abort()
 
-    def write(self, frame: pd.DataFrame) -> None:
-        """Append the rows of ``frame`` (its columns in output order)."""
+    def write_arrow(
+        self, columns: dict[str, pa.Array | pa.ChunkedArray], like: pd.DataFrame
+    ) -> None:
+        """Append one chunk given as Arrow columns (output order).
+
+        ``like`` is an empty frame with the output's pandas dtypes; its metadata goes into
+        the schema, so the file reads back as if ``DataFrame.to_parquet`` had written it.
+        """
         assert self._fh is not None
-        self.rows += len(frame)
+        if self._schema is None:
+            meta = pa.Schema.from_pandas(like, preserve_index=False).metadata
+            fields = [pa.field(n, a.type) for n, a in columns.items()]
+            self._schema = pa.schema(fields, metadata=meta)
+        try:
+            table = pa.Table.from_arrays(list(columns.values()), names=list(columns))
+            table = table.cast(self._schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise AnonymizationError(
+                f"{self.path}: an output column changed type between chunks ({exc})"
+            ) from None
+        self.rows += table.num_rows
         if self.format == "parquet":
-            if self._schema is None:
-                self._schema = pa.Schema.from_pandas(frame, preserve_index=False)
+            if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self._fh, self._schema)
-            assert self._parquet is not None
-            try:
-                table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise AnonymizationError(
-                    f"{self.path}: an output column changed type between chunks ({exc})"
-                ) from None
             if table.num_rows:
                 self._parquet.write_table(table)
-        elif self.format == "jsonl":
+        else:
+            self._write_text(table.to_pandas())
+
+    def _write_text(self, frame: pd.DataFrame) -> None:
+        assert self._fh is not None
+        if self.format == "jsonl":
             if len(frame):
                 frame.to_json(self._fh, orient="records", lines=True, force_ascii=False)
         else:

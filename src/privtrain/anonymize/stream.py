@@ -27,6 +27,7 @@ start of the file.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,6 +67,11 @@ PER_VALUE = frozenset({"keep", "hmac", "generalize", "pseudonym"})
 # ... of which these also depend on the column's whole set of distinct values.
 WHOLE_COLUMN = frozenset({"pseudonym"})
 
+# Operators that read other columns of their row, and which (per distinct tuple, then).
+_READS: dict[str, Callable[[Any], list[str]]] = {"date_shift": lambda col: [col.subject]}
+# Distinct values whose hmac tokens are remembered across chunks (then the cache restarts).
+_CACHE_MAX = 1 << 20
+
 Tick = Callable[[str, float], None]
 IntArray = npt.NDArray[np.int64]
 _ROW = re.compile(r"\brow (\d+)\b")
@@ -100,6 +106,37 @@ def _take(per_value: pd.Series, codes: IntArray) -> pd.Series:
     return ext.take(np.where(codes < 0, slot, codes)).reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class _Out:
+    """One column of a chunk as released: ``values`` per distinct value (or tuple of
+    values) with each row's ``codes`` into them (-1: missing), or per row (codes None)."""
+
+    values: pd.Series
+    codes: IntArray | None
+
+    def rows(self, kept: IntArray | None) -> pa.Array | pa.ChunkedArray:
+        """The kept rows as an Arrow array."""
+        arr = pa.array(self.values.reset_index(drop=True), from_pandas=True)
+        if self.codes is None:
+            return arr if kept is None else pc.take(arr, pa.array(kept))
+        idx = self.codes if kept is None else self.codes[kept]
+        return pc.take(arr, pa.array(idx, mask=idx < 0))
+
+    def ids(
+        self, ids: ValueIds, kept: IntArray | None, key: Callable[[pd.Series], Any]
+    ) -> IntArray:
+        """Ids of the kept rows' values, given in order of first appearance among them."""
+        if self.codes is None:
+            rows = self.values if kept is None else self.values.take(kept)
+            return ids_of(ids, rows.reset_index(drop=True), key)
+        codes = self.codes if kept is None else self.codes[kept]
+        order = pd.unique(codes)
+        order = order[order >= 0]
+        lookup = np.zeros(len(self.values) + 1, dtype=np.int64)
+        lookup[order] = ids.lookup(key(self.values.take(order)))[:-1]
+        return ids.note(lookup[codes])
+
+
 @dataclass
 class _Chunk:
     """One chunk being processed: its Arrow table, offset, and lazily built views."""
@@ -124,16 +161,41 @@ class _Chunk:
             self._frame = to_pandas(self.table)
         return self._frame
 
-    def per_value(self, name: str, fn: Callable[[pd.Series], Any]) -> tuple[IntArray, Any]:
-        """``fn`` on the column's distinct values. On an error, ``fn`` runs again on the
-        rows so the message names the row of the file where the bad value is."""
-        codes, uniq = self.distinct(name)
+    def _located(self, fn: Callable[[Any], Any], small: Any, rows: Callable[[], Any]) -> Any:
+        # On an error, ``fn`` runs again on the rows so the message names the file's row.
         with _rows_from(self.offset):
             try:
-                return codes, fn(uniq)
+                return fn(small)
             except InvalidInput:
-                fn(self.frame()[name])
+                fn(rows())
                 raise
+
+    def per_value(self, name: str, fn: Callable[[pd.Series], Any]) -> tuple[IntArray, Any]:
+        """``fn`` on the column's distinct values; row codes into its result."""
+        codes, uniq = self.distinct(name)
+        return codes, self._located(fn, uniq, lambda: self.frame()[name])
+
+    def per_tuple(
+        self, names: list[str], fn: Callable[[pd.DataFrame], Any]
+    ) -> tuple[IntArray, Any] | None:
+        """``fn`` on a frame of the distinct value tuples of ``names``; row codes into its
+        result. None when the tuples cannot be keyed in 63 bits (then go row by row)."""
+        parts = [self.distinct(n) for n in names]
+        cards = [len(u) + 1 for _, u in parts]
+        if math.prod(cards) >= 2**62:
+            return None
+        key = np.zeros(self.rows, dtype=np.int64)
+        for (codes, _), card in zip(parts, cards, strict=True):
+            key = key * card + (codes + 1)
+        pcodes, pkeys = pd.factorize(key)
+        pkeys = np.asarray(pkeys, dtype=np.int64)
+        small = {}
+        for i in range(len(names) - 1, -1, -1):
+            pkeys, part = np.divmod(pkeys, cards[i])
+            small[names[i]] = _take(parts[i][1], part - 1)
+        frame = pd.DataFrame({n: small[n] for n in names})
+        out = self._located(fn, frame, lambda: self.frame())
+        return np.asarray(pcodes, dtype=np.int64), out
 
 
 class Streamer:
@@ -186,6 +248,7 @@ class Streamer:
         self.combos = Combinations(len(self.qis) + len(self.sensitive))
         self.result: LatticeResult | None = None
         self.levels: dict[str, list[tuple[IntArray, int]]] = {}
+        self._cache: dict[str, dict[Any, Any]] = {}
         self.filter: ClassFilter | None = None
 
     def _ctx(self, name: str, level: int | None = None, frame: Any = None) -> OperatorContext:
@@ -196,23 +259,45 @@ class Streamer:
         col = self.policy.columns[q]
         return chunk.per_value(q, lambda v: Generalization(v, col, self.source))
 
-    def _released(self, chunk: _Chunk, name: str) -> tuple[IntArray | None, pd.Series]:
-        """Released values of a column: per distinct value (with row codes) for
-        :data:`PER_VALUE` operators, per row (codes None) for the others."""
-        op = get_operator(self.policy.columns[name].operator)
-        if self.policy.columns[name].operator in PER_VALUE:
-            codes, out = chunk.per_value(name, lambda v: op.transform(v, self._ctx(name)))
-            return codes, out
+    def _released(self, chunk: _Chunk, name: str) -> _Out | None:
+        """A column's released values in the chunk (None for a dropped column)."""
+        col = self.policy.columns[name]
+        op = get_operator(col.operator)
+        ctx = self._ctx(name)
+        if col.operator == "hmac":
+            return self._hmac(chunk, name, lambda v: op.transform(v, ctx))
+        if col.operator in PER_VALUE:
+            codes, out = chunk.per_value(name, lambda v: op.transform(v, ctx))
+            return None if out is None else _Out(out, codes)
+        reads = _READS.get(col.operator)
+        if reads is not None:
+            names = [name, *(c for c in reads(col) if c != name)]
+            got = chunk.per_tuple(names, lambda f: op.transform(f[name], self._ctx(name, frame=f)))
+            if got is not None:
+                return None if got[1] is None else _Out(got[1], got[0])
         with _rows_from(chunk.offset):
-            out = op.transform(chunk.frame()[name], self._ctx(name, frame=chunk.frame()))
-        return None, out
+            rows = op.transform(chunk.frame()[name], self._ctx(name, frame=chunk.frame()))
+        return None if rows is None else _Out(rows.reset_index(drop=True), None)
+
+    def _hmac(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> _Out:
+        """Keyed tokens per distinct value, remembered across chunks (a bounded cache)."""
+        codes, uniq = chunk.distinct(name)
+        cache = self._cache.setdefault(name, {})
+        values = uniq.tolist()
+        new = [v for v in values if v not in cache]
+        if new:
+            if len(cache) + len(new) > _CACHE_MAX:
+                cache.clear()
+                new = values
+            out = chunk._located(fn, pd.Series(new, dtype="string"), lambda: chunk.frame()[name])
+            cache.update(zip(new, out.tolist(), strict=True))
+        return _Out(pd.Series([cache[v] for v in values], dtype="string"), codes)
 
     def _sensitive_row_ids(self, chunk: _Chunk, name: str, ids: ValueIds) -> IntArray:
         ordered = self.policy.columns[name].type == "numeric"
-        codes, out = self._released(chunk, name)
-        if codes is None:
-            return ids_of(ids, out, lambda v: sensitive_key(v, ordered))
-        return ids.note(ids.lookup(sensitive_key(out, ordered))[codes])
+        out = self._released(chunk, name)
+        assert out is not None
+        return out.ids(ids, None, lambda v: sensitive_key(v, ordered))
 
     # -- pass 1 --------------------------------------------------------------------------
     def scan(self) -> None:
@@ -239,8 +324,8 @@ class Streamer:
                 _, uniq = chunk.distinct(name)
                 seen.update(dict.fromkeys(uniq.tolist()))
             for name in self.integral:
-                _, out = self._released(chunk, name)
-                if str(out.dtype) != "Int64":
+                out = self._released(chunk, name)
+                if out is not None and str(out.values.dtype) != "Int64":
                     self.integral[name] = False
             self.rows += chunk.rows
             self.tick("read", 0.45 * min(position[0] / size, 1.0))
@@ -298,6 +383,7 @@ class Streamer:
         out_qi = {q: ValueIds() for q in self.qis}
         out_sens = {s: ValueIds() for s in self.sensitive}
         check = Combinations(len(self.qis) + len(self.sensitive))
+        like: pd.DataFrame | None = None
         offset = 0
         for table in self.reader.chunks(self.chunk_rows):
             chunk = _Chunk(table, offset, self.source)
@@ -316,48 +402,39 @@ class Streamer:
             keep = row_filter.keep(mat)
             kept = None if bool(keep.all()) else np.flatnonzero(keep)
 
-            def rows_of(s: pd.Series, kept: IntArray | None = kept) -> pd.Series:
-                return s if kept is None else s.take(kept).reset_index(drop=True)
-
-            def codes_of(c: IntArray, kept: IntArray | None = kept) -> IntArray:
-                return c if kept is None else c[kept]
-
-            out: dict[str, pd.Series] = {}
+            outs: dict[str, _Out] = {}
             for name in self.columns:
                 col = policy.columns[name]
                 if col.operator == "drop":
                     continue
                 if col.operator == "generalize":
                     codes, gen = gens[name]
-                    labels = gen.labels(result.levels[name])
-                    out[name] = _take(labels, codes_of(codes))
+                    outs[name] = _Out(gen.labels(result.levels[name]), codes)
                 elif col.operator in WHOLE_COLUMN:
                     codes, uniq = chunk.distinct(name)
                     index, mapped = whole[name]
                     pos = index.get_indexer(uniq)
                     if bool((pos < 0).any()):
                         raise input_changed(self.source)
-                    out[name] = _take(mapped.take(pos), codes_of(codes))
+                    outs[name] = _Out(mapped.take(pos), codes)
                 else:
-                    codes_or_none, values = self._released(chunk, name)
-                    if values is None:
+                    released = self._released(chunk, name)
+                    if released is None:
                         continue
                     if name in self.integral and not self.integral[name]:
-                        values = values.astype("Float64")
-                    if codes_or_none is None:
-                        out[name] = rows_of(values)
-                    else:
-                        out[name] = _take(values, codes_of(codes_or_none))
-            frame = pd.DataFrame(out)
-            writer.write(frame)
-            # Independent re-check: classes of the labels as written.
-            check_ids = [ids_of(out_qi[q], frame[q], _as_list) for q in self.qis]
+                        released = _Out(released.values.astype("Float64"), released.codes)
+                    outs[name] = released
+            if like is None:
+                like = pd.DataFrame({n: o.values.iloc[:0] for n, o in outs.items()})
+            writer.write_arrow({n: o.rows(kept) for n, o in outs.items()}, like)
+            # Independent re-check: classes of the values as written.
+            check_ids = [outs[q].ids(out_qi[q], kept, _as_list) for q in self.qis]
             for s in self.sensitive:
                 ordered = policy.columns[s].type == "numeric"
                 check_ids.append(
-                    ids_of(out_sens[s], frame[s], lambda v, o=ordered: sensitive_key(v, o))
+                    outs[s].ids(out_sens[s], kept, lambda v, o=ordered: sensitive_key(v, o))
                 )
-            check.add(check_ids, len(frame))
+            check.add(check_ids, chunk.rows if kept is None else len(kept))
             offset += chunk.rows
             self.tick("write", 0.5 + 0.45 * offset / max(self.rows, 1))
         self.reader.check_unchanged()
