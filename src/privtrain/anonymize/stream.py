@@ -58,6 +58,7 @@ from privtrain.anonymize.keys import SecretKey
 from privtrain.anonymize.lattice import LatticeResult, search
 from privtrain.anonymize.operators.generalize import Generalization
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
+from privtrain.anonymize.operators.scrub import known_names
 from privtrain.anonymize.policy import Policy
 from privtrain.anonymize.privacy_models import ModelSpec, achieved
 from privtrain.errors import InvalidInput
@@ -245,6 +246,12 @@ class Streamer:
             for c in self.columns
             if policy.columns[c].operator == "keep" and policy.columns[c].type == "numeric"
         }
+        # Scrub columns that replace known names need every name of the file, not the chunk's.
+        self.name_sources = {
+            c: list(policy.columns[c].names_from) for c in self.columns
+            if policy.columns[c].operator == "scrub" and "name" in policy.columns[c].scrub
+        }
+        self.known_names: dict[str, set[str]] = {c: set() for c in self.name_sources}
         self.combos = Combinations(len(self.qis) + len(self.sensitive))
         self.result: LatticeResult | None = None
         self.levels: dict[str, list[tuple[IntArray, int]]] = {}
@@ -253,7 +260,9 @@ class Streamer:
 
     def _ctx(self, name: str, level: int | None = None, frame: Any = None) -> OperatorContext:
         col = self.policy.columns[name]
-        return OperatorContext(col, self.key, self.policy.locale, self.source, level, frame)
+        names = frozenset(self.known_names[name]) if name in self.known_names else None
+        return OperatorContext(col, self.key, self.policy.locale, self.source, level, frame,
+                               known_names=names)
 
     def _generalization(self, chunk: _Chunk, q: str) -> tuple[IntArray, Generalization]:
         col = self.policy.columns[q]
@@ -275,8 +284,10 @@ class Streamer:
             got = chunk.per_tuple(names, lambda f: op.transform(f[name], self._ctx(name, frame=f)))
             if got is not None:
                 return None if got[1] is None else _Out(got[1], got[0])
-        with _rows_from(chunk.offset):
-            rows = op.transform(chunk.frame()[name], self._ctx(name, frame=chunk.frame()))
+        # Row-wise operators see the file's row numbers as the index (``noise`` keys its
+        # draws by row, errors name the row), so any chunking gives the same output.
+        frame = chunk.frame().set_axis(pd.RangeIndex(chunk.offset, chunk.offset + chunk.rows))
+        rows = op.transform(frame[name], self._ctx(name, frame=frame))
         return None if rows is None else _Out(rows.reset_index(drop=True), None)
 
     def _hmac(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> _Out:
@@ -305,6 +316,7 @@ class Streamer:
         policy = self.policy
         generic = [s for s in self.sensitive if policy.columns[s].operator not in PER_VALUE]
         wanted = set(self.qis) | set(self.sensitive) | set(self.distinct_values)
+        wanted |= {c for sources in self.name_sources.values() for c in sources}
         wanted |= set(self.integral)
         # An operator outside PER_VALUE may read any column of its chunk.
         read = self.columns if generic else [c for c in self.columns if c in wanted]
@@ -323,6 +335,8 @@ class Streamer:
             for name, seen in self.distinct_values.items():
                 _, uniq = chunk.distinct(name)
                 seen.update(dict.fromkeys(uniq.tolist()))
+            for name, sources in self.name_sources.items():
+                self.known_names[name] |= known_names(chunk.frame(), sources)
             for name in self.integral:
                 out = self._released(chunk, name)
                 if out is not None and str(out.values.dtype) != "Int64":

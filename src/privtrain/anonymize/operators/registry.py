@@ -34,8 +34,12 @@ class OperatorContext:
     level : int | None
         Generalization level chosen by the lattice search (``generalize`` only).
     frame : pd.DataFrame | None
-        The whole raw table, for operators that read another column (``date_shift``
-        reads its subject column, ``scrub`` the identifier columns' values).
+        The raw rows at hand (a chunk when streaming; its index is the file's 0-based
+        row number), for operators that read another column (``date_shift`` reads its
+        subject column, ``scrub`` the identifier columns' values).
+    known_names : frozenset[str] | None
+        Every name in the whole file's ``names_from`` columns, for ``scrub`` when the
+        rows at hand are only a chunk; None means take them from ``frame``.
     """
 
     column: ColumnPolicy
@@ -44,6 +48,7 @@ class OperatorContext:
     source: str
     level: int | None = None
     frame: pd.DataFrame | None = None
+    known_names: frozenset[str] | None = None
 
 
 class Operator(Protocol):

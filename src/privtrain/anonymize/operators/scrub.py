@@ -177,7 +177,9 @@ class Scrub:
     def transform(self, values: pd.Series, ctx: OperatorContext) -> pd.Series:
         col = ctx.column
         names: frozenset[str] = frozenset()
-        if "name" in col.scrub and ctx.frame is not None:
+        if "name" in col.scrub and ctx.known_names is not None:
+            names = ctx.known_names
+        elif "name" in col.scrub and ctx.frame is not None:
             names = known_names(ctx.frame, col.names_from)
         return scrub_column(values, col.scrub, names, col.phone_region)
 
