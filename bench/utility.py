@@ -42,11 +42,11 @@ POLICY = Path(__file__).resolve().parents[1] / "examples" / "adult" / "policy.to
 DELTA = 1e-5
 ADULT = dict(model="mlp", hidden_sizes=(64,), epochs=5, batch_size=512, max_physical_batch_size=512,
              learning_rate=0.5, momentum=0.9, max_grad_norm=1.0, target_column="income")
-MNIST = dict(model="cnn", epochs=20, batch_size=256, max_physical_batch_size=256, learning_rate=0.5,
+MNIST = dict(model="cnn", epochs=10, batch_size=512, max_physical_batch_size=256, learning_rate=0.25,
              momentum=0.9, max_grad_norm=1.0, target_column="label")
 MNIST_TEST_ROWS = 1000
 # Without clipping, the DP learning rates diverge; the non-private baseline uses its own.
-NON_PRIVATE_LR = {"adult": 0.5, "mnist": 0.05}
+NON_PRIVATE_LR = {"adult": 0.5, "mnist": 0.1}
 
 
 class _Silent:
