@@ -176,6 +176,9 @@ class JobRunner:
                         and time.monotonic() - run.cancel_requested_at > self._config.cancel_grace_s):
                     run.process.kill()
             run.process.join()
+            # Alerts of the job resolve before its terminal state is published, so the
+            # terminal event is the last one a watcher sees.
+            self._alerts.apply(self._monitor.job_finished(run.job.id))
             self._settle(run)
         except Exception:
             log.exception("pump for job %s failed", run.job.id)
