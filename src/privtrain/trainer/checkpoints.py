@@ -20,6 +20,7 @@ from privtrain.atomic_files import atomic_write_bytes
 from privtrain.errors import InvalidInput
 
 PARAMETERS_FORMAT = "privtrain-parameters-v1"
+METADATA_KEY = "privtrain"
 
 
 def save_checkpoint(
@@ -63,9 +64,15 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def save_parameters(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Write final parameters as safetensors with ``metadata``; returns the file's SHA-256 (hex)."""
+    """Write final parameters as safetensors with ``metadata``; returns the file's SHA-256 (hex).
+
+    The metadata travels as one sorted JSON string under the key ``privtrain``:
+    safetensors writes several metadata keys in an arbitrary order, which would
+    give the same parameters a different hash on every run.
+    """
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    data = save(tensors, metadata={"format": PARAMETERS_FORMAT, **metadata})
+    packed = json.dumps({"format": PARAMETERS_FORMAT, **metadata}, sort_keys=True)
+    data = save(tensors, metadata={METADATA_KEY: packed})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
@@ -84,6 +91,10 @@ def load_parameters(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str
         metadata = read_metadata(data)
     except Exception as exc:  # safetensors raises its own error types
         raise InvalidInput(f"not a safetensors parameter file: {exc}") from None
+    try:
+        metadata = json.loads(metadata[METADATA_KEY])
+    except (KeyError, ValueError):
+        raise InvalidInput("not a privtrain parameter file: no privtrain metadata") from None
     if metadata.get("format") != PARAMETERS_FORMAT:
         raise InvalidInput(f"parameter file format is {metadata.get('format')!r}, expected {PARAMETERS_FORMAT!r}")
     return tensors, metadata
