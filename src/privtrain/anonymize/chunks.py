@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from privtrain.anonymize.tableio import (
     check_header,
     detect_encoding,
     jsonl_cell,
+    jsonl_objects,
     table_format,
 )
 from privtrain.errors import InvalidInput, NotFound
@@ -234,19 +234,7 @@ class ChunkReader:
 
     # JSON Lines ------------------------------------------------------------------------
     def _jsonl_lines(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        with open(self.path, encoding="utf-8-sig") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise AnonymizationError(
-                        f"{self.path}: row {number}: not a JSON object ({exc.msg})"
-                    ) from None
-                if not isinstance(obj, dict):
-                    raise AnonymizationError(f"{self.path}: row {number}: not a JSON object")
-                yield number, obj
+        return jsonl_objects(self.path)
 
     def _jsonl_columns(self) -> list[str]:
         # Columns are the keys in order of first appearance, so one pass over the keys

@@ -16,7 +16,9 @@ import codecs
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -154,8 +156,14 @@ def read_table(
     return df
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    rows = []
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) of every non-blank line of a JSON Lines file.
+
+    Raises
+    ------
+    AnonymizationError
+        A line that is not a JSON object, naming the file and the line.
+    """
     with open(path, encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -168,7 +176,11 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 ) from None
             if not isinstance(obj, dict):
                 raise AnonymizationError(f"{path}: row {number}: not a JSON object")
-            rows.append(obj)
+            yield number, obj
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows = [obj for _, obj in jsonl_objects(path)]
     names: dict[str, None] = {}
     for obj in rows:
         for key in obj:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Insert, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from privtrain.errors import NotFound
+from privtrain.errors import FailedPrecondition, NotFound
 from privtrain.platform.db.models import Job, JobMetric, utcnow
 from privtrain.platform.db.records import StepMetric
 from privtrain.platform.db.transaction import Transactions
@@ -96,6 +96,6 @@ def _insert_ignoring_duplicates(dialect_name: str) -> Insert:
         )
     if dialect_name == "sqlite":
         return sqlite.insert(JobMetric).on_conflict_do_nothing(index_elements=["job_id", "step"])
-    raise NotImplementedError(
+    raise FailedPrecondition(
         f"database dialect {dialect_name!r} is not supported; use SQLite or PostgreSQL"
     )
