@@ -117,10 +117,15 @@ def test_two_ranks_hold_identical_parameters_and_spend_single_process_epsilon(
     assert single.epsilon == pytest.approx(result.epsilon, rel=1e-12)
 
 
-def test_engine_with_two_processes_writes_parameters_a_client_loads(tmp_path: Path) -> None:
+def test_engine_with_two_processes_writes_parameters_a_client_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with a relative output folder (a server started with `--home srv`): the ranks'
+    rendezvous file must not be read as a host name."""
+    monkeypatch.chdir(tmp_path)
     spec = _spec(batch_size=32, max_physical_batch_size=32, epochs=1)
     rec = Recorder()
-    result = train(spec, _table(64), DOMAINS, tmp_path, rec)
+    result = train(spec, _table(64), DOMAINS, Path("relative-job"), rec)
     assert result.steps == 2 == len(rec.steps)
     assert result.epsilon == pytest.approx(
         epsilon_for("rdp", result.noise_multiplier, 0.5, 2, 1e-5), rel=1e-12)

@@ -160,3 +160,30 @@ def test_unknown_layer_type_is_refused() -> None:
     """The declarative model only builds whitelisted torch.nn layers."""
     with pytest.raises(InvalidInput, match="not one of"):
         prepare_model(_spec(model_options={"layers": [{"type": "Module"}]}), (4,), 2)
+
+
+def test_batchnorm1d_is_refused_even_with_fix_model() -> None:
+    """GroupNorm over (batch, features) would output zeros: refuse and point to LayerNorm."""
+    layers = [{"name": "fc1", "type": "Linear", "args": [8, 16]},
+              {"name": "bn", "type": "BatchNorm1d", "args": [16]},
+              {"name": "fc2", "type": "Linear", "args": [16, 2]}]
+    with pytest.raises(InvalidInput, match="LayerNorm"):
+        prepare_model(_spec(model_options={"layers": layers}, fix_model=True), (8,), 2)
+
+
+@pytest.mark.parametrize("forward", [[], "fc"])
+def test_forward_must_be_a_non_empty_list(forward: object) -> None:
+    """Not a confusing per-character or autograd error."""
+    layers = [{"name": "fc", "type": "Linear", "args": [4, 2]}]
+    with pytest.raises(InvalidInput, match="non-empty list"):
+        prepare_model(_spec(model_options={"layers": layers, "forward": forward}), (4,), 2)
+
+
+def test_fixed_noise_multiplier_far_too_small_is_refused_at_once() -> None:
+    """σ = 0.1 over hundreds of steps: refused from the RDP bound, without a huge PRV domain."""
+    from privtrain.trainer.dp_sgd import preflight
+
+    spec = _spec(model="mlp", noise_multiplier=0.1, target_epsilon=1.0, accountant="prv",
+                 batch_size=512, epochs=5)
+    with pytest.raises(InvalidInput, match="RDP bound"):
+        preflight(spec, 31_000)

@@ -20,6 +20,16 @@ from privtrain.anonymize.keys import generate_key
 from privtrain.anonymize.pipeline import anonymize_file, verify_output
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``anonymize keygen``, ``anonymize run`` and ``anonymize verify``.
 
@@ -36,7 +46,7 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     )
     insp.add_argument("input", type=Path, metavar="INPUT", help="raw CSV, Parquet or JSON Lines")
     insp.add_argument("--out", type=Path, default=None, metavar="POLICY.toml")
-    insp.add_argument("--k", type=int, default=5, help="k written into the policy (default 5)")
+    insp.add_argument("--k", type=_positive_int, default=5, help="k written into the policy")
     insp.add_argument(
         "--encoding", default=None, help="CSV text encoding (default: UTF-8, else detected)"
     )

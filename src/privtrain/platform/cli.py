@@ -158,7 +158,7 @@ def _server(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
-        home=args.home, pki_dir=args.pki, host=args.host, port=args.port,
+        home=args.home.resolve(), pki_dir=args.pki.resolve(), host=args.host, port=args.port,
         database_url=args.db_url, max_running_jobs=args.max_running_jobs,
         stall=StallConfig(factor=args.stall_factor, floor_s=args.stall_floor_s,
                           first_step_s=args.stall_first_step_s),
@@ -226,6 +226,7 @@ def _job_submit(args: argparse.Namespace) -> int:
     spec = job_spec(
         dataset_id=args.dataset, model=args.model, hidden_sizes=args.hidden,
         target_column=args.target, feature_columns=args.features or [],
+        split_column=args.split_column, train_split=args.train_split, test_split=args.test_split,
         target_epsilon=args.epsilon, target_delta=args.delta, epochs=args.epochs,
         batch_size=args.batch_size, max_physical_batch_size=args.max_physical_batch_size,
         max_grad_norm=args.max_grad_norm, learning_rate=args.lr, momentum=args.momentum,
@@ -295,6 +296,8 @@ def _job_download(args: argparse.Namespace) -> int:
     from privtrain.atomic_files import atomic_write_bytes
     from privtrain.platform.client import sha256_hex
 
+    if args.out.exists() and not args.force:
+        raise InvalidInput(f"{args.out} exists; choose another --out or pass --force to replace it")
     with _client(args, "trainer") as client:
         blob = client.download_parameters(args.job_id)
     atomic_write_bytes(args.out, blob.plaintext)
@@ -403,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     sj = job.add_parser("submit", help="submit a DP-SGD job")
     sj.add_argument("--dataset", required=True, help="dataset id")
     sj.add_argument("--target", required=True, help="label column")
-    sj.add_argument("--features", nargs="*", default=None,
+    sj.add_argument("--split-column", default="split", help="column telling train from test rows")
+    sj.add_argument("--train-split", default="train", help="split value of the training rows")
+    sj.add_argument("--test-split", default="test", help="split value of the held-out rows")
+    sj.add_argument("--features", nargs="+", default=None,
                     help="feature columns (default: every usable column of the manifest)")
     sj.add_argument("--model", default="mlp",
                     help="logistic_regression, mlp, cnn, resnet, lstm_text or sequential")
@@ -430,9 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"], help="privacy accountant")
     sj.add_argument("--noise-multiplier", type=float, default=None,
                     help="use this σ instead of calibrating one (refused if its ε exceeds --epsilon)")
-    sj.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    sj.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
+                    help="SGD (momentum, optionally Nesterov) or Adam")
     sj.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
-    sj.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "step"])
+    sj.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "step"],
+                    help="per-step learning-rate schedule")
     sj.add_argument("--world-size", type=_int_at_least(1, 16), default=1,
                     help="training processes under torch.distributed (DPDDP)")
     sj.add_argument("--request-id", default=None, help="idempotency key for retries")
@@ -456,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl = job.add_parser("download", help="download, verify and decrypt trained parameters")
     dl.add_argument("job_id")
     dl.add_argument("--out", type=Path, required=True, help="safetensors file to write")
+    dl.add_argument("--force", action="store_true", help="replace --out if it exists")
     _connection_args(dl)
     dl.set_defaults(func=_job_download)
     ev = job.add_parser("evaluate", help="re-evaluate downloaded parameters on local test rows")

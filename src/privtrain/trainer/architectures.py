@@ -149,7 +149,10 @@ def sequential(input_shape: tuple[int, ...], n_classes: int, options: Mapping[st
         if not name.isidentifier() or name in modules:
             raise ValueError(f"layer {i} name {name!r} is not a unique identifier")
         modules[name] = getattr(nn, kind)(*layer.get("args", []), **layer.get("kwargs", {}))
-    order = [str(n) for n in options.get("forward", list(modules))]
+    forward = options.get("forward", list(modules))
+    if not isinstance(forward, list) or not forward:
+        raise ValueError("forward must be a non-empty list of layer names")
+    order = [str(n) for n in forward]
     unknown = [n for n in order if n not in modules]
     if unknown:
         raise ValueError(f"forward names unknown layers {unknown}")

@@ -185,7 +185,7 @@ def run_distributed(
     messages = ctx.Queue()
     stop = ctx.Event()
     config = {
-        "spec": spec.to_dict(), "sigma": sigma, "physical": physical, "store": str(store),
+        "spec": spec.to_dict(), "sigma": sigma, "physical": physical, "store": str(Path(store).resolve()),
         "device": device.type, "out_dir": str(out_dir), "keep_rank_states": keep_rank_states,
         "threads": max(1, (os.cpu_count() or 1) // world_size),
     }

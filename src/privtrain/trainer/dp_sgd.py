@@ -91,6 +91,9 @@ class LoopResult:
 
 
 MAX_STEPS = 1_000_000
+# Refuse a fixed σ outright when its RDP bound exceeds the target this many times over:
+# PRV tightens RDP by far less than that.
+RDP_REFUSAL_FACTOR = 2.0
 
 
 def schedule(spec: TrainingSpec, train_rows: int) -> tuple[float, int, int]:
@@ -148,6 +151,16 @@ def noise_for(spec: TrainingSpec, sample_rate: float, total_steps: int) -> float
         return calibrate_noise_multiplier(
             target_epsilon=spec.target_epsilon, target_delta=spec.target_delta,
             sample_rate=sample_rate, steps=total_steps, accountant=spec.accountant,
+        )
+    # The RDP bound is cheap and never below PRV's ε: it settles the clear cases, and
+    # spares PRV a huge (slow, memory-hungry) privacy-loss domain when σ is far too small.
+    bound = epsilon_for("rdp", spec.noise_multiplier, sample_rate, total_steps, spec.target_delta)
+    if bound <= spec.target_epsilon:
+        return spec.noise_multiplier
+    if spec.accountant == "rdp" or bound > RDP_REFUSAL_FACTOR * spec.target_epsilon:
+        raise InvalidInput(
+            f"noise_multiplier {spec.noise_multiplier} spends ε={bound:.4f} (RDP bound) over "
+            f"{total_steps} steps, more than target_epsilon {spec.target_epsilon}"
         )
     eps = epsilon_for(spec.accountant, spec.noise_multiplier, sample_rate, total_steps,
                       spec.target_delta)

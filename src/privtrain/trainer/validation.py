@@ -111,6 +111,13 @@ def validate_modules(model: nn.Module, *, fix: bool) -> tuple[nn.Module, list[st
         model = ModuleValidator.fix(model)
         after = {n: type(m).__name__ for n, m in model.named_modules()}
         fixes += [f"{n}: {before[n]} -> {after[n]}" for n in before if n in after and before[n] != after[n]]
+        flat = [n for n in before if before[n] == "BatchNorm1d"]
+        if flat:
+            # GroupNorm over (batch, features) normalizes each feature alone: its output is 0.
+            raise InvalidInput(
+                f"BatchNorm1d module(s) {flat} have no working automatic replacement on "
+                "(batch, features) inputs; use LayerNorm there instead"
+            )
         fixes += [f"{n}: in-place -> out-of-place" for n in _inplace_to_out_of_place(model)]
         inplace = []
     problems = [str(e) for e in ModuleValidator.validate(model, strict=False)]
