@@ -151,3 +151,22 @@ def test_target_outside_manifest_domain_is_refused(tmp_path: Path) -> None:
     spec = TrainingSpec(dataset_id="d", target_column="label", batch_size=8, epochs=1)
     with pytest.raises(InvalidInput, match="maybe"):
         train(spec, table, DOMAINS, tmp_path, Recorder())
+
+
+def test_per_layer_clipping_trains_with_the_flat_privacy_analysis(tmp_path: Path) -> None:
+    """Per-layer clipping (C / sqrt(L) per tensor) spends exactly the ε of flat clipping for
+    the same σ, q and steps, and changes the update (the clipping differs)."""
+    common = dict(dataset_id="d", target_column="label", model="mlp", hidden_sizes=(8,),
+                  batch_size=50, max_physical_batch_size=50, epochs=2, noise_multiplier=1.0,
+                  target_epsilon=50.0, accountant="rdp", seed=5)
+    table = _table(400)
+    flat = train(TrainingSpec(**common), table, DOMAINS, tmp_path / "flat", Recorder())
+    layered = train(TrainingSpec(**common, clipping="per_layer"), table, DOMAINS,
+                    tmp_path / "layered", Recorder())
+    assert layered.steps == flat.steps
+    assert layered.epsilon == pytest.approx(flat.epsilon, rel=1e-12)
+    a, _ = load_parameters(flat.parameters_path.read_bytes())
+    b, _ = load_parameters(layered.parameters_path.read_bytes())
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InvalidInput, match="per_layer"):
+        TrainingSpec(**common, clipping="per_layer", world_size=2)

@@ -234,7 +234,7 @@ def _job_submit(args: argparse.Namespace) -> int:
         accountant=args.accountant, noise_multiplier=args.noise_multiplier,
         optimizer=args.optimizer, nesterov=args.nesterov, lr_schedule=args.lr_schedule,
         model_options_json=args.model_options or "", fix_model=args.fix_model,
-        freeze_unused=args.freeze_unused, world_size=args.world_size,
+        freeze_unused=args.freeze_unused, world_size=args.world_size, clipping=args.clipping,
     )
     with _client(args, "trainer") as client:
         job = client.submit(spec, request_id=args.request_id)
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     sj.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "step"],
                     help="per-step learning-rate schedule")
+    sj.add_argument("--clipping", default="flat", choices=["flat", "per_layer"],
+                    help="one bound on the whole per-sample gradient, or C/sqrt(L) per tensor")
     sj.add_argument("--world-size", type=_int_at_least(1, 16), default=1,
                     help="training processes under torch.distributed (DPDDP)")
     sj.add_argument("--request-id", default=None, help="idempotency key for retries")

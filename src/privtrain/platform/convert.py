@@ -18,7 +18,7 @@ _SPEC_FIELDS = (
     "dataset_id", "model", "target_column", "split_column", "train_split", "test_split",
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
-    "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "fix_model", "freeze_unused", "world_size",
+    "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "fix_model", "freeze_unused", "clipping", "world_size",
 )
 _OPTIONAL_SPEC_FIELDS = frozenset({
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",

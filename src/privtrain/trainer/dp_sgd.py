@@ -191,6 +191,25 @@ def _lr_scheduler(spec: TrainingSpec, optimizer: torch.optim.Optimizer,
     return None
 
 
+def _per_layer(spec: TrainingSpec, model: nn.Module, sigma: float,
+               noise_gen: torch.Generator) -> tuple[nn.Module, DPOptimizer]:
+    """Per-layer clipping (McMahan et al. 2018): each of the L trainable tensors is clipped
+    to C / sqrt(L), so the whole per-sample gradient stays within C and the noise,
+    σ·C, and the privacy analysis are those of flat clipping. Opacus hooks mode."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPPerLayerOptimizer
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    per_tensor = spec.max_grad_norm / math.sqrt(len(trainable))
+    gsm = GradSampleModule(model, loss_reduction="mean")
+    optimizer = DPPerLayerOptimizer(
+        _optimizer(spec, trainable), noise_multiplier=sigma,
+        max_grad_norm=[per_tensor] * len(trainable), expected_batch_size=spec.batch_size,
+        loss_reduction="mean", generator=noise_gen,
+    )
+    return gsm, optimizer
+
+
 def physical_step(module: nn.Module, optimizer: DPOptimizer, criterion: nn.Module,
                   xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> tuple[float, int]:
     """Forward, backward and ``optimizer.step()`` of one physical batch.
@@ -282,11 +301,15 @@ def run_dp_sgd(
     noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
     # The fastest correct per-sample clipping for this model: book-keeping ghost clipping
     # when every trainable layer has a norm kernel, Opacus hooks otherwise.
-    gsm, optimizer, clipping_mode = prepare_private_training(
-        model, _optimizer(spec, model.parameters()), noise_multiplier=sigma,
-        max_grad_norm=spec.max_grad_norm, expected_batch_size=spec.batch_size,
-        loss_reduction="mean", generator=noise_gen, mode=clipping_mode,  # type: ignore[arg-type]
-    )
+    if spec.clipping == "per_layer":
+        gsm, optimizer = _per_layer(spec, model, sigma, noise_gen)
+        clipping_mode = "hooks"
+    else:
+        gsm, optimizer, clipping_mode = prepare_private_training(
+            model, _optimizer(spec, model.parameters()), noise_multiplier=sigma,
+            max_grad_norm=spec.max_grad_norm, expected_batch_size=spec.batch_size,
+            loss_reduction="mean", generator=noise_gen, mode=clipping_mode,  # type: ignore[arg-type]
+        )
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
     accountant = create_accountant(mechanism=spec.accountant)
     step, first_epoch = 0, 1

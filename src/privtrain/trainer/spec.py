@@ -17,6 +17,7 @@ from privtrain.errors import InvalidInput
 ACCOUNTANTS = ("prv", "rdp")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "step")
+CLIPPING = ("flat", "per_layer")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_WORLD_SIZE = 16
 
@@ -106,6 +107,7 @@ class TrainingSpec:
     model_options: dict[str, Any] = field(default_factory=dict)
     fix_model: bool = False
     freeze_unused: bool = False
+    clipping: str = "flat"
     world_size: int = 1
 
     def __post_init__(self) -> None:
@@ -145,6 +147,10 @@ class TrainingSpec:
             out.append(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
         if self.optimizer not in OPTIMIZERS:
             out.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.clipping not in CLIPPING:
+            out.append(f"clipping must be one of {CLIPPING}, got {self.clipping!r}")
+        elif self.clipping == "per_layer" and self.world_size > 1:
+            out.append("per_layer clipping runs in one process; use world_size 1")
         if self.lr_schedule not in LR_SCHEDULES:
             out.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):

@@ -80,7 +80,7 @@ class SetBudgetRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("dataset_id", "model", "hidden_sizes", "target_column", "feature_columns", "split_column", "train_split", "test_split", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size", "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant", "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "model_options_json", "fix_model", "freeze_unused", "world_size")
+    __slots__ = ("dataset_id", "model", "hidden_sizes", "target_column", "feature_columns", "split_column", "train_split", "test_split", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size", "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant", "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "model_options_json", "fix_model", "freeze_unused", "world_size", "clipping")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZES_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class JobSpec(_message.Message):
     FIX_MODEL_FIELD_NUMBER: _ClassVar[int]
     FREEZE_UNUSED_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CLIPPING_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     model: str
     hidden_sizes: _containers.RepeatedScalarFieldContainer[int]
@@ -137,7 +138,8 @@ class JobSpec(_message.Message):
     fix_model: bool
     freeze_unused: bool
     world_size: int
-    def __init__(self, dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., hidden_sizes: _Optional[_Iterable[int]] = ..., target_column: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., split_column: _Optional[str] = ..., train_split: _Optional[str] = ..., test_split: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_physical_batch_size: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., optimizer: _Optional[str] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[str] = ..., model_options_json: _Optional[str] = ..., fix_model: _Optional[bool] = ..., freeze_unused: _Optional[bool] = ..., world_size: _Optional[int] = ...) -> None: ...
+    clipping: str
+    def __init__(self, dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., hidden_sizes: _Optional[_Iterable[int]] = ..., target_column: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., split_column: _Optional[str] = ..., train_split: _Optional[str] = ..., test_split: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_physical_batch_size: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., optimizer: _Optional[str] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[str] = ..., model_options_json: _Optional[str] = ..., fix_model: _Optional[bool] = ..., freeze_unused: _Optional[bool] = ..., world_size: _Optional[int] = ..., clipping: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("request_id", "spec")
