@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +49,11 @@ def test_compas_proposal_run_unchanged_removes_identifiers_and_reaches_k5(
     table = pd.read_parquet(out)
     assert table.groupby(proposal.quasi_identifiers, dropna=False).size().min() >= 5
     assert "dob" not in table.columns
+    # A 0/1 outcome is proposed as a two-value category, so a trainer can predict it.
+    recid = proposal.columns["two_year_recid"]
+    assert (recid.type, recid.operator) == ("categorical", "keep")
+    assert json.loads(Path(manifest).read_text())["manifest"]["columns"]["two_year_recid"] == {
+        "type": "categorical", "values": ["0", "1"]}
 
 
 def test_value_patterns_decide_the_kind(tmp_path: Path) -> None:

@@ -201,6 +201,11 @@ def _propose(name: str, values: pd.Series) -> Proposal:
     elif kind in {"empty", "free_text", "date"} or (kind == "category" and f.uniqueness > 0.5):
         body = ['operator = "drop"']
         head.insert(1, "# Empty, nearly unique or free text: dropped (could identify).")
+    elif kind == "number" and f.distinct <= 2:
+        dom = values.astype("string").str.strip().replace("", pd.NA).dropna().unique()
+        body = ['operator = "keep"', 'type = "categorical"',
+                "domain = [" + ", ".join(_q(str(v)) for v in sorted(dom)) + "]"]  # fmt: skip
+        head.insert(1, "# Kept as a category: two values (a 0/1 flag or label a model may predict).")
     elif kind == "number":
         num = _numeric(values)
         body = ['operator = "keep"', 'type = "numeric"', f"lower = {_num(num.min())}",
