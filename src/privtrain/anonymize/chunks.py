@@ -8,7 +8,8 @@ dropped, and a header naming one column twice is refused. CSV is parsed by Arrow
 streaming reader (``pyarrow.csv.open_csv``), Parquet by ``ParquetFile.iter_batches``.
 
 Writing goes to a temporary file in the output's folder (Parquet through
-``pyarrow.parquet.ParquetWriter``, one row group per chunk; CSV and JSON Lines appended
+``pyarrow.parquet.ParquetWriter``, one row group per chunk, written on a worker thread
+while the next chunk is prepared; CSV and JSON Lines appended
 chunk by chunk exactly as :func:`~privtrain.anonymize.tableio.encode_table` writes them);
 :meth:`ChunkWriter.finish` fsyncs and hashes it, :meth:`ChunkWriter.commit` renames it
 into place. Until then nothing exists under the output's name.
@@ -21,6 +22,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -311,7 +313,8 @@ class ChunkWriter:
     The first chunk fixes the schema (with pandas' metadata, so the file reads back with
     the same dtypes as one written by ``DataFrame.to_parquet``); later chunks are cast
     to it. Use as a context manager: leaving it without :meth:`commit` removes
-    the temporary file.
+    the temporary file. A Parquet chunk is written on a worker thread (Arrow releases the
+    GIL) while the caller prepares the next; at most one waits, so memory stays bounded.
     """
 
     def __init__(self, path: Path) -> None:
@@ -327,6 +330,8 @@ class ChunkWriter:
         self.tmp = Path(tmp)
         self._fh: IO[bytes] | None = os.fdopen(fd, "wb")
         self._parquet: pq.ParquetWriter | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
         self._schema: pa.Schema | None = None
         self._header = True
         self.rows = 0
@@ -361,8 +366,11 @@ class ChunkWriter:
         if self.format == "parquet":
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self._fh, self._schema)
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="privtrain-write")
             if table.num_rows:
-                self._parquet.write_table(table)
+                self._wait()
+                assert self._pool is not None
+                self._pending = self._pool.submit(self._parquet.write_table, table)
         else:
             self._write_text(table.to_pandas())
 
@@ -377,9 +385,24 @@ class ChunkWriter:
             )
             self._header = False
 
+    def _wait(self) -> None:
+        """Wait for the chunk being written, re-raising its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _stop(self) -> None:
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
     def finish(self) -> tuple[str, int]:
         """Close and fsync the temporary file; return its SHA-256 (hex) and size in bytes."""
         assert self._fh is not None
+        self._stop()
         if self._parquet is not None:
             self._parquet.close()
         self._fh.flush()
@@ -404,6 +427,7 @@ class ChunkWriter:
         if self._fh is not None:
             if self._parquet is not None:
                 try:
+                    self._stop()
                     self._parquet.close()
                 except (OSError, pa.ArrowException):
                     pass

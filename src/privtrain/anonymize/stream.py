@@ -11,12 +11,15 @@ k-anonymity needs global counts, so the table is read twice:
 2. *Search* the generalization lattice on the counted combinations
    (:func:`privtrain.anonymize.lattice.search` with ``weights``): same node, same
    suppression, same figures as a search over the rows.
-3. *Write.* Each chunk is read again, transformed, generalized to the chosen levels,
-   stripped of the suppressed classes' rows and appended to the output; the output's
+3. *Write.* Each chunk is read again (from pass 1's
+   :class:`~privtrain.anonymize.spool.Spool` when the input is text, so CSV and JSON
+   Lines are parsed once), transformed, generalized to the chosen levels, stripped of
+   the suppressed classes' rows and appended to the output; the output's
    classes are counted again from the written labels, as an independent check of k,
    l and t.
 
-Operators run per distinct value of a chunk: the column is dictionary-encoded by Arrow,
+Operators run per distinct value of a chunk: the column is dictionary-encoded by Arrow
+(once, on the reading thread; the spool keeps the encoding for pass 2),
 the operator transforms the distinct values (a few thousand, not a few hundred thousand
 cells) and the results are taken back to the rows. That is exact for ``keep``,
 ``hmac``, ``generalize`` and ``pseudonym`` (:data:`PER_VALUE`), whose output for a cell
@@ -61,6 +64,7 @@ from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.operators.scrub import known_names
 from privtrain.anonymize.policy import Policy
 from privtrain.anonymize.privacy_models import ModelSpec, achieved
+from privtrain.anonymize.spool import Spool, read_ahead
 from privtrain.errors import InvalidInput
 
 # Operators whose output for a cell is a function of that cell's value alone.
@@ -90,11 +94,39 @@ def _rows_from(offset: int) -> Iterator[None]:
         raise type(exc)(text) from None
 
 
-def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[IntArray, pd.Series]:
-    """Dictionary-encode one column of a chunk: row codes (-1 = missing) and distinct values."""
+def _encoded(column: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """A column of a chunk dictionary-encoded: distinct values in order of first appearance."""
     if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    enc = pc.dictionary_encode(column)
+        if column.num_chunks == 1:
+            column = column.chunk(0)
+        else:
+            column = _decoded(column).combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        return column
+    return pc.dictionary_encode(column)
+
+
+def _decoded(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
+
+
+def encode_columns(table: pa.Table, names: frozenset[str]) -> pa.Table:
+    """``table`` with its columns in ``names`` dictionary-encoded (see :func:`_distinct`)."""
+    return pa.table(
+        [_encoded(c) if n in names else c for n, c in zip(table.column_names, table.columns)],
+        names=table.column_names,
+    )
+
+
+def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[IntArray, pd.Series]:
+    """Row codes (-1 = missing) and distinct values of one column of a chunk.
+
+    A column that arrives dictionary-encoded (by the reading thread, or from the spool)
+    costs nothing here; its dictionary holds exactly the values of its rows.
+    """
+    enc = _encoded(column)
     codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, to_pandas(enc.dictionary)
 
@@ -159,7 +191,9 @@ class _Chunk:
 
     def frame(self) -> pd.DataFrame:
         if self._frame is None:
-            self._frame = to_pandas(self.table)
+            self._frame = to_pandas(
+                pa.table([_decoded(c) for c in self.table.columns], names=self.table.column_names)
+            )
         return self._frame
 
     def _located(self, fn: Callable[[Any], Any], small: Any, rows: Callable[[], Any]) -> Any:
@@ -197,6 +231,19 @@ class _Chunk:
         frame = pd.DataFrame({n: small[n] for n in names})
         out = self._located(fn, frame, lambda: self.frame())
         return np.asarray(pcodes, dtype=np.int64), out
+
+
+@dataclass
+class _Written:
+    """What pass 2 carries from chunk to chunk: the whole-column maps, the ids and counts
+    of the written values (for the re-check), the output's dtypes, the rows done."""
+
+    whole: dict[str, tuple[pd.Index, pd.Series]]
+    out_qi: dict[str, ValueIds]
+    out_sens: dict[str, ValueIds]
+    check: Combinations
+    like: pd.DataFrame | None = None
+    offset: int = 0
 
 
 class Streamer:
@@ -257,6 +304,10 @@ class Streamer:
         self.levels: dict[str, list[tuple[IntArray, int]]] = {}
         self._cache: dict[str, dict[Any, Any]] = {}
         self.filter: ClassFilter | None = None
+        # Every column but the dropped ones is dictionary-encoded once, on reading.
+        self._encode = frozenset(c for c in self.columns if policy.columns[c].operator != "drop")
+        # Parquet is cheap to read again; text is kept parsed for pass 2.
+        self._spool: Spool | None = None if reader.format == "parquet" else Spool()
 
     def _ctx(self, name: str, level: int | None = None, frame: Any = None) -> OperatorContext:
         col = self.policy.columns[name]
@@ -292,9 +343,10 @@ class Streamer:
 
     def _hmac(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> _Out:
         """Keyed tokens per distinct value, remembered across chunks (a bounded cache)."""
-        codes, uniq = chunk.distinct(name)
+        codes, _ = chunk.distinct(name)
         cache = self._cache.setdefault(name, {})
-        values = uniq.tolist()
+        # Straight from Arrow: iterating a pandas string column costs ~1 µs a value.
+        values = _encoded(chunk.table.column(name)).dictionary.to_pylist()
         new = [v for v in values if v not in cache]
         if new:
             if len(cache) + len(new) > _CACHE_MAX:
@@ -302,7 +354,8 @@ class Streamer:
                 new = values
             out = chunk._located(fn, pd.Series(new, dtype="string"), lambda: chunk.frame()[name])
             cache.update(zip(new, out.tolist(), strict=True))
-        return _Out(pd.Series([cache[v] for v in values], dtype="string"), codes)
+        tokens = pa.array([cache[v] for v in values], pa.string())
+        return _Out(to_pandas(tokens), codes)
 
     def _sensitive_row_ids(self, chunk: _Chunk, name: str, ids: ValueIds) -> IntArray:
         ordered = self.policy.columns[name].type == "numeric"
@@ -319,10 +372,31 @@ class Streamer:
         wanted |= {c for sources in self.name_sources.values() for c in sources}
         wanted |= set(self.integral)
         # An operator outside PER_VALUE may read any column of its chunk.
-        read = self.columns if generic else [c for c in self.columns if c in wanted]
+        read = self.columns if generic or self._spool else [c for c in self.columns if c in wanted]
         position = [0]
         size = max(self.reader.size_bytes, 1)
+        try:
+            self._scan(read, position, size)
+        except BaseException:
+            self._close_spool()
+            raise
+
+    def _parsed(self, read: list[str], position: list[int]) -> Iterator[pa.Table]:
+        # Runs on the read-ahead thread, so encoding (Arrow, GIL released) overlaps the
+        # main thread's work; the spool keeps the encoded chunks for pass 2.
         for table in self.reader.chunks(self.chunk_rows, read, position):
+            table = encode_columns(table, self._encode)
+            if self._spool is not None:
+                self._spool.add(table)
+            yield table
+
+    def _close_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def _scan(self, read: list[str], position: list[int], size: int) -> None:
+        for table in read_ahead(self._parsed(read, position)):
             chunk = _Chunk(table, self.rows, self.source)
             ids: list[IntArray] = []
             for q in self.qis:
@@ -392,69 +466,81 @@ class Streamer:
             l and t of the written rows (``achieved``), {} without sensitive attributes.
         """
         assert self.result is not None and self.filter is not None
-        policy, result, row_filter = self.policy, self.result, self.filter
-        whole = self._whole_column_maps()
-        out_qi = {q: ValueIds() for q in self.qis}
-        out_sens = {s: ValueIds() for s in self.sensitive}
-        check = Combinations(len(self.qis) + len(self.sensitive))
-        like: pd.DataFrame | None = None
-        offset = 0
-        for table in self.reader.chunks(self.chunk_rows):
-            chunk = _Chunk(table, offset, self.source)
-            # Which rows stay: the class of their level-0 values at the chosen node.
-            gens: dict[str, tuple[IntArray, Generalization]] = {}
-            ids = []
-            for q in self.qis:
-                codes, gen = self._generalization(chunk, q)
-                try:
-                    lookup = self.qi_ids[q].lookup(gen.labels(0).tolist(), add=False)
-                except LookupError:
-                    raise input_changed(self.source) from None
-                gens[q] = (codes, gen)
-                ids.append(lookup[codes])
-            mat = np.column_stack(ids) if ids else np.zeros((chunk.rows, 0), np.int64)
-            keep = row_filter.keep(mat)
-            kept = None if bool(keep.all()) else np.flatnonzero(keep)
-
-            outs: dict[str, _Out] = {}
-            for name in self.columns:
-                col = policy.columns[name]
-                if col.operator == "drop":
-                    continue
-                if col.operator == "generalize":
-                    codes, gen = gens[name]
-                    outs[name] = _Out(gen.labels(result.levels[name]), codes)
-                elif col.operator in WHOLE_COLUMN:
-                    codes, uniq = chunk.distinct(name)
-                    index, mapped = whole[name]
-                    pos = index.get_indexer(uniq)
-                    if bool((pos < 0).any()):
-                        raise input_changed(self.source)
-                    outs[name] = _Out(mapped.take(pos), codes)
-                else:
-                    released = self._released(chunk, name)
-                    if released is None:
-                        continue
-                    if name in self.integral and not self.integral[name]:
-                        released = _Out(released.values.astype("Float64"), released.codes)
-                    outs[name] = released
-            if like is None:
-                like = pd.DataFrame({n: o.values.iloc[:0] for n, o in outs.items()})
-            writer.write_arrow({n: o.rows(kept) for n, o in outs.items()}, like)
-            # Independent re-check: classes of the values as written.
-            check_ids = [outs[q].ids(out_qi[q], kept, _as_list) for q in self.qis]
-            for s in self.sensitive:
-                ordered = policy.columns[s].type == "numeric"
-                check_ids.append(
-                    outs[s].ids(out_sens[s], kept, lambda v, o=ordered: sensitive_key(v, o))
-                )
-            check.add(check_ids, chunk.rows if kept is None else len(kept))
-            offset += chunk.rows
-            self.tick("write", 0.5 + 0.45 * offset / max(self.rows, 1))
+        state = _Written(
+            self._whole_column_maps(),
+            {q: ValueIds() for q in self.qis},
+            {s: ValueIds() for s in self.sensitive},
+            Combinations(len(self.qis) + len(self.sensitive)),
+        )
+        spool = self._spool
+        tables = self.reader.chunks(self.chunk_rows) if spool is None else spool.chunks()
+        try:
+            if spool is None:
+                tables = (encode_columns(t, self._encode) for t in tables)
+            for table in read_ahead(tables):
+                self._write_chunk(writer, _Chunk(table, state.offset, self.source), state)
+        finally:
+            self._close_spool()
         self.reader.check_unchanged()
-        if offset != self.rows:
+        if state.offset != self.rows:
             raise input_changed(self.source)
-        return self._recheck(check, out_sens)
+        return self._recheck(state.check, state.out_sens)
+
+    def _write_chunk(self, writer: ChunkWriter, chunk: _Chunk, state: _Written) -> None:
+        """Transform, filter and append one chunk."""
+        policy, result, row_filter = self.policy, self.result, self.filter
+        assert result is not None and row_filter is not None
+        whole, out_qi, out_sens = state.whole, state.out_qi, state.out_sens
+        # Which rows stay: the class of their level-0 values at the chosen node.
+        gens: dict[str, tuple[IntArray, Generalization]] = {}
+        ids = []
+        for q in self.qis:
+            codes, gen = self._generalization(chunk, q)
+            try:
+                lookup = self.qi_ids[q].lookup(gen.labels(0).tolist(), add=False)
+            except LookupError:
+                raise input_changed(self.source) from None
+            gens[q] = (codes, gen)
+            ids.append(lookup[codes])
+        mat = np.column_stack(ids) if ids else np.zeros((chunk.rows, 0), np.int64)
+        keep = row_filter.keep(mat)
+        kept = None if bool(keep.all()) else np.flatnonzero(keep)
+
+        outs: dict[str, _Out] = {}
+        for name in self.columns:
+            col = policy.columns[name]
+            if col.operator == "drop":
+                continue
+            if col.operator == "generalize":
+                codes, gen = gens[name]
+                outs[name] = _Out(gen.labels(result.levels[name]), codes)
+            elif col.operator in WHOLE_COLUMN:
+                codes, uniq = chunk.distinct(name)
+                index, mapped = whole[name]
+                pos = index.get_indexer(uniq)
+                if bool((pos < 0).any()):
+                    raise input_changed(self.source)
+                outs[name] = _Out(mapped.take(pos), codes)
+            else:
+                released = self._released(chunk, name)
+                if released is None:
+                    continue
+                if name in self.integral and not self.integral[name]:
+                    released = _Out(released.values.astype("Float64"), released.codes)
+                outs[name] = released
+        if state.like is None:
+            state.like = pd.DataFrame({n: o.values.iloc[:0] for n, o in outs.items()})
+        writer.write_arrow({n: o.rows(kept) for n, o in outs.items()}, state.like)
+        # Independent re-check: classes of the values as written.
+        check_ids = [outs[q].ids(out_qi[q], kept, _as_list) for q in self.qis]
+        for s in self.sensitive:
+            ordered = policy.columns[s].type == "numeric"
+            check_ids.append(
+                outs[s].ids(out_sens[s], kept, lambda v, o=ordered: sensitive_key(v, o))
+            )
+        state.check.add(check_ids, chunk.rows if kept is None else len(kept))
+        state.offset += chunk.rows
+        self.tick("write", 0.5 + 0.45 * state.offset / max(self.rows, 1))
 
     def _whole_column_maps(self) -> dict[str, tuple[pd.Index, pd.Series]]:
         """Each :data:`WHOLE_COLUMN` column's output for every distinct raw value."""

@@ -1,30 +1,40 @@
-"""``pseudonym``: replace each value by a realistic fake one (Faker), keyed and deterministic.
+"""``pseudonym``: replace each value by a realistic fake one (Faker data), keyed and deterministic.
 
-For a distinct normalized value v in column c, attempt i = 0, 1, ... seeds a
-Faker instance with the first 8 bytes of
+For a distinct normalized value v in column c, attempt i = 0, 1, ... derives
 
-    HMAC-SHA256(secret, b"privtrain/pseudonym/v1\\x00" + c + b"\\x00" + i (4 bytes, big-endian) + v)
+    d_i = HMAC-SHA256(secret, b"privtrain/pseudonym/v2\\x00" + c + b"\\x00"
+                      + i (4 bytes, big-endian) + v)
 
-(RFC 2104) and calls the policy's provider (``faker.seed_instance``). The first
-attempt whose result is unused is taken. "Unused" means: not the pseudonym of
-another value of this column, not a raw value of this column (so a pseudonym is
-never mistaken for a real person of the table), and ASCII for e-mail / user-name
-style providers. Distinct inputs therefore get distinct pseudonyms (case C-A03),
-and the same key gives the same pseudonym across files and runs (case C-A01).
+(RFC 2104) and draws a candidate from it. For the providers of
+:data:`~privtrain.anonymize.operators.faker_formats.PROVIDERS` (names, first / last
+names, user names, e-mails) in a locale that keeps Faker's base code for them, the
+candidate fills the locale's own Faker formats and word lists with their weights,
+indexed by the 64-bit words of SHAKE-256(d_i) (FIPS 202), for all values of the column
+at once (:mod:`privtrain.anonymize.operators.faker_formats`). Any other provider seeds
+a Faker instance with the first 8 bytes of d_i and calls it (``faker.seed_instance``).
 
-Values are resolved in the order of their attempt-0 HMAC, so when two values
-compete for one pseudonym the same value wins in every file that holds both.
-A file holding only the loser gives it the contested pseudonym: collision
-freedom is per column of one output, which is all a keyed map over a finite
-Faker space can offer without a shared registry.
+A candidate is taken unless it is "used": the pseudonym of another value of this column,
+a raw value of this column (so a pseudonym is never mistaken for a real person of the
+table), both compared case-folded, or not ASCII for e-mail / user-name style providers.
+Values are resolved in rounds: round i draws attempt i for every value still without a
+pseudonym, and hands out the candidates in the order of the values' attempt-0 HMAC.
+Distinct inputs therefore get distinct pseudonyms (case C-A03), and the same key gives
+the same pseudonym across files and runs (case C-A01). When two values compete for one
+pseudonym in the same round, the same value wins in every file that holds both. A file
+holding only the loser gives it the contested pseudonym: collision freedom is per column
+of one output, which is all a keyed map over a finite Faker space can offer without a
+shared registry.
 
-The domain prefix differs from the ``hmac`` operator's, so a published token
-never equals a pseudonym seed.
+The domain prefix differs from the ``hmac`` operator's, so a published token never
+equals a pseudonym seed. :data:`SCHEME` names this derivation (v1 drew every value
+through Faker and resolved values one by one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -34,15 +44,20 @@ import pandas as pd
 from faker import Faker
 
 from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.operators.faker_formats import template
 from privtrain.anonymize.operators.hmac_token import normalized_input
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
 from privtrain.anonymize.values import distinct_normalized, expand
 
-DOMAIN = b"privtrain/pseudonym/v1\x00"
+SCHEME = "privtrain/pseudonym/v2"
+"""Names the derivation below; recorded in manifests so a changed scheme is detected."""
+DOMAIN = SCHEME.encode() + b"\x00"
 MAX_ATTEMPTS = 64
 _ASCII_PROVIDERS = frozenset(
     {"user_name", "domain_name", "domain_word", "hostname", "url", "uri", "slug"}
 )
+
+Draw = Callable[[list[bytes]], list[str]]
 
 
 def needs_ascii(provider: str) -> bool:
@@ -57,6 +72,32 @@ def _faker(locale: str) -> Faker:
     return Faker(locale)
 
 
+@lru_cache(maxsize=32)
+def _drawer(provider: str, locale: str) -> Draw:
+    """Candidates from digests: the compiled Faker template, else Faker seeded per digest."""
+    fake = _faker(locale)
+    compiled = template(fake, provider)
+    if compiled is not None:
+        width = 8 * compiled.words
+
+        def from_template(digests: list[bytes]) -> list[str]:
+            stream = b"".join(hashlib.shake_256(d).digest(width) for d in digests)
+            words = np.frombuffer(stream, dtype=">u8").astype(np.uint64)
+            return compiled.draw(words.reshape(len(digests), compiled.words))
+
+        return from_template
+    method = getattr(fake, provider)
+
+    def from_faker(digests: list[bytes]) -> list[str]:
+        out = []
+        for d in digests:
+            fake.seed_instance(int.from_bytes(d[:8], "big"))
+            out.append(str(method()))
+        return out
+
+    return from_faker
+
+
 def pseudonyms(
     values: pd.Series,
     column: str,
@@ -66,7 +107,7 @@ def pseudonyms(
     source: str = "<input>",
     normalized: tuple[npt.NDArray[np.int64], list[str]] | None = None,
 ) -> pd.Series:
-    """Pseudonymize a column, one Faker draw per distinct normalized value.
+    """Pseudonymize a column, one draw per distinct normalized value (and round).
 
     Parameters
     ----------
@@ -99,39 +140,45 @@ def pseudonyms(
         column and the counts. Raised before anything is written.
     """
     codes, uniques = normalized if normalized is not None else distinct_normalized(values)
-    fake = _faker(locale)
-    draw = getattr(fake, provider)
+    try:
+        draw = _drawer(provider, locale)
+    except AttributeError:
+        raise AnonymizationError(
+            f"{source}: column {column!r}: Faker has no provider {provider!r} ({locale})"
+        ) from None
     ascii_only = needs_ascii(provider)
     prefix = DOMAIN + column.encode("utf-8") + b"\x00"
+    raw = [u.encode("utf-8") for u in uniques]
 
-    def seed(i: int, attempt: int) -> bytes:
-        msg = prefix + attempt.to_bytes(4, "big") + uniques[i].encode("utf-8")
-        return hmac.digest(secret, msg, "sha256")
+    def seeds(pending: list[int], attempt: int) -> list[bytes]:
+        head = prefix + attempt.to_bytes(4, "big")
+        return [hmac.digest(secret, head + raw[i], "sha256") for i in pending]
 
-    first = [seed(i, 0) for i in range(len(uniques))]
+    first = seeds(list(range(len(uniques))), 0)
     # Case-folded, so "Miguel Hernandez" is never handed out while "miguel hernandez" is real.
     taken: set[str] = {u.casefold() for u in uniques}
     result: list[str] = [""] * len(uniques)
-    assigned = 0
-    for i in sorted(range(len(uniques)), key=first.__getitem__):
-        for attempt in range(MAX_ATTEMPTS):
-            digest = first[i] if attempt == 0 else seed(i, attempt)
-            fake.seed_instance(int.from_bytes(digest[:8], "big"))
-            candidate = str(draw())
+    pending = sorted(range(len(uniques)), key=first.__getitem__)
+    for attempt in range(MAX_ATTEMPTS):
+        if not pending:
+            break
+        digests = [first[i] for i in pending] if attempt == 0 else seeds(pending, attempt)
+        left = []
+        for i, candidate in zip(pending, draw(digests), strict=True):
             folded = candidate.casefold()
             if folded in taken or (ascii_only and not candidate.isascii()):
+                left.append(i)
                 continue
             taken.add(folded)
             result[i] = candidate
-            assigned += 1
-            break
-        else:
-            raise AnonymizationError(
-                f"{source}: column {column!r}: Faker provider {provider!r} ({locale}) ran out of "
-                f"pseudonyms: {len(uniques)} distinct values, only {assigned} distinct pseudonyms "
-                f"found ({MAX_ATTEMPTS} tries for the next value); use a provider with a larger "
-                f'space (e.g. "name") or operator = "hmac"'
-            )
+        pending = left
+    if pending:
+        raise AnonymizationError(
+            f"{source}: column {column!r}: Faker provider {provider!r} ({locale}) ran out of "
+            f"pseudonyms: {len(uniques)} distinct values, only {len(uniques) - len(pending)} "
+            f"distinct pseudonyms found ({MAX_ATTEMPTS} tries each for the rest); use a "
+            f'provider with a larger space (e.g. "name") or operator = "hmac"'
+        )
     return expand(codes, result, values.index)
 
 
