@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from privtrain.anonymize.cli import add_anonymize_commands
 from privtrain.anonymize.detect import measure
+from privtrain.anonymize.free_text import examine_free_text
 from privtrain.anonymize.inspect_table import inspect_table
-from privtrain.anonymize.keys import generate_key
+from privtrain.anonymize.keys import generate_key, load_key
+from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import load_policy
 from privtrain.datasets import fetch_compas
+from privtrain.platform.cli import main
 
 
 def _cli(argv: list[str]) -> int:
@@ -37,6 +42,13 @@ def test_compas_proposal_run_unchanged_removes_identifiers_and_reaches_k5(
         assert roles[name] == "direct_identifier", name
         assert proposal.columns[name].operator in {"drop", "hmac", "pseudonym"}
     assert {"sex", "race", "age"} <= set(proposal.quasi_identifiers)
+    # Event dates move by a keyed offset per person; those whose range meets dob's are
+    # dropped, or a shifted date could equal a real date of birth.
+    shifted = {n for n, c in proposal.columns.items() if c.operator == "date_shift"}
+    assert len(shifted) == 10 and {"c_jail_in", "r_offense_date", "out_custody"} <= shifted
+    assert {proposal.columns[n].subject for n in shifted} == {"id"}
+    for name in ("c_offense_date", "c_arrest_date", "in_custody"):
+        assert proposal.columns[name].operator == "drop", name
 
     key = tmp_path / "owner.hmac.key"
     generate_key(key)
@@ -73,3 +85,125 @@ def test_value_patterns_decide_the_kind(tmp_path: Path) -> None:
     assert kinds["when"][0] == "date"
     assert kinds["zip"] == ("zip", "quasi_identifier")
     assert measure(pd.Series(["02134", "02134", None])).distinct == 1
+
+
+def _compas_rows(tmp_path: Path, rows: int = 400) -> Path:
+    """The first COMPAS rows plus a phone column (three spellings of US numbers) and
+    officers' notes that quote the person's name, phone and case number."""
+    raw = pd.read_csv(fetch_compas(), dtype="string", keep_default_na=False, na_values=[""])
+    raw = raw.head(rows).reset_index(drop=True)
+    spellings = ["(305) 555-{:04d}", "305.555.{:04d}", "+1 305 555 {:04d}"]
+    phone = [spellings[i % 3].format(i // 3) for i in range(rows)]
+    case, charge = raw["c_case_number"].fillna("pending"), raw["c_charge_desc"].fillna("none")
+    notes = [
+        f"{raw['name'][i].title()} called from {phone[i]} about case {case[i]}; "
+        f"charge: {charge[i]}."
+        for i in range(rows)
+    ]
+    table = raw[["id", "name", "sex", "age", "race", "c_jail_in", "c_jail_out"]].assign(
+        phone=phone, notes=notes
+    )
+    path = tmp_path / "compas_notes.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_proposal_uses_date_shift_scrub_and_e164_and_runs_unchanged(
+    tmp_path: Path, signer: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Event dates are shifted per person, notes scrubbed with the name columns as sources,
+    phones tokenized after E.164; the file anonymizes as proposed and verifies."""
+    raw_path = _compas_rows(tmp_path)
+    policy = tmp_path / "notes.policy.toml"
+    argv = ["anonymize", "inspect", str(raw_path), "--out", str(policy), "--no-presidio"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "info: free text judged by built-in patterns" in out
+    proposal = load_policy(policy)
+    cols = proposal.columns
+    assert (cols["c_jail_in"].operator, cols["c_jail_in"].subject) == ("date_shift", "id")
+    assert (cols["c_jail_out"].operator, cols["c_jail_out"].subject) == ("date_shift", "id")
+    assert (cols["phone"].operator, cols["phone"].normalize) == ("hmac", "phone")
+    assert (cols["notes"].operator, cols["notes"].role) == ("scrub", "other")
+    assert cols["notes"].names_from == ("name",)
+    text = policy.read_text(encoding="utf-8")
+    assert "# An event date: all dates of one id value move by the same keyed" in text
+    assert "# Sampled 200 texts; built-in patterns found phone in 200, id in " in text
+    assert "name in 200." in text
+
+    key = tmp_path / "owner.hmac.key"
+    generate_key(key)
+    anon = tmp_path / "notes.anon.parquet"
+    run = ["anonymize", "run", str(raw_path), "--policy", str(policy), "--key", str(key)]
+    run += ["--out", str(anon), "--signing-key", str(signer[0]), "--signing-cert", str(signer[1])]
+    assert main(run) == 0
+    manifest = str(anon) + ".manifest.json"
+    verify = ["anonymize", "verify", str(anon), "--manifest", manifest, "--raw", str(raw_path)]
+    assert main(verify) == 0
+
+    raw = pd.read_csv(raw_path, dtype="string", keep_default_na=False, na_values=[""])
+    table = pd.read_parquet(anon)
+    assert len(table) >= 0.95 * len(raw)
+    # One number, three spellings: E.164 first, so rows 3j..3j+2 share one token.
+    assert 100 <= table["phone"].nunique() <= -(-len(raw) // 3)
+    assert not table["phone"].isin(raw["phone"]).any()
+    assert not table["notes"].str.contains("555", regex=False).any()
+    for name in raw["name"].str.title():
+        assert not table["notes"].str.contains(name, regex=False).any(), name
+    assert table["notes"].str.startswith("[NAME] called from [PHONE] about case ").all()
+    numbers = raw["notes"].str.extract(r"about case (\w+);")[0].drop_duplicates()
+    numbers = numbers[numbers != "pending"]
+    assert len(numbers) > 350 and (numbers.str.len() == 13).all()
+    for number in numbers:
+        assert not table["notes"].str.contains(number, regex=False).any(), number
+    # Align output rows with raw rows by the id token, then: one offset per person for
+    # both dates (so the length of stay survives), within +-365 days, not the same for all.
+    ctx = OperatorContext(cols["id"], load_key(key), proposal.locale, str(raw_path))
+    tokens = get_operator("hmac").transform(raw["id"], ctx)
+    assert tokens is not None
+    raw_of = raw.assign(token=tokens.to_numpy()).set_index("token")
+    aligned = raw_of.loc[table["id"]]
+    shift = {
+        col: (
+            pd.to_datetime(table[col]).reset_index(drop=True)
+            - pd.to_datetime(aligned[col].str[:10]).reset_index(drop=True)
+        ).dt.days.to_numpy(dtype="float64", na_value=np.nan)
+        for col in ("c_jail_in", "c_jail_out")
+    }
+    both = ~np.isnan(shift["c_jail_in"]) & ~np.isnan(shift["c_jail_out"])
+    assert both.sum() > 300
+    assert (shift["c_jail_in"][both] == shift["c_jail_out"][both]).all()
+    assert np.abs(shift["c_jail_in"][both]).max() <= 365
+    assert len(np.unique(shift["c_jail_in"][both])) > 50
+
+
+def test_free_text_fallback_names_its_detector_and_finds_known_names(tmp_path: Path) -> None:
+    """Without Presidio (not asked for, or not installed) the built-in patterns judge."""
+    proposals = {p.name: p for p in inspect_table(_compas_rows(tmp_path), presidio=False)}
+    notes = proposals["notes"]
+    assert (notes.kind, notes.role, notes.detector) == ("free_text", "other", "built-in patterns")
+    assert proposals["name"].detector is None
+    assert 'operator = "scrub"' in notes.lines
+    assert notes.lines[1].startswith("# Sampled 200 texts; built-in patterns found phone in 200")
+    if importlib.util.find_spec("presidio_analyzer") is None:
+        default = {p.name: p for p in inspect_table(_compas_rows(tmp_path))}["notes"]
+        assert default.detector == "built-in patterns (presidio-analyzer is not installed)"
+        assert default.lines == [
+            line.replace("built-in patterns", default.detector) for line in notes.lines
+        ]
+
+
+def test_presidio_drops_free_text_with_names_scrub_would_miss() -> None:
+    """With Presidio and an English spaCy model installed: names the table does not hold
+    survive scrubbing, Presidio sees them, and the column is reported as missed."""
+    pytest.importorskip("presidio_analyzer", reason="optional extra `presidio` not installed")
+    findings = examine_free_text(
+        pd.Series(["Visited by Margaret Thornbury of Springfield, Illinois on Tuesday."] * 3
+                  + ["Call Jane Doe at jane.doe@example.org."]),  # fmt: skip
+        frozenset({"jane", "doe"}),
+        "US",
+    )
+    if not findings.detector.startswith("Presidio"):
+        pytest.skip(f"Presidio present but not usable here: {findings.detector}")
+    assert findings.found.get("PERSON", 0) >= 1 and findings.found.get("EMAIL_ADDRESS") == 1
+    assert findings.missed.get("PERSON", 0) + findings.missed.get("LOCATION", 0) >= 1

@@ -116,3 +116,19 @@ def test_certificate_of_another_key_cannot_sign(tmp_path: Path, signer: tuple[Pa
     _, other_cert = make_signer(tmp_path, "ecdsa", "other")
     with pytest.raises(ManifestError, match="does not belong to the signing key"):
         sign_manifest(_manifest(), signer[0].read_bytes(), other_cert.read_bytes())
+
+
+def test_continuity_fields_are_optional_but_typed(signer: tuple[Path, Path]) -> None:
+    """A manifest from before pseudonym_scheme and rotation existed still verifies;
+    a mistyped continuity field is named."""
+    key, cert = signer[0].read_bytes(), signer[1].read_bytes()
+    assert "pseudonym_scheme" not in _manifest()
+    assert verify_manifest(sign_manifest(_manifest(), key, cert), DATA).manifest == _manifest()
+    later = _manifest() | {
+        "pseudonym_scheme": "privtrain/pseudonym/v1",
+        "rotated_from_key_id": "fedcba9876543210",
+        "remapped_from": {"faker_version": "39.0.0"},
+    }
+    assert verify_manifest(sign_manifest(later, key, cert), DATA).manifest == later
+    with pytest.raises(ManifestError, match=r"^manifest field 'remapped_from' has the wrong type"):
+        sign_manifest(_manifest() | {"remapped_from": "39.0.0"}, key, cert)

@@ -50,6 +50,11 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     insp.add_argument(
         "--encoding", default=None, help="CSV text encoding (default: UTF-8, else detected)"
     )
+    insp.add_argument(
+        "--no-presidio",
+        action="store_true",
+        help="judge free text with the built-in patterns even when Presidio is installed",
+    )
     insp.set_defaults(func=_inspect)
 
     keygen = sub.add_parser("keygen", help="create a new HMAC secret key file (mode 0600)")
@@ -75,6 +80,26 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
         metavar="REPORT.html",
         help="also write a risk and utility report (HTML, and JSON beside it)",
     )
+    run.add_argument(
+        "--previous-manifest",
+        type=Path,
+        default=None,
+        metavar="EARLIER.manifest.json",
+        help="signed manifest of an earlier release: refuse a run whose tokens or "
+        "pseudonyms would not match it",
+    )
+    run.add_argument(
+        "--rotate-key",
+        action="store_true",
+        help="with --previous-manifest: accept a new key on purpose (recorded as "
+        "rotated_from_key_id; tokens change)",
+    )
+    run.add_argument(
+        "--remap",
+        action="store_true",
+        help="with --previous-manifest: accept another Faker version, locale or pseudonym "
+        "scheme (recorded as remapped_from; pseudonyms change)",
+    )
     run.set_defaults(func=_run)
 
     verify = sub.add_parser("verify", help="check an anonymized file against its signed manifest")
@@ -90,7 +115,9 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
 def _inspect(args: argparse.Namespace) -> int:
     from privtrain.anonymize.inspect_table import inspect_table
 
-    proposals = inspect_table(args.input, args.out, k=args.k, encoding=args.encoding)
+    proposals = inspect_table(
+        args.input, args.out, k=args.k, encoding=args.encoding, presidio=not args.no_presidio
+    )
     print(f"{'column':<28} {'kind':<12} {'role':<18} {'distinct':>8} {'unique':>6} {'missing':>7}")
     for p in proposals:
         f = p.facts
@@ -98,6 +125,9 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{p.name[:28]:<28} {p.kind:<12} {p.role:<18} {f.distinct:>8} "
             f"{f.uniqueness:>6.2f} {f.missing:>7}"
         )
+    detectors = sorted({p.detector for p in proposals if p.detector is not None})
+    if detectors:
+        print(f"info: free text judged by {', '.join(detectors)}")
     if args.out is not None:
         print(
             f"wrote {args.out}: review it, then `privtrain anonymize run ... --policy {args.out}`"
@@ -116,11 +146,9 @@ def _run(args: argparse.Namespace) -> int:
         from privtrain.anonymize.pipeline import manifest_path_for
         from privtrain.anonymize.report import check_report_path
 
-        check_report_path(
-            args.report,
-            [args.input, args.policy, args.key, args.out, manifest_path_for(args.out),
-             args.signing_key, args.signing_cert],
-        )  # fmt: skip
+        others = [args.input, args.policy, args.key, args.out, manifest_path_for(args.out),
+                  args.signing_key, args.signing_cert, args.previous_manifest]  # fmt: skip
+        check_report_path(args.report, [p for p in others if p is not None])
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<12}"),
@@ -140,6 +168,9 @@ def _run(args: argparse.Namespace) -> int:
             signing_cert_path=args.signing_cert,
             encoding=args.encoding,
             progress=lambda stage, done: bar.update(task, description=stage, completed=done),
+            previous_manifest=args.previous_manifest,
+            rotate_key=args.rotate_key,
+            remap=args.remap,
         )
     levels = ", ".join(f"{q}={lv}" for q, lv in report.levels.items())
     print(
@@ -148,6 +179,18 @@ def _run(args: argparse.Namespace) -> int:
         f"precision loss {report.precision_loss:.3f})\n"
         f"wrote {report.manifest_path} (output sha256 {report.output_sha256})"
     )
+    if args.previous_manifest is not None:
+        changes = []
+        if "rotated_from_key_id" in report.continuity:
+            changes.append(f"key rotated from {report.continuity['rotated_from_key_id']}")
+        if "remapped_from" in report.continuity:
+            before = report.continuity["remapped_from"]
+            changes.append(f"pseudonyms remapped from Faker {before['faker_version']} "
+                           f"{before['faker_locale']}, {before['pseudonym_scheme']}")  # fmt: skip
+        print(
+            f"continues {args.previous_manifest}: "
+            + ("; ".join(changes) if changes else "same key and pseudonyms, tokens match")
+        )
     if args.report is not None:
         from privtrain.anonymize.report import write_run_report
 

@@ -6,14 +6,23 @@ attribute, other) and a proposed operator, from its name and its values
 
 * direct identifiers (names, e-mails, phones, record / case numbers, dates of
   birth, IPs, URLs, addresses) are pseudonymized, tokenized or dropped, never kept;
+  phone numbers are tokenized after E.164 normalization when every value parses;
 * quasi-identifiers (age, sex, race, ZIP, ... by name) are generalized, with bands
   for numbers and an automatic two-level hierarchy for categories (values under 5 %
   of rows pooled, then ``*``), so the lattice search can reach k;
-* other dates and free text, which single people out, are dropped;
+* other dates (events in a person's life) are shifted by one keyed offset per person
+  (``date_shift``, the subject being the table's best person identifier), so
+  intervals survive and calendar dates do not; without an identifier, or when the
+  values do not parse unambiguously, they are dropped;
+* free text is scrubbed of e-mails, URLs, IPs, phones, ID numbers and the table's
+  names (``scrub``), unless Presidio, when installed, finds personal data that
+  scrubbing would leave (:mod:`privtrain.anonymize.free_text`): then it is dropped;
 * the rest is kept with a public domain (the observed range or values), which
-  the owner should check against the data's documentation.
+  the owner should check against the data's documentation; a sensitive measurement
+  gets a commented ``noise`` alternative, never noise by default (it is not DP).
 
-The proposal is safe to run unchanged; the comments say what to change for utility.
+The proposal is safe to run unchanged; the comments say why each column gets its
+operator and what to change for utility.
 """
 
 from __future__ import annotations
@@ -23,14 +32,27 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from privtrain.anonymize.dates import parse_dates
 from privtrain.anonymize.detect import ColumnFacts, hinted, measure, tokens
+from privtrain.anonymize.errors import PolicyError
+from privtrain.anonymize.free_text import TextFindings, examine_free_text
+from privtrain.anonymize.operators.phone import e164
+from privtrain.anonymize.operators.scrub import known_names
 from privtrain.anonymize.tableio import read_table
 from privtrain.atomic_files import atomic_write_bytes
 
 RARE_SHARE = 0.05
 MAX_DOMAIN = 64
+LOCALE = "en_US"
+REGION = LOCALE.rpartition("_")[2]  # as the policy reads numbers written without "+"
+SHIFT_DAYS = 365
+# A sensitive number with more distinct values than this is a measurement (income,
+# a lab value) rather than a label or score: the proposal mentions noise for it.
+MEASUREMENT_DISTINCT = 20
+_NOT_SUBJECTS = frozenset({"birth_date", "url", "ipv4", "ipv6"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,8 @@ class Proposal:
         Counts and pattern shares.
     lines : list of str
         The column's TOML (comment lines and keys), ready to write.
+    detector : str | None
+        Free text only: which personal-data detector looked at it.
     """
 
     name: str
@@ -56,6 +80,22 @@ class Proposal:
     role: str
     facts: ColumnFacts
     lines: list[str]
+    detector: str | None = None
+
+
+DateRange = tuple[np.datetime64, np.datetime64]
+
+
+@dataclass(frozen=True)
+class _Table:
+    """What a column's proposal needs to know about the other columns."""
+
+    source: str
+    subject: str | None
+    identifying_dates: dict[str, DateRange]
+    name_sources: list[str]
+    names: frozenset[str]
+    presidio: bool
 
 
 def _q(text: str) -> str:
@@ -96,8 +136,10 @@ def _role(name: str, kind: str, f: ColumnFacts) -> str:
         return "direct_identifier"
     if kind == "zip" or hinted(name, "quasi"):
         return "quasi_identifier"
-    if kind in {"date", "free_text"}:
-        return "quasi_identifier"
+    if kind == "date":
+        return "quasi_identifier"  # until a keyed per-person shift unlinks it (_propose)
+    if kind == "free_text":
+        return "other"
     if hinted(name, "sensitive"):
         return "sensitive"
     return "other"
@@ -155,9 +197,76 @@ def _key(name: object) -> str:
     return text if text.replace("_", "").replace("-", "").isalnum() and text.isascii() else _q(text)
 
 
-def _propose(name: str, values: pd.Series) -> Proposal:
-    f = measure(values)
-    kind = _kind(name, f)
+def _parse(values: pd.Series, source: str, name: str) -> tuple[bool | None, DateRange] | None:
+    """(day_first, (first, last) date) of a date column; None when no reading parses it all.
+
+    ISO and month-name dates need no ``day_first``; slashed dates get the one reading
+    under which every value is a real date, and none when both readings work (ambiguous).
+    """
+    readings: list[tuple[bool | None, DateRange]] = []
+    for day_first in (None, True, False):
+        try:
+            _, days = parse_dates(values, source, name, None, day_first)
+        except PolicyError:
+            continue
+        if not len(days):
+            return None
+        span = (days.min(), days.max())
+        if day_first is None:
+            return None, span
+        readings.append((day_first, span))
+    return readings[0] if len(readings) == 1 else None
+
+
+def _date_lines(name: str, values: pd.Series, table: _Table) -> tuple[str, list[str], list[str]]:
+    """(role, comment lines, keys) of an event date: date_shift when it can run, else drop."""
+    drop = ['operator = "drop"']
+    if table.subject is None:
+        return "quasi_identifier", ["# No person identifier to shift dates by: dropped."], drop
+    parsed = _parse(values, table.source, name)
+    if parsed is None:
+        return "quasi_identifier", [
+            "# Dates that parse in no single reading (or slashed dates that read both ways):",
+            '# dropped. Set day_first or date_format with operator = "date_shift" to keep them.',
+        ], drop  # fmt: skip
+    day_first, (first, last) = parsed
+    window = np.timedelta64(SHIFT_DAYS, "D")
+    for other, (lo, hi) in table.identifying_dates.items():
+        if first - window <= hi and lo <= last + window:
+            return "quasi_identifier", [
+                f"# Its dates reach into the range of {other}: once shifted, one could equal",
+                f"# a real {other} value (and `verify --raw` would refuse the file): dropped.",
+            ], drop  # fmt: skip
+    keys = ['operator = "date_shift"', f'subject = "{table.subject}"', f"shift_days = {SHIFT_DAYS}"]
+    if day_first is not None:
+        keys.append(f"day_first = {'true' if day_first else 'false'}")
+    return "other", [
+        f"# An event date: all dates of one {table.subject} value move by the same keyed",
+        f"# offset (within +-{SHIFT_DAYS} days), so intervals survive and calendar dates do",
+        "# not; written as YYYY-MM-DD, without any time of day.",
+    ], keys  # fmt: skip
+
+
+def _free_text_lines(
+    values: pd.Series, table: _Table
+) -> tuple[str, list[str], list[str], TextFindings]:
+    """(operator, comment lines, keys, findings) of a free-text column."""
+    found = examine_free_text(values, table.names, REGION, presidio=table.presidio)
+    seen = ", ".join(f"{k} in {n}" for k, n in found.found.items()) or "nothing"
+    head = [f"# Sampled {found.sampled} texts; {found.detector} found {seen}."]
+    if found.missed:
+        missed = ", ".join(f"{k} in {n}" for k, n in found.missed.items())
+        head.append(f"# After scrubbing, {missed} of them still hold personal data: dropped.")
+        return "drop", head, ['operator = "drop"'], found
+    head.append("# Scrubbed: e-mails, URLs, IPs, phones, ID numbers and known names become")
+    head.append("# [EMAIL], [URL], ... Names the table does not hold survive; drop it if unneeded.")
+    keys = ['operator = "scrub"', 'type = "text"']
+    if table.name_sources:
+        keys.append("names_from = [" + ", ".join(_q(n) for n in table.name_sources) + "]")
+    return "scrub", head, keys, found
+
+
+def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Table) -> Proposal:
     role = _role(name, kind, f)
     why = (
         f"# {name}: {kind.replace('_', ' ')}; {f.distinct} distinct of {f.rows - f.missing} "
@@ -165,6 +274,7 @@ def _propose(name: str, values: pd.Series) -> Proposal:
     )
     head = [why, f"[columns.{_key(name)}]"]
     body: list[str]
+    detector: str | None = None
     if role == "direct_identifier":
         if kind == "person_name" and _faker_provider(name) == "name":
             body = ['operator = "pseudonym"', 'faker = "name"', 'type = "text"']
@@ -184,9 +294,33 @@ def _propose(name: str, values: pd.Series) -> Proposal:
         elif kind in {"birth_date", "url", "ipv4", "ipv6"} or hinted(name, "address"):
             body = ['operator = "drop"']
             head.insert(1, "# Identifies on its own and carries nothing a model needs: dropped.")
+        elif kind == "phone" and _all_phones(values):
+            body = ['operator = "hmac"', 'type = "text"', 'normalize = "phone"']
+            head.insert(
+                1,
+                "# A keyed token of the E.164 number: (305) 555-0134 and +1 305 555 0134 get\n"
+                f"# one token (numbers without + read as {REGION}).",
+            )
+        elif kind == "phone":
+            body = ['operator = "hmac"', 'type = "text"']
+            head.insert(
+                1,
+                f"# A keyed token of the text as written: some values are not {REGION} phone\n"
+                '# numbers, so normalize = "phone" would refuse the run; fix them to merge\n'
+                "# spellings of one number.",
+            )
         else:
             body = ['operator = "hmac"', 'type = "text"']
             head.insert(1, "# A keyed token: joinable across files for the key holder only.")
+    elif kind == "date":
+        role, comment, body = _date_lines(name, values, table)
+        head[1:1] = comment
+    elif kind == "free_text":
+        op, comment, body, findings = _free_text_lines(values, table)
+        if op == "scrub" and role == "quasi_identifier":
+            role = "other"  # scrubbed, not generalized: outside the k-anonymity set
+        head[1:1] = comment
+        detector = findings.detector
     elif role == "quasi_identifier":
         numeric = _generalize_numeric(name, values) if kind == "number" else None
         if numeric is not None:
@@ -197,10 +331,10 @@ def _propose(name: str, values: pd.Series) -> Proposal:
             head.insert(1, '# Rare values pooled first, then "*"; edit the hierarchy to taste.')
         else:
             body = ['operator = "drop"']
-            head.insert(1, "# A date or free text in a public record singles people out: dropped.")
-    elif kind in {"empty", "free_text", "date"} or (kind == "category" and f.uniqueness > 0.5):
+            head.insert(1, "# Too many distinct values to generalize automatically: dropped.")
+    elif kind == "empty" or (kind == "category" and f.uniqueness > 0.5):
         body = ['operator = "drop"']
-        head.insert(1, "# Empty, nearly unique or free text: dropped (could identify).")
+        head.insert(1, "# Empty or nearly unique: dropped (could identify).")
     elif kind == "number" and f.distinct <= 2:
         dom = values.astype("string").str.strip().replace("", pd.NA).dropna().unique()
         body = ['operator = "keep"', 'type = "categorical"',
@@ -208,9 +342,16 @@ def _propose(name: str, values: pd.Series) -> Proposal:
         head.insert(1, "# Kept as a category: two values (a 0/1 flag or label a model may predict).")
     elif kind == "number":
         num = _numeric(values)
-        body = ['operator = "keep"', 'type = "numeric"', f"lower = {_num(num.min())}",
-                f"upper = {_num(num.max())}"]  # fmt: skip
+        lo, hi = _num(num.min()), _num(num.max())
+        body = ['operator = "keep"', 'type = "numeric"', f"lower = {lo}", f"upper = {hi}"]
         head.insert(1, "# Kept; lower/upper are the observed range: check them against the docs.")
+        if role == "sensitive" and f.distinct > MEASUREMENT_DISTINCT:
+            head.insert(
+                2,
+                "# A sensitive measurement: to blur single values (keyed noise, clipped to\n"
+                '# [lower, upper]; NOT differential privacy) use operator = "noise" with\n'
+                '# distribution = "laplace" and scale = a spread in its unit.',
+            )
     elif f.distinct <= MAX_DOMAIN:
         dom = values.astype("string").str.strip().replace("", pd.NA).dropna().unique()
         body = ['operator = "keep"', 'type = "categorical"',
@@ -219,7 +360,40 @@ def _propose(name: str, values: pd.Series) -> Proposal:
     else:
         body = ['operator = "keep"', 'type = "text"']
         head.insert(1, "# Kept as text; consider a hierarchy if it is a quasi-identifier.")
-    return Proposal(name, kind, role, f, [*head, f'role = "{role}"', *body])
+    return Proposal(name, kind, role, f, [*head, f'role = "{role}"', *body], detector)
+
+
+def _all_phones(values: pd.Series) -> bool:
+    text = values.dropna().astype("string").str.strip()
+    return all(e164(v, REGION) is not None for v in text[text != ""].unique())
+
+
+def _identifying_dates(
+    df: pd.DataFrame, classified: list[tuple[str, str, str, ColumnFacts]], source: str
+) -> dict[str, DateRange]:
+    """Date span of every direct identifier holding dates (a birth date); an unparseable
+    one spans all time, so no shifted date can be proposed beside it."""
+    spans: dict[str, DateRange] = {}
+    for name, kind, role, _ in classified:
+        if role == "direct_identifier" and kind in {"birth_date", "date"}:
+            parsed = _parse(df[name], source, name)
+            spans[name] = (
+                parsed[1]
+                if parsed is not None
+                else (np.datetime64("0001-01-01"), np.datetime64("9999-12-31"))
+            )
+    return spans
+
+
+def _subject(classified: list[tuple[str, str, str, ColumnFacts]]) -> str | None:
+    """The column most likely to name the person: an id, a full name or an e-mail first."""
+    ranked: list[tuple[bool, int, int, str]] = []
+    for order, (name, kind, role, f) in enumerate(classified):
+        if role != "direct_identifier" or kind in _NOT_SUBJECTS or hinted(name, "address"):
+            continue
+        personal = hinted(name, "identifier") or kind in {"person_name", "email"}
+        ranked.append((not personal, f.missing, order, name))
+    return min(ranked)[3] if ranked else None
 
 
 def _num(x: float) -> str:
@@ -227,7 +401,12 @@ def _num(x: float) -> str:
 
 
 def inspect_table(
-    input_path: Path, out_path: Path | None = None, *, k: int = 5, encoding: str | None = None
+    input_path: Path,
+    out_path: Path | None = None,
+    *,
+    k: int = 5,
+    encoding: str | None = None,
+    presidio: bool = True,
 ) -> list[Proposal]:
     """Classify every column of a table and (optionally) write the proposed policy.
 
@@ -241,14 +420,41 @@ def inspect_table(
         k-anonymity target written into the policy.
     encoding : str | None
         CSV text encoding; None for UTF-8 with detection as a fallback.
+    presidio : bool
+        Let Presidio judge free-text columns when it and an English spaCy model are
+        installed (:mod:`privtrain.anonymize.free_text`); False for the built-in patterns.
 
     Returns
     -------
     list of Proposal
         One per column, in table order.
+
+    Raises
+    ------
+    NotFound, InvalidInput
+        The table cannot be read (:func:`privtrain.anonymize.tableio.read_table`).
     """
     df = read_table(Path(input_path), encoding)
-    proposals = [_propose(str(name), df[name]) for name in df.columns]
+    classified: list[tuple[str, str, str, ColumnFacts]] = []
+    for name in df.columns:
+        f = measure(df[name])
+        kind = _kind(str(name), f)
+        classified.append((str(name), kind, _role(str(name), kind, f), f))
+    direct = [c for c in classified if c[2] == "direct_identifier"]
+    # scrub's known names come from the name columns (default: every direct identifier).
+    name_sources = [n for n, kd, _, _ in direct if kd == "person_name" or hinted(n, "person_name")]
+    source = str(input_path)
+    table = _Table(
+        source=source,
+        subject=_subject(classified),
+        identifying_dates=_identifying_dates(df, classified, source),
+        name_sources=name_sources,
+        names=known_names(df, name_sources or [n for n, _, _, _ in direct])
+        if any(kind == "free_text" for _, kind, _, _ in classified)
+        else frozenset(),
+        presidio=presidio,
+    )
+    proposals = [_propose(name, df[name], f, kind, table) for name, kind, _, f in classified]
     if out_path is not None:
         atomic_write_bytes(Path(out_path), policy_text(proposals, Path(input_path), k).encode())
     return proposals
@@ -266,7 +472,7 @@ def policy_text(proposals: list[Proposal], source: Path, k: int) -> str:
         f"k = {k}",
         "# At most this share of rows may be suppressed to reach k.",
         "max_suppression = 0.05",
-        'locale = "en_US"',
+        f'locale = "{LOCALE}"',
     ]
     if sens:
         lines += [

@@ -1,7 +1,8 @@
 """The signed anonymization manifest that travels with every anonymized dataset.
 
 The manifest says what was done (policy hash, k, levels, suppression, key id,
-Faker version), which bytes it describes (``output_sha256``, ``output_bytes``)
+Faker version, pseudonym scheme, and any key rotation or pseudonym remap against an
+earlier release), which bytes it describes (``output_sha256``, ``output_bytes``)
 and what a trainer may rely on (``columns``: the public domain of each output
 column, derived from the policy). It is canonical JSON (sorted keys, no
 whitespace, UTF-8), signed with the data owner's TLS private key (ECDSA P-256
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from privtrain.anonymize.errors import ManifestError
+from privtrain.datasets.image_manifest import TABLE_KIND, check_image_manifest_fields
 
 MANIFEST_FORMAT = "privtrain-anonymization-manifest"
 MANIFEST_VERSION = 1
@@ -58,6 +60,14 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "output_sha256": str,
     "output_bytes": int,
     "columns": dict,
+}
+
+# Added later: absent from older manifests, which stay verifiable.
+OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "pseudonym_scheme": str,
+    "previous_manifest_sha256": str,
+    "rotated_from_key_id": str,
+    "remapped_from": dict,
 }
 
 
@@ -100,11 +110,19 @@ def _algorithm_of(key: object) -> str:
 
 
 def check_manifest_fields(manifest: Any) -> None:
-    """Raise ``ManifestError`` naming the first missing or mistyped field."""
+    """Raise ``ManifestError`` naming the first missing or mistyped field.
+
+    ``REQUIRED_FIELDS`` must be present; ``OPTIONAL_FIELDS`` are type-checked when present.
+    """
     if not isinstance(manifest, dict):
         raise ManifestError("manifest is not a JSON object")
-    for name, typ in REQUIRED_FIELDS.items():
+    if manifest.get("kind", TABLE_KIND) != TABLE_KIND:
+        check_image_manifest_fields(manifest)
+        return
+    for name, typ in (REQUIRED_FIELDS | OPTIONAL_FIELDS).items():
         if name not in manifest:
+            if name in OPTIONAL_FIELDS:
+                continue
             raise ManifestError(f"manifest missing field {name!r}")
         value = manifest[name]
         if isinstance(value, bool) or not isinstance(value, typ):

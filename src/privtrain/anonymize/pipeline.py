@@ -13,7 +13,7 @@ manifest atomically (temporary file + ``os.replace``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ import faker
 
 from privtrain import __version__
 from privtrain.anonymize.chunks import DEFAULT_CHUNK_ROWS, ChunkReader, ChunkWriter
+from privtrain.anonymize.continuity import RunIdentity, continuity_fields
 from privtrain.anonymize.errors import AnonymizationError, PolicyError
 from privtrain.anonymize.keys import load_key
 from privtrain.anonymize.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sign_manifest
+from privtrain.anonymize.operators import pseudonym
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
 from privtrain.anonymize.stream import Streamer
@@ -66,6 +68,9 @@ class AnonymizationReport:
         Files written.
     output_sha256 : str
         Hex SHA-256 of the Parquet file bytes.
+    continuity : dict
+        The manifest's fields about an earlier release (``previous_manifest_sha256``,
+        ``rotated_from_key_id``, ``remapped_from``); empty without one.
     """
 
     rows_raw: int
@@ -79,6 +84,7 @@ class AnonymizationReport:
     output_path: Path
     manifest_path: Path
     output_sha256: str
+    continuity: dict[str, Any] = field(default_factory=dict)
 
 
 def manifest_path_for(out_path: Path) -> Path:
@@ -136,6 +142,9 @@ def anonymize_file(
     encoding: str | None = None,
     progress: Progress | None = None,
     chunk_rows: int | None = None,
+    previous_manifest: Path | None = None,
+    rotate_key: bool = False,
+    remap: bool = False,
 ) -> AnonymizationReport:
     """Anonymize one table and write ``out_path`` (Parquet) and its signed manifest.
 
@@ -159,6 +168,12 @@ def anonymize_file(
     chunk_rows : int | None
         Rows read and processed at a time (None: 262,144). Memory grows with it, not with
         the file; the output does not depend on it.
+    previous_manifest : Path | None
+        Signed manifest of an earlier release to stay joinable with: checked before any
+        data is read (:func:`privtrain.anonymize.continuity.continuity_fields`).
+    rotate_key, remap : bool
+        With ``previous_manifest``: accept a different key, or a different Faker version,
+        locale or pseudonym scheme; the manifest records what changed.
 
     Returns
     -------
@@ -167,7 +182,9 @@ def anonymize_file(
     Raises
     ------
     PolicyError, KeyFileError, AnonymizationError, ManifestError, NotFound
-        Nothing is written when any of them is raised.
+        Nothing is written when any of them is raised. ``AnonymizationError`` also when
+        ``rotate_key`` or ``remap`` is given without ``previous_manifest``, or when the
+        run breaks continuity with it unasked.
     """
 
     def tick(stage: str, fraction: float) -> None:
@@ -175,11 +192,26 @@ def anonymize_file(
             progress(stage, fraction)
 
     out_path = Path(out_path)
-    _check_output_path(
-        out_path, [input_path, policy_path, key_path, signing_key_path, signing_cert_path]
-    )
+    inputs = [input_path, policy_path, key_path, signing_key_path, signing_cert_path]
+    # The earlier release's manifest is its proof; a re-release never overwrites it.
+    _check_output_path(out_path, inputs + ([previous_manifest] if previous_manifest else []))
     policy = load_policy(policy_path)
     key = load_key(key_path)
+    if previous_manifest is None and (rotate_key or remap):
+        flag = "--rotate-key" if rotate_key else "--remap"
+        raise AnonymizationError(f"{flag} needs --previous-manifest (the release it departs from)")
+    identity = RunIdentity(
+        key_id=key.key_id,
+        faker_version=faker.VERSION,
+        faker_locale=policy.locale,
+        pseudonym_scheme=pseudonym.SCHEME,
+        uses_pseudonyms=any(c.operator == "pseudonym" for c in policy.columns.values()),
+    )
+    continuity: dict[str, Any] = {}
+    if previous_manifest is not None:
+        continuity = continuity_fields(
+            Path(previous_manifest), identity, rotate_key=rotate_key, remap=remap
+        )
     try:
         signing_key = Path(signing_key_path).read_bytes()
         signing_cert = Path(signing_cert_path).read_bytes()
@@ -252,9 +284,11 @@ def anonymize_file(
                 "lattice_nodes_total": result.nodes_total,
                 "lattice_nodes_evaluated": result.nodes_evaluated,
             },
-            "key_id": key.key_id,
-            "faker_version": faker.VERSION,
-            "faker_locale": policy.locale,
+            "key_id": identity.key_id,
+            "faker_version": identity.faker_version,
+            "faker_locale": identity.faker_locale,
+            "pseudonym_scheme": identity.pseudonym_scheme,
+            **continuity,
             "output_sha256": digest,
             "output_bytes": size,
             "columns": domains,
@@ -278,4 +312,5 @@ def anonymize_file(
         output_path=out_path,
         manifest_path=manifest_path,
         output_sha256=digest,
+        continuity=continuity,
     )

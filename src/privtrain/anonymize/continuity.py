@@ -1,0 +1,130 @@
+"""Continuity with an earlier release: same key, same pseudonym generator, or an explicit break.
+
+Tokens and pseudonyms join across files only when every release was made with the
+same key, and pseudonyms also need the same Faker version, Faker locale and
+derivation scheme (a newer Faker can hold other names at the same list positions,
+so the same person would get another pseudonym; case C-A01). A run given the
+manifest of an earlier release therefore checks, before reading any data:
+
+* key: ``key_id`` must equal the earlier manifest's, unless the owner asks for a
+  rotation (``rotate_key``); the new manifest then records ``rotated_from_key_id``.
+* pseudonyms (only when the policy uses the ``pseudonym`` operator):
+  ``faker_version``, ``faker_locale`` and ``pseudonym_scheme`` must equal the earlier
+  manifest's, unless the owner accepts new pseudonyms (``remap``); the new manifest
+  then records the earlier values under ``remapped_from``.
+
+The earlier manifest's signature is verified first, so a forged or edited file
+cannot vouch for continuity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.manifest import verify_manifest
+from privtrain.errors import NotFound
+
+# Manifests written before ``pseudonym_scheme`` was recorded were all made with the
+# first (and then only) derivation, so a missing field means that one.
+FIRST_PSEUDONYM_SCHEME = "privtrain/pseudonym/v1"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run's tokens and pseudonyms depend on.
+
+    Attributes
+    ----------
+    key_id : str
+        Public id of the HMAC key (:func:`privtrain.anonymize.keys.key_id_of`).
+    faker_version, faker_locale : str
+        Faker's ``VERSION`` and the policy's ``locale``.
+    pseudonym_scheme : str
+        :data:`privtrain.anonymize.operators.pseudonym.SCHEME`.
+    uses_pseudonyms : bool
+        Whether the policy has a ``pseudonym`` column (Faker matters only then).
+    """
+
+    key_id: str
+    faker_version: str
+    faker_locale: str
+    pseudonym_scheme: str
+    uses_pseudonyms: bool
+
+
+def continuity_fields(
+    previous_manifest: Path, run: RunIdentity, *, rotate_key: bool, remap: bool
+) -> dict[str, Any]:
+    """Check a run against an earlier release's signed manifest.
+
+    Parameters
+    ----------
+    previous_manifest : Path
+        The earlier ``OUTPUT.manifest.json``.
+    run : RunIdentity
+        This run's key id, Faker version and locale, pseudonym scheme.
+    rotate_key : bool
+        Accept a different key (tokens and pseudonyms will not match the earlier file).
+    remap : bool
+        Accept a different Faker version, locale or pseudonym scheme (pseudonyms will not
+        match the earlier file).
+
+    Returns
+    -------
+    dict
+        Fields for the new manifest: ``previous_manifest_sha256`` (hex SHA-256 of the
+        earlier manifest file) and, when used, ``rotated_from_key_id`` and
+        ``remapped_from`` (the earlier ``faker_version``, ``faker_locale``,
+        ``pseudonym_scheme``).
+
+    Raises
+    ------
+    NotFound
+        The earlier manifest cannot be read.
+    ManifestError
+        It is malformed or its signature does not verify.
+    AnonymizationError
+        The key differs without ``rotate_key``, or the pseudonym generator differs
+        without ``remap`` while the policy uses pseudonyms; names both values.
+    """
+    try:
+        data = Path(previous_manifest).read_bytes()
+    except OSError as exc:
+        raise NotFound(
+            f"{previous_manifest}: cannot read the earlier manifest ({exc.strerror})"
+        ) from None
+    earlier = verify_manifest(data).manifest
+    fields: dict[str, Any] = {"previous_manifest_sha256": hashlib.sha256(data).hexdigest()}
+    if earlier["key_id"] != run.key_id:
+        if not rotate_key:
+            raise AnonymizationError(
+                f"{previous_manifest}: made with key {earlier['key_id']}, this run's key is "
+                f"{run.key_id}: tokens and pseudonyms would not match the earlier file; use "
+                "the earlier key, or pass --rotate-key to re-key on purpose"
+            )
+        fields["rotated_from_key_id"] = earlier["key_id"]
+    before = {
+        "faker_version": earlier["faker_version"],
+        "faker_locale": earlier["faker_locale"],
+        "pseudonym_scheme": earlier.get("pseudonym_scheme", FIRST_PSEUDONYM_SCHEME),
+    }
+    now = {
+        "faker_version": run.faker_version,
+        "faker_locale": run.faker_locale,
+        "pseudonym_scheme": run.pseudonym_scheme,
+    }
+    changed = [name for name in before if before[name] != now[name]]
+    if run.uses_pseudonyms and changed:
+        if not remap:
+            diff = ", ".join(f"{n} {before[n]} -> {now[n]}" for n in changed)
+            raise AnonymizationError(
+                f"{previous_manifest}: pseudonyms would not match the earlier file ({diff}); "
+                "run with the earlier Faker version and locale, or pass --remap to accept "
+                "new pseudonyms"
+            )
+        fields["remapped_from"] = before
+    return fields
