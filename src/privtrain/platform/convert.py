@@ -19,11 +19,14 @@ _SPEC_FIELDS = (
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
     "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "fix_model", "freeze_unused", "clipping", "world_size",
+    "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound", "max_clipbound",
+    "unclipped_num_std", "noise_schedule", "noise_gamma", "noise_step_epochs", "precision", "compile",
 )
 _OPTIONAL_SPEC_FIELDS = frozenset({
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "noise_multiplier",
-    "world_size",
+    "world_size", "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound",
+    "max_clipbound", "unclipped_num_std", "noise_gamma", "noise_step_epochs",
 })
 _REQUIRED_SPEC_FIELDS = frozenset({"dataset_id", "target_column"})
 _RESULT_FIELDS = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from opacus.accountants import IAccountant, create_accountant
@@ -22,6 +23,9 @@ EPSILON_EVALUATIONS = 16
 PRV_RELATIVE_EPS_ERROR = 0.002
 PRV_MIN_EPS_ERROR = 1e-5
 PRV_DEFAULT_EPS_ERROR = 0.01
+
+# (noise_multiplier σ, sample_rate q, steps) segments, as Opacus accountants keep them.
+History = list[tuple[float, float, int]]
 
 
 def epsilon_for(
@@ -41,10 +45,21 @@ def epsilon_for(
     delta : float
         δ at which ε is reported.
     """
-    if steps == 0:
+    return epsilon_for_history(accountant, [(noise_multiplier, sample_rate, steps)], delta)
+
+
+def epsilon_for_history(accountant: str, history: History, delta: float) -> float:
+    """ε of the composition of ``history``'s (σ, q, steps) segments at δ (0 for no steps).
+
+    Heterogeneous steps (a noise schedule) compose as in Opacus' accountants:
+    PRV convolves each segment's privacy random variable, RDP adds each
+    segment's Rényi divergence per order.
+    """
+    history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    if not history:
         return 0.0
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(noise_multiplier, sample_rate, steps)]
+    acc.history = history
     return _get_epsilon(acc, delta)
 
 
@@ -120,20 +135,23 @@ class EpsilonTracker:
     counts plus every epoch end (the last one being the job's total), and for step ``t`` reports the
     value at the first evaluation point ≥ ``t``. ε grows with the step count, so
     the figure never under-reports; at the last step it is exact.
+
+    ``history``, when given, maps a step count to the (σ, q, steps) segments of
+    that many steps (a noise schedule, see :mod:`privtrain.trainer.noise_schedule`)
+    and replaces the constant ``noise_multiplier``.
     """
 
     def __init__(
         self, accountant: str, noise_multiplier: float, sample_rate: float, total_steps: int,
         delta: float, *, steps_per_epoch: int | None = None,
+        history: Callable[[int], History] | None = None,
     ) -> None:
         stride = max(1, -(-total_steps // EPSILON_EVALUATIONS))
         # Epoch ends are evaluation points too, so a checkpoint's ε is exact.
         epoch_ends = range(steps_per_epoch, total_steps, steps_per_epoch) if steps_per_epoch else ()
         self._points = sorted({*range(stride, total_steps, stride), *epoch_ends, total_steps})
-        self._values = [
-            epsilon_for(accountant, noise_multiplier, sample_rate, point, delta)
-            for point in self._points
-        ]
+        segments = history or (lambda steps: [(noise_multiplier, sample_rate, steps)])
+        self._values = [epsilon_for_history(accountant, segments(point), delta) for point in self._points]
         # Each value is an upper bound; keep the sequence non-decreasing even if
         # two numerical evaluations disagree in their last digits.
         for i in range(len(self._values) - 2, -1, -1):

@@ -6,11 +6,16 @@ rows, Poisson sampling through ``DPDataLoader``, per-sample gradients through
 SGD (momentum, Nesterov) or Adam, physical batches through
 ``BatchMemoryManager``, and ε through the chosen accountant hooked to every
 logical step. Checkpoints after every epoch hold everything a new process needs
-to resume: parameters, optimizer state, accountant history, RNG states.
+to resume: parameters, optimizer state, accountant history, RNG states, and
+the adaptive clip bound. σ may follow a noise schedule
+(:mod:`privtrain.trainer.noise_schedule`), C an adaptive one
+(:mod:`privtrain.trainer.adaptive_clipping`); forward and loss may run under
+bf16 autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -32,12 +37,11 @@ from privtrain.trainer.accounting import (
     EpsilonTracker,
     accountant_epsilon,
     accountant_state,
-    calibrate_noise_multiplier,
-    epsilon_for,
     restore_accountant,
 )
 from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from privtrain.trainer.fast_clipping import prepare_private_training
+from privtrain.trainer.noise_schedule import NoiseSchedule, epoch_shape, plan_noise
+from privtrain.trainer.private_wrapping import set_clip_bound, wrap_for_dp
 from privtrain.trainer.spec import TrainingSpec
 
 
@@ -79,7 +83,10 @@ class Reporter(Protocol):
 
 @dataclass(frozen=True)
 class LoopResult:
-    """What the loop achieved: ε at ``delta`` after ``steps`` steps, last test accuracy."""
+    """What the loop achieved: ε at ``delta`` after ``steps`` steps, last test accuracy.
+
+    ``noise_multiplier`` is σ of the first step (the largest of a decaying schedule).
+    """
 
     epsilon: float
     noise_multiplier: float
@@ -91,9 +98,6 @@ class LoopResult:
 
 
 MAX_STEPS = 1_000_000
-# Refuse a fixed σ outright when its RDP bound exceeds the target this many times over:
-# PRV tightens RDP by far less than that.
-RDP_REFUSAL_FACTOR = 2.0
 
 
 def schedule(spec: TrainingSpec, train_rows: int) -> tuple[float, int, int]:
@@ -121,55 +125,29 @@ def schedule(spec: TrainingSpec, train_rows: int) -> tuple[float, int, int]:
 def preflight(spec: TrainingSpec, train_rows: int) -> None:
     """Checks made at submission, before any ε is reserved: schedule and reachable ε.
 
-    Feasibility is checked with the RDP accountant, which is fast and never
+    A calibration is checked with the RDP accountant, which is fast and never
     tighter than PRV: a target RDP can reach, PRV reaches too.
 
     Raises
     ------
     InvalidInput
-        Bad schedule, or no noise multiplier reaches the target ε.
+        Bad schedule, no noise multiplier reaches the target ε, or adaptive
+        clipping's count noise is too small for the calibrated σ.
     """
-    sample_rate, _, total_steps = schedule(spec, train_rows)
-    if spec.noise_multiplier is None:
-        calibrate_noise_multiplier(
-            target_epsilon=spec.target_epsilon, target_delta=spec.target_delta,
-            sample_rate=sample_rate, steps=total_steps, accountant="rdp",
-        )
-    else:
-        noise_for(spec, sample_rate, total_steps)
+    sample_rate, steps_per_epoch, _ = schedule(spec, train_rows)
+    plan_noise(spec, sample_rate, steps_per_epoch,
+               accountant="rdp" if spec.noise_multiplier is None else None)
 
 
 def noise_for(spec: TrainingSpec, sample_rate: float, total_steps: int) -> float:
-    """σ for the job: the spec's own (checked against the target) or calibrated to it.
+    """σ of the job's first step: the spec's own (checked against the target) or calibrated to it.
 
     Raises
     ------
     InvalidInput
         A given ``noise_multiplier`` whose ε after ``total_steps`` exceeds the target.
     """
-    if spec.noise_multiplier is None:
-        return calibrate_noise_multiplier(
-            target_epsilon=spec.target_epsilon, target_delta=spec.target_delta,
-            sample_rate=sample_rate, steps=total_steps, accountant=spec.accountant,
-        )
-    # The RDP bound is cheap and never below PRV's ε: it settles the clear cases, and
-    # spares PRV a huge (slow, memory-hungry) privacy-loss domain when σ is far too small.
-    bound = epsilon_for("rdp", spec.noise_multiplier, sample_rate, total_steps, spec.target_delta)
-    if bound <= spec.target_epsilon:
-        return spec.noise_multiplier
-    if spec.accountant == "rdp" or bound > RDP_REFUSAL_FACTOR * spec.target_epsilon:
-        raise InvalidInput(
-            f"noise_multiplier {spec.noise_multiplier} spends ε={bound:.4f} (RDP bound) over "
-            f"{total_steps} steps, more than target_epsilon {spec.target_epsilon}"
-        )
-    eps = epsilon_for(spec.accountant, spec.noise_multiplier, sample_rate, total_steps,
-                      spec.target_delta)
-    if eps > spec.target_epsilon:
-        raise InvalidInput(
-            f"noise_multiplier {spec.noise_multiplier} spends ε={eps:.4f} over {total_steps} steps, "
-            f"more than target_epsilon {spec.target_epsilon}"
-        )
-    return spec.noise_multiplier
+    return plan_noise(spec, sample_rate, total_steps // spec.epochs).scale
 
 
 def _optimizer(spec: TrainingSpec, params: Any) -> torch.optim.Optimizer:
@@ -191,40 +169,31 @@ def _lr_scheduler(spec: TrainingSpec, optimizer: torch.optim.Optimizer,
     return None
 
 
-def _per_layer(spec: TrainingSpec, model: nn.Module, sigma: float,
-               noise_gen: torch.Generator) -> tuple[nn.Module, DPOptimizer]:
-    """Per-layer clipping (McMahan et al. 2018): each of the L trainable tensors is clipped
-    to C / sqrt(L), so the whole per-sample gradient stays within C and the noise,
-    σ·C, and the privacy analysis are those of flat clipping. Opacus hooks mode."""
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPPerLayerOptimizer
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    per_tensor = spec.max_grad_norm / math.sqrt(len(trainable))
-    gsm = GradSampleModule(model, loss_reduction="mean")
-    optimizer = DPPerLayerOptimizer(
-        _optimizer(spec, trainable), noise_multiplier=sigma,
-        max_grad_norm=[per_tensor] * len(trainable), expected_batch_size=spec.batch_size,
-        loss_reduction="mean", generator=noise_gen,
-    )
-    return gsm, optimizer
-
-
 def physical_step(module: nn.Module, optimizer: DPOptimizer, criterion: nn.Module,
-                  xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> tuple[float, int]:
+                  xb: torch.Tensor, yb: torch.Tensor, device: torch.device, *,
+                  autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
     """Forward, backward and ``optimizer.step()`` of one physical batch.
 
     The DP optimizer only updates the parameters on the last physical batch of
     a logical one (BatchMemoryManager tells it which). Returns (mean loss × samples,
     samples); an empty Poisson batch contributes (0.0, 0) but still steps.
+
+    ``autocast_dtype`` (``torch.bfloat16``) runs forward and loss under
+    ``torch.autocast``; per-sample gradients are cast to their parameter's dtype
+    (float32) before the optimizer takes their norms, clips and adds noise.
     """
     xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    loss = criterion(module(xb), yb)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    with autocast:
+        loss = criterion(module(xb), yb)
     with warnings.catch_warnings():
         # Opacus' hooks on the first layer fire without input grads, by design.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss.backward()
+    if autocast_dtype is not None:
+        _grad_samples_to_param_dtype(optimizer)
     n = len(yb)
     contribution = float(loss.detach()) * n if n else 0.0
     optimizer.step()
@@ -268,7 +237,8 @@ def run_dp_sgd(
     max_physical_batch_size : int, optional
         Cap below the spec's (from the memory estimate); the logical batch is unchanged.
     clipping_mode : {"ghost", "hooks"}, optional
-        Per-sample clipping implementation; default: the fastest correct one for the model.
+        Per-sample clipping implementation of flat and adaptive clipping; default: the
+        fastest correct one for the model (per_layer clipping always runs in hooks mode).
 
     Raises
     ------
@@ -293,23 +263,23 @@ def run_dp_sgd(
         if state["spec"] != spec.to_dict():
             raise FailedPrecondition("the checkpoint was written for another job spec")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        sigma = float(state["noise_multiplier"])
+        shape = epoch_shape(spec.noise_schedule, spec.noise_gamma, spec.noise_step_epochs, spec.epochs)
+        plan = NoiseSchedule(float(state["noise_multiplier"]), shape, sample_rate, steps_per_epoch)
     else:
-        sigma = noise_for(spec, sample_rate, total_steps)
+        plan = plan_noise(spec, sample_rate, steps_per_epoch)
+    sigma = plan.scale
+    autocast_dtype = _autocast_dtype(spec, device)
 
     sampling_gen = torch.Generator().manual_seed(spec.seed)
     noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
-    # The fastest correct per-sample clipping for this model: book-keeping ghost clipping
-    # when every trainable layer has a norm kernel, Opacus hooks otherwise.
-    if spec.clipping == "per_layer":
-        gsm, optimizer = _per_layer(spec, model, sigma, noise_gen)
-        clipping_mode = "hooks"
-    else:
-        gsm, optimizer, clipping_mode = prepare_private_training(
-            model, _optimizer(spec, model.parameters()), noise_multiplier=sigma,
-            max_grad_norm=spec.max_grad_norm, expected_batch_size=spec.batch_size,
-            loss_reduction="mean", generator=noise_gen, mode=clipping_mode,  # type: ignore[arg-type]
-        )
+    # Default: the fastest correct per-sample clipping for this model (book-keeping ghost
+    # clipping when every trainable layer has a norm kernel, Opacus hooks otherwise).
+    params = ([p for p in model.parameters() if p.requires_grad] if spec.clipping == "per_layer"
+              else model.parameters())
+    gsm, optimizer, clipping_mode = wrap_for_dp(
+        spec, model, _optimizer(spec, params), noise_multiplier=sigma, generator=noise_gen,
+        mode=clipping_mode,
+    )
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
     accountant = create_accountant(mechanism=spec.accountant)
     step, first_epoch = 0, 1
@@ -321,25 +291,35 @@ def run_dp_sgd(
         if scheduler is not None:
             scheduler.load_state_dict(state["lr_scheduler"])
         step, first_epoch = int(state["step"]), int(state["epoch"]) + 1
+        if spec.clipping == "adaptive":
+            set_clip_bound(gsm, optimizer, float(state["max_grad_norm"]))
+    # Opacus' hook records optimizer.noise_multiplier: the effective σ of the step just taken
+    # (adaptive clipping noises the gradient with σ_g derived from it, not with σ itself).
     accountant_hook = accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
     logical_steps = [step]
+    optimizer.noise_multiplier = plan.sigma_at(step + 1)
 
     def on_logical_step(opt: DPOptimizer) -> None:
         accountant_hook(opt)
         logical_steps[0] += 1
+        opt.noise_multiplier = plan.sigma_at(logical_steps[0] + 1)
 
     optimizer.attach_step_hook(on_logical_step)
     loader = DPDataLoader(train_data, sample_rate=sample_rate, generator=sampling_gen)
     tracker = EpsilonTracker(spec.accountant, sigma, sample_rate, total_steps, spec.target_delta,
-                             steps_per_epoch=steps_per_epoch)
+                             steps_per_epoch=steps_per_epoch, history=plan.history)
     criterion = nn.CrossEntropyLoss()
     physical = min(spec.max_physical_batch_size, max_physical_batch_size or spec.max_physical_batch_size)
     reporter.on_start({
         "max_physical_batch_size": physical, "clipping_mode": clipping_mode,
         "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "train_rows": n_train, "device": str(device),
-        "resumed_at_step": step,
+        "resumed_at_step": step, "noise_schedule": spec.noise_schedule,
+        "precision": spec.precision,
     })
+    # Only the eval forward is compiled: compiling the training step with the clipping hooks
+    # showed no consistent gain (bench/compile_speed.py).
+    eval_model = torch.compile(gsm._module) if spec.compile else gsm._module
 
     last_loss, test_acc = float("nan"), float("nan")
     for epoch in range(first_epoch, spec.epochs + 1):
@@ -349,7 +329,8 @@ def run_dp_sgd(
             for xb, yb in batches:
                 if should_stop():
                     raise JobCancelled(f"cancelled before step {step + 1}")
-                batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device)
+                batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device,
+                                                          autocast_dtype=autocast_dtype)
                 loss_sum += batch_loss
                 samples += batch_samples
                 if logical_steps[0] == step:
@@ -366,7 +347,7 @@ def run_dp_sgd(
                     batch_size=samples, samples_per_s=samples / elapsed, epsilon=tracker.after(step),
                 ))
                 loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
-        test_acc = evaluate(gsm._module)
+        test_acc = evaluate(eval_model)
         epsilon_now = tracker.after(step)
         reporter.on_epoch(epoch, test_acc, epsilon_now)
         save_checkpoint(
@@ -375,6 +356,8 @@ def run_dp_sgd(
             state={
                 "epoch": epoch, "step": step, "epsilon": epsilon_now, "delta": spec.target_delta,
                 "noise_multiplier": sigma, "sample_rate": sample_rate,
+                "max_grad_norm": float(optimizer.max_grad_norm)
+                if spec.clipping == "adaptive" else spec.max_grad_norm,
                 "accountant": accountant_state(accountant), "spec": spec.to_dict(),
                 "sampling_rng": sampling_gen.get_state().tolist(),
                 "noise_rng": noise_gen.get_state().tolist(),
@@ -390,6 +373,25 @@ def run_dp_sgd(
         )
     return LoopResult(epsilon=epsilon, noise_multiplier=sigma, sample_rate=sample_rate, steps=step,
                       test_accuracy=test_acc, final_loss=last_loss, model=gsm._module)
+
+
+def _grad_samples_to_param_dtype(optimizer: DPOptimizer) -> None:
+    # Hooks mode computes per-sample gradients in the autocast dtype; norms, clipping and
+    # noise in bfloat16 would lose precision the privacy analysis assumes.
+    for p in optimizer.params:
+        sample = getattr(p, "grad_sample", None)
+        if isinstance(sample, torch.Tensor) and sample.dtype != p.dtype:
+            p.grad_sample = sample.to(p.dtype)
+        elif isinstance(sample, list):
+            p.grad_sample = [s.to(p.dtype) for s in sample]
+
+
+def _autocast_dtype(spec: TrainingSpec, device: torch.device) -> torch.dtype | None:
+    if spec.precision != "bf16":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FailedPrecondition("precision 'bf16' needs a GPU with bfloat16 support")
+    return torch.bfloat16
 
 
 def _optimizer_state(state: dict[str, Any], tensors: dict[str, torch.Tensor],

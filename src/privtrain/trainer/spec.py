@@ -17,7 +17,9 @@ from privtrain.errors import InvalidInput
 ACCOUNTANTS = ("prv", "rdp")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "step")
-CLIPPING = ("flat", "per_layer")
+CLIPPING = ("flat", "per_layer", "adaptive")
+NOISE_SCHEDULES = ("constant", "exponential", "step")
+PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_WORLD_SIZE = 16
 
@@ -78,6 +80,37 @@ class TrainingSpec:
         Training processes (1 to :data:`MAX_WORLD_SIZE`); above 1 the job runs under
         ``torch.distributed`` with Opacus' DPDDP (see :mod:`privtrain.trainer.distributed`).
         The privacy analysis is that of one process: same q, σ and steps.
+    clipping : str
+        ``flat`` (one bound C on the whole per-sample gradient), ``per_layer``
+        (C / sqrt(L) on each of the L trainable tensors) or ``adaptive`` (C starts at
+        ``max_grad_norm`` and follows a private quantile of the per-sample gradient
+        norms; Andrew et al. 2021, see :mod:`privtrain.trainer.adaptive_clipping`).
+    target_unclipped_quantile : float
+        Adaptive clipping: γ in (0, 1), the fraction of samples whose norm should stay
+        within C (paper default 0.5).
+    clipbound_learning_rate : float
+        Adaptive clipping: η_C > 0 of the geometric update C ← C·exp(−η_C(b̃ − γ)) (paper: 0.2).
+    min_clipbound, max_clipbound : float
+        Adaptive clipping: bounds C is clamped to, 0 < min < max.
+    unclipped_num_std : float or None
+        Adaptive clipping: σ_b, std of the noise on the unclipped count; None means
+        batch_size / 20 (paper default). Must exceed σ / 2 for every step's σ.
+    noise_schedule : str
+        ``constant``, ``exponential`` (σ × ``noise_gamma`` every epoch) or ``step``
+        (σ × ``noise_gamma`` every ``noise_step_epochs`` epochs); the scale is calibrated
+        so that the composed ε of all steps is at most ``target_epsilon``
+        (see :mod:`privtrain.trainer.noise_schedule`). With ``noise_multiplier`` set,
+        that σ is the first epoch's.
+    noise_gamma : float
+        Decay factor in (0, 1] of the ``exponential`` and ``step`` noise schedules.
+    noise_step_epochs : int
+        Epochs between two decays of the ``step`` noise schedule.
+    precision : str
+        ``fp32`` or ``bf16``: forward and loss under ``torch.autocast`` in bfloat16;
+        parameters, per-sample gradient norms, clipping and noise stay float32.
+    compile : bool
+        ``torch.compile`` the evaluation forward (the training step stays eager: compiling it
+        with the clipping hooks showed no consistent gain, see ``bench/compile_speed.py``).
     """
 
     dataset_id: str
@@ -109,6 +142,16 @@ class TrainingSpec:
     freeze_unused: bool = False
     clipping: str = "flat"
     world_size: int = 1
+    target_unclipped_quantile: float = 0.5
+    clipbound_learning_rate: float = 0.2
+    min_clipbound: float = 1e-3
+    max_clipbound: float = 1e3
+    unclipped_num_std: float | None = None
+    noise_schedule: str = "constant"
+    noise_gamma: float = 0.9
+    noise_step_epochs: int = 1
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -149,8 +192,23 @@ class TrainingSpec:
             out.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.clipping not in CLIPPING:
             out.append(f"clipping must be one of {CLIPPING}, got {self.clipping!r}")
-        elif self.clipping == "per_layer" and self.world_size > 1:
-            out.append("per_layer clipping runs in one process; use world_size 1")
+        elif self.clipping != "flat" and self.world_size > 1:
+            out.append(f"{self.clipping} clipping runs in one process; use world_size 1")
+        out.extend(self._adaptive_problems())
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            out.append(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
+        elif self.noise_schedule != "constant" and self.world_size > 1:
+            out.append("a noise_schedule other than 'constant' runs in one process; use world_size 1")
+        if not (isinstance(self.noise_gamma, (int, float)) and 0 < self.noise_gamma <= 1):
+            out.append(f"noise_gamma must be in (0, 1], got {self.noise_gamma!r}")
+        if not (isinstance(self.noise_step_epochs, int) and self.noise_step_epochs >= 1):
+            out.append(f"noise_step_epochs must be an integer >= 1, got {self.noise_step_epochs!r}")
+        if self.precision not in PRECISIONS:
+            out.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        elif self.precision != "fp32" and self.world_size > 1:
+            out.append(f"precision {self.precision!r} runs in one process; use world_size 1")
+        if self.compile and self.world_size > 1:
+            out.append("compile runs in one process; use world_size 1")
         if self.lr_schedule not in LR_SCHEDULES:
             out.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
@@ -171,6 +229,36 @@ class TrainingSpec:
         if self.target_column in self.feature_columns:
             out.append(f"target_column {self.target_column!r} is also listed as a feature")
         return out
+
+    def _adaptive_problems(self) -> list[str]:
+        out: list[str] = []
+        if not (isinstance(self.target_unclipped_quantile, (int, float))
+                and 0 < self.target_unclipped_quantile < 1):
+            out.append(f"target_unclipped_quantile must be in (0, 1), got {self.target_unclipped_quantile!r}")
+        for name in ("clipbound_learning_rate", "min_clipbound", "max_clipbound"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                out.append(f"{name} must be a finite number > 0, got {value!r}")
+        if (isinstance(self.min_clipbound, (int, float)) and isinstance(self.max_clipbound, (int, float))
+                and self.min_clipbound >= self.max_clipbound):
+            out.append(f"min_clipbound {self.min_clipbound} must be below max_clipbound {self.max_clipbound}")
+        elif (self.clipping == "adaptive" and isinstance(self.max_grad_norm, (int, float))
+              and not self.min_clipbound <= self.max_grad_norm <= self.max_clipbound):
+            out.append(f"max_grad_norm {self.max_grad_norm} (the initial clip bound) must be within "
+                       f"[min_clipbound, max_clipbound] = [{self.min_clipbound}, {self.max_clipbound}]")
+        if self.unclipped_num_std is not None and not (
+            isinstance(self.unclipped_num_std, (int, float))
+            and math.isfinite(self.unclipped_num_std) and self.unclipped_num_std > 0
+        ):
+            out.append(f"unclipped_num_std must be a finite number > 0, got {self.unclipped_num_std!r}")
+        return out
+
+    @property
+    def count_noise(self) -> float:
+        """σ_b of adaptive clipping: ``unclipped_num_std`` or batch_size / 20 (Andrew et al. 2021)."""
+        if self.unclipped_num_std is not None:
+            return float(self.unclipped_num_std)
+        return self.batch_size / 20
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""

@@ -80,7 +80,7 @@ class SetBudgetRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("dataset_id", "model", "hidden_sizes", "target_column", "feature_columns", "split_column", "train_split", "test_split", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size", "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant", "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "model_options_json", "fix_model", "freeze_unused", "world_size", "clipping")
+    __slots__ = ("dataset_id", "model", "hidden_sizes", "target_column", "feature_columns", "split_column", "train_split", "test_split", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size", "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant", "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "model_options_json", "fix_model", "freeze_unused", "world_size", "clipping", "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound", "max_clipbound", "unclipped_num_std", "noise_schedule", "noise_gamma", "noise_step_epochs", "precision", "compile")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZES_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,16 @@ class JobSpec(_message.Message):
     FREEZE_UNUSED_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     CLIPPING_FIELD_NUMBER: _ClassVar[int]
+    TARGET_UNCLIPPED_QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    CLIPBOUND_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_CLIPBOUND_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLIPBOUND_FIELD_NUMBER: _ClassVar[int]
+    UNCLIPPED_NUM_STD_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STEP_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     model: str
     hidden_sizes: _containers.RepeatedScalarFieldContainer[int]
@@ -139,7 +149,17 @@ class JobSpec(_message.Message):
     freeze_unused: bool
     world_size: int
     clipping: str
-    def __init__(self, dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., hidden_sizes: _Optional[_Iterable[int]] = ..., target_column: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., split_column: _Optional[str] = ..., train_split: _Optional[str] = ..., test_split: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_physical_batch_size: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., optimizer: _Optional[str] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[str] = ..., model_options_json: _Optional[str] = ..., fix_model: _Optional[bool] = ..., freeze_unused: _Optional[bool] = ..., world_size: _Optional[int] = ..., clipping: _Optional[str] = ...) -> None: ...
+    target_unclipped_quantile: float
+    clipbound_learning_rate: float
+    min_clipbound: float
+    max_clipbound: float
+    unclipped_num_std: float
+    noise_schedule: str
+    noise_gamma: float
+    noise_step_epochs: int
+    precision: str
+    compile: bool
+    def __init__(self, dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., hidden_sizes: _Optional[_Iterable[int]] = ..., target_column: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., split_column: _Optional[str] = ..., train_split: _Optional[str] = ..., test_split: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_physical_batch_size: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., optimizer: _Optional[str] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[str] = ..., model_options_json: _Optional[str] = ..., fix_model: _Optional[bool] = ..., freeze_unused: _Optional[bool] = ..., world_size: _Optional[int] = ..., clipping: _Optional[str] = ..., target_unclipped_quantile: _Optional[float] = ..., clipbound_learning_rate: _Optional[float] = ..., min_clipbound: _Optional[float] = ..., max_clipbound: _Optional[float] = ..., unclipped_num_std: _Optional[float] = ..., noise_schedule: _Optional[str] = ..., noise_gamma: _Optional[float] = ..., noise_step_epochs: _Optional[int] = ..., precision: _Optional[str] = ..., compile: _Optional[bool] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("request_id", "spec")

@@ -1,0 +1,179 @@
+"""Noise schedules: σ that changes per epoch, with its scale calibrated to the target ε.
+
+A schedule is a per-epoch shape (1 for ``constant``, γ^e for ``exponential``,
+γ^⌊e / k⌋ for ``step``; e counts epochs from 0) times one scale s. The scale is
+found by binary search so that the composition of the job's heterogeneous
+steps, (s·shape_e, q, steps of epoch e) for every epoch, spends at most the
+target ε; the accountant then records the σ actually used at every step.
+Decaying noise follows Yu et al. 2019, "Differentially Private Model
+Publishing for Deep Learning" (and Opacus' ``ExponentialNoise`` / ``StepNoise``
+schedulers, which are per epoch too). Composition of heterogeneous subsampled
+Gaussian steps: Gopi et al. 2021 (PRV) or Mironov 2017 (RDP).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from privtrain.errors import InvalidInput
+from privtrain.trainer.accounting import History, calibrate_noise_multiplier, epsilon_for_history
+from privtrain.trainer.adaptive_clipping import gradient_noise
+from privtrain.trainer.spec import NOISE_SCHEDULES, TrainingSpec
+# Relative width of the final calibration bracket, as in calibrate_noise_multiplier.
+SCALE_TOLERANCE = 0.005
+
+
+def epoch_shape(schedule: str, gamma: float, step_epochs: int, epochs: int) -> tuple[float, ...]:
+    """Per-epoch σ multipliers, ``(epochs,)``, the first one 1.0.
+
+    Raises
+    ------
+    InvalidInput
+        Unknown ``schedule``.
+    """
+    if schedule == "constant":
+        return (1.0,) * epochs
+    if schedule == "exponential":
+        return tuple(gamma ** e for e in range(epochs))
+    if schedule == "step":
+        return tuple(gamma ** (e // step_epochs) for e in range(epochs))
+    raise InvalidInput(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {schedule!r}")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """σ of every step: ``scale * shape[epoch]``, with epochs of ``steps_per_epoch`` steps.
+
+    Attributes
+    ----------
+    scale : float
+        σ of the first epoch (the largest for a decaying schedule).
+    shape : tuple of float
+        ``(epochs,)`` multipliers from :func:`epoch_shape`.
+    sample_rate : float
+        q of every step.
+    steps_per_epoch : int
+    """
+
+    scale: float
+    shape: tuple[float, ...]
+    sample_rate: float
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole job: epochs × steps per epoch."""
+        return len(self.shape) * self.steps_per_epoch
+
+    def sigma_at(self, step: int) -> float:
+        """σ of logical step ``step`` (1-based; steps past the end keep the last σ)."""
+        epoch = min((max(step, 1) - 1) // self.steps_per_epoch, len(self.shape) - 1)
+        return self.scale * self.shape[epoch]
+
+    def history(self, steps: int) -> History:
+        """(σ, q, steps) segments of the first ``steps`` steps, as an Opacus accountant stores them."""
+        out: History = []
+        for epoch, factor in enumerate(self.shape):
+            count = min(self.steps_per_epoch, steps - epoch * self.steps_per_epoch)
+            if count <= 0:
+                break
+            sigma = self.scale * factor
+            if out and out[-1][0] == sigma:
+                out[-1] = (sigma, self.sample_rate, out[-1][2] + count)
+            else:
+                out.append((sigma, self.sample_rate, count))
+        return out
+
+    def epsilon(self, accountant: str, delta: float, steps: int | None = None) -> float:
+        """ε after ``steps`` steps (default: all of them) at ``delta``."""
+        return epsilon_for_history(accountant, self.history(self.total_steps if steps is None else steps),
+                                   delta)
+
+
+def calibrate_schedule(
+    shape: tuple[float, ...], *, target_epsilon: float, target_delta: float, sample_rate: float,
+    steps_per_epoch: int, accountant: str,
+) -> NoiseSchedule:
+    """The smallest scale (to :data:`SCALE_TOLERANCE`) whose schedule spends ε ≤ ``target_epsilon``.
+
+    For a shape within (0, 1], the constant σ₀ calibrated for the same steps is a
+    lower bound of the scale (every step is at most as noisy as σ₀) and
+    σ₀ / min(shape) an upper bound (every step at least as noisy); a geometric
+    binary search between them keeps a feasible upper end, which is returned.
+
+    Raises
+    ------
+    InvalidInput
+        No σ reaches the target (see :func:`calibrate_noise_multiplier`).
+    """
+    steps = len(shape) * steps_per_epoch
+    base = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
+                                      sample_rate=sample_rate, steps=steps, accountant=accountant)
+
+    def make(scale: float) -> NoiseSchedule:
+        return NoiseSchedule(scale, shape, sample_rate, steps_per_epoch)
+
+    if min(shape) == 1.0:
+        return make(base)
+    low, high = base, base / min(shape)
+    while high / low > 1 + SCALE_TOLERANCE:
+        middle = math.sqrt(low * high)
+        if make(middle).epsilon(accountant, target_delta) <= target_epsilon:
+            high = middle
+        else:
+            low = middle
+    schedule = make(high)
+    # σ₀ / min(shape) is feasible by monotonicity; the re-check guards the numerics.
+    if schedule.epsilon(accountant, target_delta) > target_epsilon:
+        raise InvalidInput(f"no noise schedule scale reaches ε ≤ {target_epsilon} at δ={target_delta}")
+    return schedule
+
+
+# Refuse a fixed σ outright when its RDP bound exceeds the target this many times over:
+# PRV tightens RDP by far less than that.
+RDP_REFUSAL_FACTOR = 2.0
+
+
+def plan_noise(spec: TrainingSpec, sample_rate: float, steps_per_epoch: int, *,
+               accountant: str | None = None) -> NoiseSchedule:
+    """σ of every step of ``spec``'s job: the spec's own σ (checked) or a calibrated scale.
+
+    ``accountant`` overrides the spec's for calibration (RDP at submission: fast,
+    never tighter than PRV). With adaptive clipping the largest σ must stay below
+    2σ_b (Andrew et al. 2021, Theorem 1).
+
+    Raises
+    ------
+    InvalidInput
+        A given ``noise_multiplier`` whose schedule spends more than the target ε,
+        no σ reaching the target, or adaptive clipping with 2σ_b ≤ σ.
+    """
+    shape = epoch_shape(spec.noise_schedule, spec.noise_gamma, spec.noise_step_epochs, spec.epochs)
+    accountant = accountant or spec.accountant
+    if spec.noise_multiplier is not None:
+        plan = NoiseSchedule(float(spec.noise_multiplier), shape, sample_rate, steps_per_epoch)
+        _check_fixed(plan, spec, accountant)
+    else:
+        plan = calibrate_schedule(shape, target_epsilon=spec.target_epsilon,
+                                  target_delta=spec.target_delta, sample_rate=sample_rate,
+                                  steps_per_epoch=steps_per_epoch, accountant=accountant)
+    if spec.clipping == "adaptive":
+        gradient_noise(plan.scale * max(shape), spec.count_noise)
+    return plan
+
+
+def _check_fixed(plan: NoiseSchedule, spec: TrainingSpec, accountant: str) -> None:
+    # The RDP bound is cheap and never below PRV's ε: it settles the clear cases, and
+    # spares PRV a huge (slow, memory-hungry) privacy-loss domain when σ is far too small.
+    bound = plan.epsilon("rdp", spec.target_delta)
+    if bound <= spec.target_epsilon:
+        return
+    what = f"noise_multiplier {spec.noise_multiplier}"
+    if accountant == "rdp" or bound > RDP_REFUSAL_FACTOR * spec.target_epsilon:
+        raise InvalidInput(f"{what} spends ε={bound:.4f} (RDP bound) over {plan.total_steps} steps, "
+                           f"more than target_epsilon {spec.target_epsilon}")
+    eps = plan.epsilon(accountant, spec.target_delta)
+    if eps > spec.target_epsilon:
+        raise InvalidInput(f"{what} spends ε={eps:.4f} over {plan.total_steps} steps, "
+                           f"more than target_epsilon {spec.target_epsilon}")

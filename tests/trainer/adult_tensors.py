@@ -1,0 +1,68 @@
+"""Real data for the DP-SGD option tests: numeric UCI Adult features as tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import TensorDataset
+
+from privtrain.datasets.adult import fetch_adult
+
+NUMERIC = ("age", "education_num", "capital_gain", "capital_loss", "hours_per_week")
+
+
+def adult_tensors(rows: int) -> tuple[TensorDataset, torch.Tensor, torch.Tensor]:
+    """``(train, x_test, y_test)``: the first ``rows`` training rows and 2,000 test rows of Adult,
+    standardised numeric columns plus married / male indicators (7 float32 features), label
+    income > 50K."""
+    table = pd.read_csv(fetch_adult())
+
+    def encode(part: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        numeric = part[list(NUMERIC)].astype("float64")
+        numeric = (numeric - reference.mean()) / reference.std()
+        flags = pd.DataFrame({
+            "married": part["marital_status"].str.startswith("Married").astype(float),
+            "male": (part["sex"] == "Male").astype(float),
+        })
+        x = torch.tensor(pd.concat([numeric, flags], axis=1).to_numpy(), dtype=torch.float32)
+        y = torch.tensor(part["income"].str.startswith(">50K").to_numpy(), dtype=torch.long)
+        return x, y
+
+    train = table[table["split"] == "train"].head(rows)
+    reference = train[list(NUMERIC)].astype("float64")
+    x, y = encode(train)
+    x_test, y_test = encode(table[table["split"] == "test"].head(2000))
+    return TensorDataset(x, y), x_test, y_test
+
+
+def accuracy_on(x: torch.Tensor, y: torch.Tensor) -> Any:
+    """An ``evaluate`` callback for ``run_dp_sgd``: held-out accuracy of the model."""
+
+    def evaluate(model: torch.nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            correct = int((model(x).argmax(dim=1) == y).sum())
+        model.train()
+        return correct / len(y)
+
+    return evaluate
+
+
+class Recorder:
+    """Collects what the loop reports."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+        self.steps: list[Any] = []
+        self.epochs: list[tuple[int, float, float]] = []
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.info = info
+
+    def on_step(self, report: Any) -> None:
+        self.steps.append(report)
+
+    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
+        self.epochs.append((epoch, test_accuracy, epsilon))
