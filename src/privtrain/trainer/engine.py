@@ -1,13 +1,18 @@
-"""Tabular DP training: from an anonymized table and its manifest to released parameters.
+"""DP training of a dataset and its manifest, to released parameters.
 
-Encodes features from the manifest's public domains, builds the registered
-model, runs :func:`privtrain.trainer.dp_sgd.run_dp_sgd` (or, for ``world_size`` > 1,
-:func:`privtrain.trainer.distributed.run_distributed`), and writes the final
-parameters with the metadata a client needs to rebuild model and encoding.
+Two kinds of dataset reach the engine. An anonymized table: features are encoded
+from the manifest's public domains (:func:`train`). A packed image array
+(:mod:`privtrain.datasets.image_arrays`): images go to the model as they are,
+test rows are a share drawn by the spec's seed (:func:`train_images`). Both build
+the registered model, run :func:`privtrain.trainer.dp_sgd.run_dp_sgd` (or, for
+``world_size`` > 1, :func:`privtrain.trainer.distributed.run_distributed`), and
+write the final parameters with the metadata a client needs to rebuild the model,
+its inputs and the test rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -21,6 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from privtrain.datasets.image_arrays import LABEL, TEST_FRACTION, read_image_arrays, split_indices
+from privtrain.datasets.image_manifest import IMAGE_KIND
 from privtrain.errors import InvalidInput
 from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
@@ -32,12 +39,15 @@ from privtrain.trainer.spec import TrainingSpec
 from privtrain.trainer.validation import PreparedModel, prepare_model, validate_modules
 
 __all__ = [
-    "JobCancelled", "Reporter", "StepReport", "TrainingResult", "accuracy", "build_encoder",
-    "check_model_spec", "model_from_parameters", "parameter_metadata", "split_rows", "train",
-    "validate_model",
+    "IMAGE_MODELS", "JobCancelled", "Reporter", "StepReport", "TrainingResult", "accuracy",
+    "build_encoder", "check_image_model_spec", "check_model_spec",
+    "image_model_from_parameters", "image_parameter_metadata", "model_from_parameters",
+    "parameter_metadata", "split_rows", "train", "train_images", "validate_model",
 ]
 
 EVAL_BATCH = 8192
+# Architectures that take (C, H, W) images; the others read table rows or token ids.
+IMAGE_MODELS = frozenset({"cnn", "resnet", "sequential"})
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,42 @@ def check_model_spec(spec: TrainingSpec, encoder: FeatureEncoder) -> PreparedMod
     return prepare_model(spec, (encoder.width,), len(encoder.classes))
 
 
+def check_image_model_spec(spec: TrainingSpec, manifest: dict[str, Any]) -> PreparedModel:
+    """Refuse table-only options and models on an image dataset, then run every submission check.
+
+    The model is built for one image of the manifest's ``feature_shape`` (C, H, W)
+    with ``n_classes`` outputs.
+
+    Raises
+    ------
+    InvalidInput
+        A table model, a target other than ``label``, feature columns or split
+        options given for an image dataset, or see
+        :func:`privtrain.trainer.validation.prepare_model`.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingSpec)}
+    problems = []
+    if spec.model not in IMAGE_MODELS:
+        problems.append(f"model {spec.model!r} does not take images; an image dataset trains "
+                        f"{sorted(IMAGE_MODELS)}")
+    if spec.target_column != LABEL:
+        problems.append(f"target_column {spec.target_column!r}: the label of an image dataset is "
+                        f"the tensor {LABEL!r}")
+    if spec.feature_columns:
+        problems.append("feature_columns do not apply to an image dataset (its features are one tensor)")
+    split = [n for n in ("split_column", "train_split", "test_split") if getattr(spec, n) != defaults[n]]
+    if split:
+        problems.append(f"{', '.join(split)} {'does' if len(split) == 1 else 'do'} not apply to an "
+                        f"image dataset: its test rows are a {TEST_FRACTION:.0%} share drawn by the seed")
+    if problems:
+        raise InvalidInput("invalid job for image dataset: " + "; ".join(problems))
+    shape = tuple(int(d) for d in manifest["feature_shape"])
+    try:
+        return prepare_model(spec, shape, int(manifest["n_classes"]))
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc} (the dataset's images are {shape}, C x H x W)") from None
+
+
 def validate_model(model: nn.Module) -> None:
     """Refuse a model Opacus cannot train privately, naming the offending modules.
 
@@ -119,7 +165,10 @@ def validate_model(model: nn.Module) -> None:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device) -> float:
-    """Share of rows whose arg-max logit equals the label; ``features`` is (rows, width) float32."""
+    """Share of rows whose arg-max logit equals the label.
+
+    ``features`` is (rows, width) or (rows, C, H, W) float32, ``labels`` (rows,) int64 class indices.
+    """
     model.eval()
     correct = 0
     for start in range(0, len(labels), EVAL_BATCH):
@@ -173,7 +222,69 @@ def train(
     x_train, y_train = encoder.encode(train_rows)
     x_test, y_test = encoder.encode(test_rows)
     prepared = check_model_spec(spec, encoder)
-    train_data = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    return _fit(spec, prepared, (x_train, y_train), (x_test, y_test), out_dir, reporter,
+                lambda epsilon: parameter_metadata(spec, encoder, epsilon),
+                should_stop=should_stop, resume=resume, device=device, started=started)
+
+
+def train_images(
+    spec: TrainingSpec,
+    data: bytes,
+    manifest: dict[str, Any],
+    out_dir: Path,
+    reporter: Reporter,
+    should_stop: Callable[[], bool] = lambda: False,
+    *,
+    resume: bool = False,
+) -> TrainingResult:
+    """Train ``spec.model`` on a packed image dataset with DP-SGD; as :func:`train` otherwise.
+
+    Parameters
+    ----------
+    data : bytes
+        The packed safetensors file (``features`` (N, C, H, W) float32, ``label`` (N,) int64),
+        already checked against the manifest's ``output_sha256``.
+    manifest : dict
+        The verified image manifest (``feature_shape``, ``n_classes``, ``label_values``).
+
+    Test rows are :func:`privtrain.datasets.image_arrays.split_indices` of ``spec.seed``.
+
+    Raises
+    ------
+    InvalidInput
+        A file that does not match its manifest, or see :func:`check_image_model_spec`.
+    JobCancelled
+        ``should_stop`` returned True.
+    """
+    started = time.perf_counter()
+    device = resolve_device(spec.device)
+    torch.manual_seed(spec.seed)
+    features, classes = read_image_arrays(data, manifest)
+    train_idx, test_idx = split_indices(len(classes), spec.seed)
+    prepared = check_image_model_spec(spec, manifest)
+    return _fit(spec, prepared, (features[train_idx], classes[train_idx]),
+                (features[test_idx], classes[test_idx]), out_dir, reporter,
+                lambda epsilon: image_parameter_metadata(spec, manifest, epsilon),
+                should_stop=should_stop, resume=resume, device=device, started=started)
+
+
+def _fit(
+    spec: TrainingSpec,
+    prepared: PreparedModel,
+    train_arrays: tuple[np.ndarray, np.ndarray],
+    test_arrays: tuple[np.ndarray, np.ndarray],
+    out_dir: Path,
+    reporter: Reporter,
+    metadata: Callable[[float], dict[str, str]],
+    *,
+    should_stop: Callable[[], bool],
+    resume: bool,
+    device: torch.device,
+    started: float,
+) -> TrainingResult:
+    """Run DP-SGD on prepared inputs and write ``parameters.safetensors`` with ``metadata(ε)``."""
+    x_test, y_test = test_arrays
+    train_data = TensorDataset(torch.from_numpy(train_arrays[0]), torch.from_numpy(train_arrays[1]))
 
     def evaluate(model: nn.Module) -> float:
         return accuracy(model, x_test, y_test, device)
@@ -192,13 +303,12 @@ def train(
             clipping_mode=prepared.clipping_mode,
         )
     params_path = out_dir / "parameters.safetensors"
-    sha = save_parameters(params_path, outcome.model.state_dict(),
-                          parameter_metadata(spec, encoder, outcome.epsilon))
+    sha = save_parameters(params_path, outcome.model.state_dict(), metadata(outcome.epsilon))
     return TrainingResult(
         epsilon=outcome.epsilon, delta=spec.target_delta, accountant=spec.accountant,
         noise_multiplier=outcome.noise_multiplier, sample_rate=outcome.sample_rate,
         steps=outcome.steps, test_accuracy=outcome.test_accuracy, test_rows=len(y_test),
-        train_rows=len(y_train), final_loss=outcome.final_loss, parameters_path=params_path,
+        train_rows=len(train_data), final_loss=outcome.final_loss, parameters_path=params_path,
         parameters_sha256=sha, parameters_bytes=params_path.stat().st_size, device=str(device),
         train_seconds=time.perf_counter() - started,
     )
@@ -207,18 +317,44 @@ def train(
 def parameter_metadata(spec: TrainingSpec, encoder: FeatureEncoder, epsilon: float) -> dict[str, str]:
     """safetensors metadata that lets a client rebuild the model and its feature encoding."""
     return {
-        "model": json.dumps({
-            "name": spec.model, "options": {"hidden_sizes": list(spec.hidden_sizes), **spec.model_options},
-            "fix_model": spec.fix_model, "frozen": spec.freeze_unused,
-        }),
+        "model": _model_json(spec),
         "features": encoder.to_json(),
         "split": json.dumps({
             "column": spec.split_column, "train": spec.train_split, "test": spec.test_split,
         }),
-        "privacy": json.dumps({
-            "epsilon": epsilon, "delta": spec.target_delta, "accountant": spec.accountant,
-        }),
+        "privacy": _privacy_json(spec, epsilon),
     }
+
+
+def image_parameter_metadata(spec: TrainingSpec, manifest: dict[str, Any], epsilon: float) -> dict[str, str]:
+    """safetensors metadata that lets a client rebuild the model and draw the same test rows.
+
+    ``features`` holds the image shape and label values; ``split`` the seed, test share,
+    row count and SHA-256 of the packed file trained on.
+    """
+    return {
+        "model": _model_json(spec),
+        "features": json.dumps({
+            "kind": IMAGE_KIND, "feature_shape": list(manifest["feature_shape"]),
+            "label_values": list(manifest["label_values"]),
+        }),
+        "split": json.dumps({
+            "kind": "seeded", "seed": spec.seed, "test_fraction": TEST_FRACTION,
+            "rows": int(manifest["output_rows"]), "dataset_sha256": manifest["output_sha256"],
+        }),
+        "privacy": _privacy_json(spec, epsilon),
+    }
+
+
+def _model_json(spec: TrainingSpec) -> str:
+    return json.dumps({
+        "name": spec.model, "options": {"hidden_sizes": list(spec.hidden_sizes), **spec.model_options},
+        "fix_model": spec.fix_model, "frozen": spec.freeze_unused,
+    })
+
+
+def _privacy_json(spec: TrainingSpec, epsilon: float) -> str:
+    return json.dumps({"epsilon": epsilon, "delta": spec.target_delta, "accountant": spec.accountant})
 
 
 def model_from_parameters(
@@ -231,13 +367,35 @@ def model_from_parameters(
     InvalidInput
         The metadata names an unknown model or the tensors do not fit it.
     """
-    model_info = json.loads(metadata["model"])
     encoder = FeatureEncoder.from_json(metadata["features"])
-    model = build_model(model_info["name"], (encoder.width,), len(encoder.classes), model_info["options"])
+    return _load_model(tensors, metadata, (encoder.width,), len(encoder.classes)), encoder
+
+
+def image_model_from_parameters(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model trained on images, and its ``features`` metadata (shape, label values).
+
+    Raises
+    ------
+    InvalidInput
+        The parameters were not trained on an image dataset, or do not fit their model.
+    """
+    info = json.loads(metadata["features"])
+    if info.get("kind") != IMAGE_KIND:
+        raise InvalidInput("these parameters were trained on a table, not on an image dataset")
+    model = _load_model(tensors, metadata, tuple(info["feature_shape"]), len(info["label_values"]))
+    return model, info
+
+
+def _load_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    model_info = json.loads(metadata["model"])
+    model = build_model(model_info["name"], input_shape, n_classes, model_info["options"])
     if model_info.get("fix_model"):
         model, _ = validate_modules(model, fix=True)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise InvalidInput(f"parameters do not fit model {model_info['name']!r}: {exc}") from None
-    return model, encoder
+    return model

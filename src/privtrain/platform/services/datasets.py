@@ -1,4 +1,4 @@
-"""DatasetService: verified uploads of anonymized datasets and their budgets."""
+"""DatasetService: verified uploads of anonymized tables and packed image arrays, and their budgets."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 
 from privtrain.anonymize.manifest import verify_manifest
+from privtrain.datasets.image_arrays import check_image_file
+from privtrain.datasets.image_manifest import IMAGE_KIND, TABLE_KIND, manifest_kind
 from privtrain.errors import InvalidInput, PermissionDenied
 from privtrain.platform.convert import dataset_to_proto
 from privtrain.platform.db.repositories import Database
@@ -24,6 +26,7 @@ from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.roles import PeerIdentity, Role
 
 MAX_EPSILON_BUDGET = 100.0
+SUFFIXES = {IMAGE_KIND: ".safetensors", TABLE_KIND: ".parquet"}
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -45,7 +48,11 @@ def check_budget(epsilon: float, delta: float) -> None:
 
 
 class DatasetServicer(pb_grpc.DatasetServiceServicer):
-    """Stores a dataset only after its manifest verifies against the uploader and the bytes."""
+    """Stores a dataset only after its manifest verifies against the uploader and the bytes.
+
+    A table is stored as ``<id>.parquet``; a packed image array as ``<id>.safetensors``,
+    after its tensor names, shapes and dtypes are checked against the manifest.
+    """
 
     def __init__(self, db: Database, storage_dir: Path, max_dataset_bytes: int = 64 * 2**30) -> None:
         self._db = db
@@ -80,8 +87,9 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
             )
         if expected_bytes > self._max_bytes:
             raise InvalidInput(f"dataset of {expected_bytes} bytes exceeds the limit {self._max_bytes}")
+        kind = manifest_kind(manifest)
         dataset_id = str(uuid.uuid4())
-        final = self._storage / f"{dataset_id}.parquet"
+        final = self._storage / f"{dataset_id}{SUFFIXES[kind]}"
         digest, size = self._receive(request_iterator, final, expected_bytes)
         try:
             if digest != manifest["output_sha256"]:
@@ -89,6 +97,8 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                     f"output_sha256 mismatch: manifest says {manifest['output_sha256']}, "
                     f"uploaded bytes hash to {digest}"
                 )
+            if kind == IMAGE_KIND:
+                check_image_file(final, manifest)
             record = self._db.datasets.create(
                 name=header.name, owner_common_name=identity.common_name,
                 storage_path=str(final), sha256=digest, size_bytes=size,

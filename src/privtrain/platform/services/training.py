@@ -10,6 +10,8 @@ import grpc
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from privtrain.datasets.image_arrays import split_sizes
+from privtrain.datasets.image_manifest import IMAGE_KIND, manifest_kind
 from privtrain.errors import FailedPrecondition, InvalidInput, PermissionDenied
 from privtrain.platform.convert import (
     event_to_proto,
@@ -17,7 +19,7 @@ from privtrain.platform.convert import (
     sealed_to_proto,
     spec_from_proto,
 )
-from privtrain.platform.db.records import JobRecord
+from privtrain.platform.db.records import DatasetRecord, JobRecord
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.events import EventHub
 from privtrain.platform.job_states import TERMINAL_STATES, JobState
@@ -29,7 +31,8 @@ from privtrain.secure_transport.envelope import seal
 from privtrain.secure_transport.roles import PeerIdentity, Role
 from privtrain.trainer.device import resolve_device
 from privtrain.trainer.dp_sgd import preflight
-from privtrain.trainer.engine import build_encoder, check_model_spec
+from privtrain.trainer.engine import build_encoder, check_image_model_spec, check_model_spec
+from privtrain.trainer.spec import TrainingSpec
 
 X25519_PUBLIC_KEY_BYTES = 32
 
@@ -55,6 +58,24 @@ def count_rows(parquet: Path, column: str, value: str) -> int:
     except OSError as exc:
         raise FailedPrecondition(f"the stored dataset file cannot be read: {exc}") from None
     return int(pc.sum(pc.equal(values, value)).as_py() or 0)
+
+
+def check_spec_on_dataset(spec: TrainingSpec, dataset: DatasetRecord) -> int:
+    """Run the submission checks of the model for the dataset's kind; return its training rows.
+
+    Raises
+    ------
+    InvalidInput
+        See :func:`privtrain.trainer.engine.check_model_spec` (tables) and
+        :func:`privtrain.trainer.engine.check_image_model_spec` (image arrays).
+    FailedPrecondition
+        The stored table cannot be read.
+    """
+    if manifest_kind(dataset.manifest) == IMAGE_KIND:
+        check_image_model_spec(spec, dataset.manifest)
+        return split_sizes(int(dataset.manifest["output_rows"]))[0]
+    check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"]))
+    return count_rows(Path(dataset.storage_path), spec.split_column, spec.train_split)
 
 
 class TrainingServicer(pb_grpc.TrainingServiceServicer):
@@ -88,14 +109,14 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         spec = spec_from_proto(request.spec)
         dataset = self._db.datasets.get(spec.dataset_id)
         # Everything that can be checked without training is checked before ε is reserved.
-        check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"]))
+        train_rows = check_spec_on_dataset(spec, dataset)
         device = resolve_device(spec.device)
         if device.type == "cuda" and spec.world_size > torch.cuda.device_count():
             raise FailedPrecondition(
                 f"world_size {spec.world_size} needs one GPU per process; this server has "
                 f"{torch.cuda.device_count()}"
             )
-        preflight(spec, count_rows(Path(dataset.storage_path), spec.split_column, spec.train_split))
+        preflight(spec, train_rows)
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
         job, created = self._db.jobs.submit(
             request_id=request.request_id or None, dataset_id=dataset.id,

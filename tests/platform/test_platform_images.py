@@ -1,0 +1,252 @@
+"""Image datasets through the real platform: pack, signed upload, DP-SGD job, sealed download,
+client re-evaluation; refusals at upload and at submission (before any ε is reserved)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from server_harness import RunningServer, start_server, wait_terminal
+
+from privtrain.anonymize.manifest import sign_manifest
+from privtrain.datasets.image_arrays import encode_image_arrays, read_image_arrays
+from privtrain.datasets.pack_images import image_manifest
+from privtrain.platform.cli import main
+from privtrain.platform.client import job_spec
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
+from privtrain.secure_transport.pki import PkiLayout, init_pki
+from privtrain.trainer.evaluate import evaluate_image_parameters
+
+# Two 3x3 convolutions with pooling: (1, 8, 8) -> (16, 4, 4) -> (32, 2, 2) -> 10 logits.
+DIGITS_NET = {"layers": [
+    {"name": "conv1", "type": "Conv2d", "args": [1, 16, 3], "kwargs": {"padding": 1}},
+    {"name": "act1", "type": "ReLU"},
+    {"name": "pool1", "type": "AvgPool2d", "args": [2]},
+    {"name": "conv2", "type": "Conv2d", "args": [16, 32, 3], "kwargs": {"padding": 1}},
+    {"name": "act2", "type": "ReLU"},
+    {"name": "pool2", "type": "AvgPool2d", "args": [2]},
+    {"name": "flat", "type": "Flatten"},
+    {"name": "head", "type": "Linear", "args": [128, 10]},
+]}
+
+
+def _events(events: list[pb.JobEvent], kind: str) -> list:
+    return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]
+
+
+def _pack(pki: PkiLayout, source: str, out: Path) -> Path:
+    """Pack through the CLI, as a data owner would."""
+    code = main(["dataset", "pack-images", "--source", source, "--out", str(out),
+                 "--signing-key", str(pki.key("data-owner")), "--signing-cert", str(pki.cert("data-owner"))])
+    assert code == 0
+    return out
+
+
+def _upload(rs: RunningServer, path: Path, *, epsilon: float = 5.0, manifest: Path | None = None,
+            name: str = "digits") -> pb.Dataset:
+    with rs.client("data-owner") as owner:
+        return owner.upload(path, manifest or path.with_name(path.name + ".manifest.json"), name=name,
+                            epsilon_budget=epsilon, delta_budget=1e-4)
+
+
+def digits_spec(dataset_id: str, **overrides: object) -> pb.JobSpec:
+    fields: dict[str, object] = {
+        "dataset_id": dataset_id, "model": "sequential", "model_options_json": json.dumps(DIGITS_NET),
+        "target_column": "label", "target_epsilon": 3.0, "target_delta": 1e-5, "epochs": 10,
+        "batch_size": 128, "max_physical_batch_size": 256, "max_grad_norm": 1.0, "learning_rate": 0.5,
+        "seed": 0, "accountant": "rdp",
+    }
+    fields.update(overrides)
+    return job_spec(**fields)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiLayout:
+    return init_pki(tmp_path_factory.mktemp("pki") / "pki")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory, pki: PkiLayout) -> Path:
+    return _pack(pki, "digits", tmp_path_factory.mktemp("owner") / "digits.safetensors")
+
+
+@pytest.fixture
+def server(tmp_path: Path, pki: PkiLayout) -> Iterator[RunningServer]:
+    rs = start_server(tmp_path / "home", pki)
+    yield rs
+    rs.server.stop(1.0)
+
+
+@dataclass(frozen=True)
+class TrainedDigits:
+    """One digits job run to its end on its own server, and what the trainer got back."""
+
+    dataset: pb.Dataset
+    stored: list[str]
+    events: list[pb.JobEvent]
+    job: pb.Job
+    parameters: Path
+    remaining_epsilon: float
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, pki: PkiLayout, digits: Path) -> Iterator[TrainedDigits]:
+    """Signed upload → DP-SGD job → sealed download, once for the tests that read its outcome."""
+    folder = tmp_path_factory.mktemp("trained")
+    rs = start_server(folder / "home", pki)
+    try:
+        ds = _upload(rs, digits)
+        stored = sorted(p.name for p in rs.server.config.datasets_dir.glob("*.safetensors"))
+        with rs.client("trainer") as trainer:
+            job = trainer.submit(digits_spec(ds.id))
+            assert job.state == "PENDING"  # work is never inside the unary handler
+            events = wait_terminal(trainer, job.id)
+            done = trainer.get_job(job.id)
+            assert done.state == "SUCCEEDED", done.error
+            params = folder / "params.safetensors"
+            params.write_bytes(trainer.download_parameters(job.id).plaintext)
+            [listed] = trainer.list_datasets()
+        yield TrainedDigits(ds, stored, events, done, params, listed.epsilon_remaining)
+    finally:
+        rs.server.stop(1.0)
+
+
+def test_digits_train_through_the_platform_and_client_gets_the_same_accuracy(
+    trained: TrainedDigits, digits: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pack → signed upload → DP-SGD job → SUCCEEDED within ε → sealed download → the owner's
+    file gives the server's accuracy, through the API and through `job evaluate`."""
+    assert trained.dataset.rows == 1797 and trained.dataset.size_bytes == digits.stat().st_size
+    assert trained.stored == [f"{trained.dataset.id}.safetensors"]
+    assert [s.state for s in _events(trained.events, "state")] == ["PENDING", "RUNNING", "SUCCEEDED"]
+    epochs = _events(trained.events, "epoch")
+    result = trained.job.result
+    assert [e.epoch for e in epochs] == list(range(1, 11))
+    assert epochs[-1].test_accuracy == pytest.approx(result.test_accuracy)
+    assert 2.5 < result.epsilon <= 3.0
+    assert trained.job.epsilon_spent == pytest.approx(result.epsilon)
+    assert (result.train_rows, result.test_rows) == (1438, 359)
+    assert result.test_accuracy >= 0.6  # 10 classes: chance is 0.1
+    assert trained.remaining_epsilon == pytest.approx(5.0 - result.epsilon)
+    accuracy, rows = evaluate_image_parameters(trained.parameters.read_bytes(), digits.read_bytes())
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-12) and rows == 359
+    capsys.readouterr()
+    assert main(["job", "evaluate", "--params", str(trained.parameters), "--data", str(digits),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"test_accuracy": pytest.approx(result.test_accuracy, abs=1e-12), "test_rows": 359}
+
+
+def test_client_refuses_to_evaluate_on_another_file(trained: TrainedDigits, digits: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Re-evaluation on bytes other than the trained file is refused naming its hash, in one line."""
+    other = bytearray(digits.read_bytes())
+    other[-1] ^= 0x01
+    changed = tmp_path / "changed.safetensors"
+    changed.write_bytes(bytes(other))
+    capsys.readouterr()
+    assert main(["job", "evaluate", "--params", str(trained.parameters), "--data", str(changed)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the packed file has sha256") and err.count("\n") == 1
+
+
+def test_tampered_image_file_is_refused_at_upload(server: RunningServer, digits: Path, tmp_path: Path) -> None:
+    """One flipped byte: INVALID_ARGUMENT naming the hash mismatch; nothing stored, no dataset."""
+    tampered = tmp_path / "digits.safetensors"
+    data = bytearray(digits.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(grpc.RpcError) as err:
+        _upload(server, tampered, manifest=digits.with_name(digits.name + ".manifest.json"))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "output_sha256 mismatch" in err.value.details()
+    assert list(server.server.config.datasets_dir.glob("*.safetensors")) == []
+    with server.client("trainer") as trainer:
+        assert trainer.list_datasets() == []
+
+
+def test_file_whose_tensors_differ_from_its_signed_manifest_is_refused(
+    server: RunningServer, digits: Path, pki: PkiLayout, tmp_path: Path
+) -> None:
+    """A correctly hashed and signed file whose manifest lies about the image shape is refused
+    at upload naming the tensor, not later in a worker."""
+    features, classes = read_image_arrays(digits.read_bytes(), {
+        "output_rows": 1797, "feature_shape": [1, 8, 8], "label_values": list(range(10))})
+    data = encode_image_arrays(features.reshape(1797, 1, 4, 16), classes)
+    out = tmp_path / "wrong.safetensors"
+    out.write_bytes(data)
+    manifest = image_manifest("digits", data, 1797, (1, 8, 8), tuple(range(10)))
+    signed = tmp_path / "wrong.safetensors.manifest.json"
+    signed.write_bytes(sign_manifest(manifest, pki.key("data-owner").read_bytes(),
+                                     pki.cert("data-owner").read_bytes()))
+    with pytest.raises(grpc.RpcError) as err:
+        _upload(server, out)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "'features' is [1797, 1, 4, 16]" in err.value.details()
+    assert list(server.server.config.datasets_dir.glob("*.safetensors")) == []
+
+
+def test_stored_image_file_changed_after_upload_fails_the_job(server: RunningServer,
+                                                              digits: Path) -> None:
+    """The worker re-hashes the very bytes it trains on: a stored file changed since its
+    verified upload fails the job instead of training on unverified data."""
+    ds = _upload(server, digits)
+    [stored] = server.server.config.datasets_dir.glob("*.safetensors")
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0x01
+    stored.write_bytes(bytes(data))
+    with server.client("trainer") as trainer:
+        job = trainer.submit(digits_spec(ds.id, epochs=1))
+        wait_terminal(trainer, job.id)
+        final = trainer.get_job(job.id)
+    assert final.state == "FAILED"
+    assert "changed since its verified upload" in final.error
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"model": "mlp", "model_options_json": ""}, "model 'mlp' does not take images"),
+    ({"model": "logistic_regression", "model_options_json": ""}, "does not take images"),
+    ({"target_column": "income"}, "the label of an image dataset is the tensor 'label'"),
+    ({"feature_columns": ["pixel0"]}, "feature_columns do not apply"),
+    ({"split_column": "fold"}, "split_column does not apply"),
+    ({"model": "cnn", "model_options_json": ""}, "(the dataset's images are (1, 8, 8)"),
+])
+def test_wrong_job_for_an_image_dataset_is_invalid_argument_before_any_reservation(
+    server: RunningServer, digits: Path, overrides: dict, needle: str
+) -> None:
+    """A table model, table options, or a CNN too deep for 8x8 images: refused naming what is
+    wrong; no job, no ε reserved."""
+    ds = _upload(server, digits, epsilon=2.0)
+    with server.client("trainer") as trainer:
+        with pytest.raises(grpc.RpcError) as err:
+            trainer.submit(digits_spec(ds.id, target_epsilon=1.0, **overrides))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in err.value.details()
+        assert trainer.list_jobs() == []
+        assert trainer.list_datasets()[0].epsilon_remaining == 2.0
+
+
+@pytest.mark.slow
+def test_mnist_subset_cnn_trains_through_the_platform(server: RunningServer, pki: PkiLayout,
+                                                      tmp_path: Path) -> None:
+    """The 5,000-image MNIST subset with the Opacus MNIST CNN: SUCCEEDED within ε, well above
+    chance, and the client's accuracy equals the server's."""
+    packed = _pack(pki, "mnist-subset", tmp_path / "mnist.safetensors")
+    ds = _upload(server, packed, name="mnist-subset")
+    assert ds.rows == 5000
+    with server.client("trainer") as trainer:
+        job = trainer.submit(digits_spec(ds.id, model="cnn", model_options_json="", epochs=5,
+                                         batch_size=256, learning_rate=0.25))
+        wait_terminal(trainer, job.id)
+        done = trainer.get_job(job.id)
+        assert done.state == "SUCCEEDED", done.error
+        blob = trainer.download_parameters(job.id)
+    assert done.result.epsilon <= 3.0
+    assert (done.result.train_rows, done.result.test_rows) == (4000, 1000)
+    assert done.result.test_accuracy >= 0.6
+    accuracy, rows = evaluate_image_parameters(blob.plaintext, packed.read_bytes())
+    assert accuracy == pytest.approx(done.result.test_accuracy, abs=1e-12) and rows == 1000
