@@ -155,3 +155,41 @@ def test_nan_loss_resolves_on_the_next_finite_loss() -> None:
         (AlertKind.NAN_LOSS, AlertState.FIRING, 2),
         (AlertKind.NAN_LOSS, AlertState.RESOLVED, 4),
     ]
+
+
+def test_long_evaluation_that_progresses_is_not_a_stall_but_a_hung_one_is() -> None:
+    """Steps every 1 s (threshold 10 s), then a 60 s test-set evaluation reporting a batch every
+    5 s: no alert, and the evaluation time does not enter the step median; an evaluation that
+    stops reporting fires once the threshold passes, and the next batch resolves it."""
+    mon, clock = _monitor(floor_s=5.0)
+    mon.job_started("j")
+    for step in range(1, 21):
+        clock.advance(1)
+        assert _step(mon, step) == []
+    alerts = []
+    for _ in range(12):
+        for _ in range(5):
+            clock.advance(1)
+            alerts += mon.check()
+        alerts += mon.observe_evaluation("j")
+    assert alerts == []
+    clock.advance(1)
+    assert _step(mon, 21) == []
+    assert mon._stall.threshold("j") == 10.0  # the median step interval is still 1 s
+
+    clock.advance(1)
+    alerts = mon.observe_evaluation("j")
+    for _ in range(10):
+        clock.advance(1)
+        alerts += mon.check()
+    assert alerts == []
+    clock.advance(1)
+    fired = mon.check()
+    assert [(a.kind, a.state) for a in fired] == [(AlertKind.NO_PROGRESS, AlertState.FIRING)]
+    resolved = mon.observe_evaluation("j")
+    assert [(a.kind, a.state) for a in resolved] == [(AlertKind.NO_PROGRESS, AlertState.RESOLVED)]
+
+
+def test_evaluation_of_an_unwatched_job_is_ignored() -> None:
+    mon, _ = _monitor()
+    assert mon.observe_evaluation("unknown") == []

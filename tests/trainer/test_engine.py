@@ -170,3 +170,20 @@ def test_per_layer_clipping_trains_with_the_flat_privacy_analysis(tmp_path: Path
     assert any(not torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(InvalidInput, match="per_layer"):
         TrainingSpec(**common, clipping="per_layer", world_size=2)
+
+
+def test_evaluation_reports_progress_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each epoch's test-set evaluation reports rows done after every batch, ending at the
+    test-set size, so the stall monitor sees a long evaluation as progress."""
+    import privtrain.trainer.engine as engine
+
+    monkeypatch.setattr(engine, "EVAL_BATCH", 300)
+    spec = TrainingSpec(
+        dataset_id="d", target_column="label", model="logistic_regression", batch_size=64,
+        max_physical_batch_size=64, epochs=2, target_epsilon=3.0, target_delta=1e-5,
+        learning_rate=0.1, accountant="rdp",
+    )
+    calls: list[tuple[int, int]] = []
+    train(spec, _table(1000), DOMAINS, tmp_path, Recorder(), on_evaluation=lambda d, t: calls.append((d, t)))
+    per_epoch = [(300, 1000), (600, 1000), (900, 1000), (1000, 1000)]
+    assert calls == per_epoch * 2

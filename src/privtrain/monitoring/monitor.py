@@ -49,6 +49,11 @@ class JobMonitor:
             out += self._throughput.observe_step(job_id, step, samples_per_s, batch_size, now)
             return self._track(out)
 
+    def observe_evaluation(self, job_id: str) -> list[AlertTransition]:
+        """Feed one evaluated batch of test rows (progress between epochs, not a step)."""
+        with self._lock:
+            return self._track(self._stall.observe_evaluation(job_id, self.clock.now()))
+
     def check(self) -> list[AlertTransition]:
         """Stall check at the current time; call it periodically (e.g. every 0.25 s)."""
         with self._lock:

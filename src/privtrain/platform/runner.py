@@ -217,6 +217,8 @@ class JobRunner:
                 )
             elif kind == worker_module.MESSAGE_EPOCH:
                 events.append((job_id, "epoch", payload))
+            elif kind == worker_module.MESSAGE_EVALUATION:
+                transitions += self._monitor.observe_evaluation(job_id)
             else:
                 run.outcome = (kind, payload)
         if metrics:

@@ -22,6 +22,7 @@ from privtrain.parent_watchdog import exit_with_parent
 MESSAGE_STARTED = "started"
 MESSAGE_STEP = "step"
 MESSAGE_EPOCH = "epoch"
+MESSAGE_EVALUATION = "evaluation"
 MESSAGE_SUCCEEDED = "succeeded"
 MESSAGE_FAILED = "failed"
 MESSAGE_CANCELLED = "cancelled"
@@ -38,6 +39,9 @@ class QueueReporter:
 
     def on_step(self, report: Any) -> None:
         self._queue.put((MESSAGE_STEP, asdict(report)))
+
+    def on_evaluation(self, rows_done: int, rows_total: int) -> None:
+        self._queue.put((MESSAGE_EVALUATION, {"rows_done": rows_done, "rows_total": rows_total}))
 
     def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
         self._queue.put((MESSAGE_EPOCH, {"epoch": epoch, "test_accuracy": test_accuracy,
@@ -106,14 +110,16 @@ def worker_main(
 
     try:
         job_spec = TrainingSpec.from_dict(spec)
+        reporter = QueueReporter(queue)
         if manifest_kind(manifest) == IMAGE_KIND:
             result = train_images(job_spec, _read_checked(dataset_path, dataset_sha256), manifest, out,
-                                  QueueReporter(queue), should_stop=cancel.is_set)
+                                  reporter, should_stop=cancel.is_set,
+                                  on_evaluation=reporter.on_evaluation)
         else:
             _check_dataset(dataset_path, dataset_sha256)
             table = pq.read_table(dataset_path).to_pandas()
-            result = train(job_spec, table, manifest["columns"], out, QueueReporter(queue),
-                           should_stop=cancel.is_set)
+            result = train(job_spec, table, manifest["columns"], out, reporter,
+                           should_stop=cancel.is_set, on_evaluation=reporter.on_evaluation)
         queue.put((MESSAGE_SUCCEEDED, result.to_dict()))
     except JobCancelled as exc:
         queue.put((MESSAGE_CANCELLED, {"error": str(exc)}))

@@ -164,10 +164,12 @@ def validate_model(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device) -> float:
+def accuracy(model: nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device,
+             progress: Callable[[int, int], None] | None = None) -> float:
     """Share of rows whose arg-max logit equals the label.
 
     ``features`` is (rows, width) or (rows, C, H, W) float32, ``labels`` (rows,) int64 class indices.
+    ``progress(rows_done, rows_total)`` is called after every batch of ``EVAL_BATCH`` rows.
     """
     model.eval()
     correct = 0
@@ -175,6 +177,8 @@ def accuracy(model: nn.Module, features: np.ndarray, labels: np.ndarray, device:
         x = torch.from_numpy(features[start : start + EVAL_BATCH]).to(device)
         y = torch.from_numpy(labels[start : start + EVAL_BATCH]).to(device)
         correct += int((model(x).argmax(dim=1) == y).sum())
+        if progress is not None:
+            progress(min(start + EVAL_BATCH, len(labels)), len(labels))
     model.train()
     return correct / max(1, len(labels))
 
@@ -188,6 +192,7 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     *,
     resume: bool = False,
+    on_evaluation: Callable[[int, int], None] | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on ``table`` with DP-SGD and write checkpoints and parameters.
 
@@ -206,6 +211,9 @@ def train(
         Polled before every physical batch; True raises :class:`JobCancelled`.
     resume : bool
         Continue from the latest checkpoint in ``out_dir``.
+    on_evaluation : callable, optional
+        ``(rows_done, rows_total)`` after every batch of a test-set evaluation, so a
+        monitor can tell a long evaluation from a stall.
 
     Raises
     ------
@@ -224,7 +232,8 @@ def train(
     prepared = check_model_spec(spec, encoder)
     return _fit(spec, prepared, (x_train, y_train), (x_test, y_test), out_dir, reporter,
                 lambda epsilon: parameter_metadata(spec, encoder, epsilon),
-                should_stop=should_stop, resume=resume, device=device, started=started)
+                should_stop=should_stop, resume=resume, device=device, started=started,
+                on_evaluation=on_evaluation)
 
 
 def train_images(
@@ -236,6 +245,7 @@ def train_images(
     should_stop: Callable[[], bool] = lambda: False,
     *,
     resume: bool = False,
+    on_evaluation: Callable[[int, int], None] | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on a packed image dataset with DP-SGD; as :func:`train` otherwise.
 
@@ -265,7 +275,8 @@ def train_images(
     return _fit(spec, prepared, (features[train_idx], classes[train_idx]),
                 (features[test_idx], classes[test_idx]), out_dir, reporter,
                 lambda epsilon: image_parameter_metadata(spec, manifest, epsilon),
-                should_stop=should_stop, resume=resume, device=device, started=started)
+                should_stop=should_stop, resume=resume, device=device, started=started,
+                on_evaluation=on_evaluation)
 
 
 def _fit(
@@ -281,13 +292,14 @@ def _fit(
     resume: bool,
     device: torch.device,
     started: float,
+    on_evaluation: Callable[[int, int], None] | None = None,
 ) -> TrainingResult:
     """Run DP-SGD on prepared inputs and write ``parameters.safetensors`` with ``metadata(ε)``."""
     x_test, y_test = test_arrays
     train_data = TensorDataset(torch.from_numpy(train_arrays[0]), torch.from_numpy(train_arrays[1]))
 
     def evaluate(model: nn.Module) -> float:
-        return accuracy(model, x_test, y_test, device)
+        return accuracy(model, x_test, y_test, device, progress=on_evaluation)
 
     if spec.world_size > 1:
         outcome = run_distributed(

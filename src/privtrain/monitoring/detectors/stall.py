@@ -1,9 +1,12 @@
 """No-progress (stall) detection.
 
-A RUNNING job is stalled when no logical step has completed for longer than
-``max(factor × median of its recent step intervals, floor_s)``. Only step
-progress resets the timer: a job that only logs or heartbeats is still stalled,
-while a slow job that steps every minute is not (its threshold scales with it).
+A RUNNING job is stalled when it has made no progress for longer than
+``max(factor × median of its recent step intervals, floor_s)``. Progress is a
+completed logical step, or a batch of rows of an evaluation on the test set
+(between epochs no step completes, and a large test set would otherwise look
+like a stall). Nothing else resets the timer: a job that only logs or
+heartbeats is still stalled, while a slow job that steps every minute is not
+(its threshold scales with it). Evaluation time never enters the step intervals.
 """
 
 from __future__ import annotations
@@ -102,6 +105,25 @@ class StallDetector:
                 job_id=job_id, kind=AlertKind.NO_PROGRESS, state=AlertState.RESOLVED,
                 message=f"job {job_id} progressed again (step {step})", at=now,
                 details={"step": step},
+            )]
+        return []
+
+    def observe_evaluation(self, job_id: str, now: float) -> list[AlertTransition]:
+        """Record that ``job_id`` evaluated another batch of test rows at ``now``.
+
+        Resets the no-progress timer without adding a step interval; returns a
+        RESOLVED transition when the job had a firing stall alert.
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            return []
+        job.last_progress_at = now
+        if job.firing:
+            job.firing = False
+            return [AlertTransition(
+                job_id=job_id, kind=AlertKind.NO_PROGRESS, state=AlertState.RESOLVED,
+                message=f"job {job_id} progressed again (evaluating after step {job.last_step})",
+                at=now, details={"step": job.last_step},
             )]
         return []
 
