@@ -24,6 +24,7 @@ def test_valid_upload_is_stored_with_its_budget(running: RunningServer, adult: A
     manifest = adult.manifest_dict
     assert ds.rows == manifest["output_rows"]
     assert ds.k_anonymity == manifest["k_achieved"] >= 10
+    assert ds.kind == "table"
     assert ds.sha256 == manifest["output_sha256"]
     assert (ds.epsilon_remaining, ds.delta_remaining) == (4.0, 1e-4)
     assert [p.name for p in _stored_files(running)] == [f"{ds.id}.parquet"]

@@ -100,6 +100,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, pki: PkiLayout, digits: Pa
     rs = start_server(folder / "home", pki)
     try:
         ds = _upload(rs, digits)
+        assert (ds.kind, ds.k_anonymity, ds.rows) == ("image_array", 0, 1797)
         stored = sorted(p.name for p in rs.server.config.datasets_dir.glob("*.safetensors"))
         with rs.client("trainer") as trainer:
             job = trainer.submit(digits_spec(ds.id))

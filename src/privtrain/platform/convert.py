@@ -8,6 +8,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from privtrain.datasets.image_manifest import manifest_kind
 from privtrain.errors import InvalidInput
 from privtrain.platform.db.records import DatasetRecord, EventRecord, JobRecord
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
@@ -109,7 +110,7 @@ def dataset_to_proto(ds: DatasetRecord, remaining: tuple[float, float]) -> pb.Da
         id=ds.id, name=ds.name, owner=ds.owner_common_name, rows=ds.rows, sha256=ds.sha256,
         size_bytes=ds.size_bytes, epsilon_budget=ds.epsilon_budget, delta_budget=ds.delta_budget,
         epsilon_remaining=remaining[0], delta_remaining=remaining[1],
-        k_anonymity=int(manifest.get("k_achieved", 0)),
+        k_anonymity=int(manifest.get("k_achieved", 0)), kind=manifest_kind(manifest),
     )
     msg.created_at.CopyFrom(timestamp(ds.created_at))
     return msg

@@ -32,7 +32,7 @@ class UploadRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "name", "owner", "rows", "sha256", "size_bytes", "epsilon_budget", "delta_budget", "epsilon_remaining", "delta_remaining", "k_anonymity", "created_at")
+    __slots__ = ("id", "name", "owner", "rows", "sha256", "size_bytes", "epsilon_budget", "delta_budget", "epsilon_remaining", "delta_remaining", "k_anonymity", "created_at", "kind")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Dataset(_message.Message):
     DELTA_REMAINING_FIELD_NUMBER: _ClassVar[int]
     K_ANONYMITY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     owner: str
@@ -57,7 +58,8 @@ class Dataset(_message.Message):
     delta_remaining: float
     k_anonymity: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., rows: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta_remaining: _Optional[float] = ..., k_anonymity: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., rows: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta_remaining: _Optional[float] = ..., k_anonymity: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()
