@@ -87,6 +87,16 @@ def test_value_patterns_decide_the_kind(tmp_path: Path) -> None:
     assert measure(pd.Series(["02134", "02134", None])).distinct == 1
 
 
+def test_nearly_unique_numbers_are_dropped_and_few_distinct_are_kept() -> None:
+    """Adult's census weight ``fnlwgt`` (28,523 distinct of 48,842: uniqueness 0.58) would
+    link a record to any other release of it: dropped; ``capital_gain`` (123 distinct) kept."""
+    from privtrain.datasets import fetch_adult
+
+    proposals = {p.name: p for p in inspect_table(fetch_adult())}
+    assert "operator = \"drop\"" in proposals["fnlwgt"].lines
+    assert "operator = \"keep\"" in proposals["capital_gain"].lines
+
+
 def _compas_rows(tmp_path: Path, rows: int = 400) -> Path:
     """The first COMPAS rows plus a phone column (three spellings of US numbers) and
     officers' notes that quote the person's name, phone and case number."""

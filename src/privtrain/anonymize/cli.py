@@ -9,7 +9,6 @@ print as one line.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -215,9 +214,7 @@ def _run(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     problems = verify_output(args.output, args.manifest, args.raw, raw_encoding=args.encoding)
     if problems:
-        for p in problems[:-1]:
-            print(p, file=sys.stderr)
-        raise AnonymizationError(f"{args.output}: verification failed: {problems[-1]}")
+        raise AnonymizationError(f"{args.output}: verification failed: {'; '.join(problems)}")
     checked = "manifest signature, data hash, domains and k verified"
     if args.raw is not None:
         checked += f"; no direct-identifier value of {args.raw} appears in the output"

@@ -332,9 +332,10 @@ def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Ta
         else:
             body = ['operator = "drop"']
             head.insert(1, "# Too many distinct values to generalize automatically: dropped.")
-    elif kind == "empty" or (kind == "category" and f.uniqueness > 0.5):
+    elif kind == "empty" or (kind in ("category", "number") and f.uniqueness > 0.5):
         body = ['operator = "drop"']
-        head.insert(1, "# Empty or nearly unique: dropped (could identify).")
+        head.insert(1, "# Empty or nearly unique: dropped (a value this rare links a record to\n"
+                       "# other releases). To keep it, generalize it as a quasi-identifier.")
     elif kind == "number" and f.distinct <= 2:
         dom = values.astype("string").str.strip().replace("", pd.NA).dropna().unique()
         body = ['operator = "keep"', 'type = "categorical"',

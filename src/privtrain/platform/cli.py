@@ -222,7 +222,8 @@ def _dataset_list(args: argparse.Namespace) -> int:
         datasets = client.list_datasets()
     # An image array has no quasi-identifiers, so no k: shown as "-".
     lines = [f"{d.id}  {d.name:<20} {d.kind or 'table':<11} rows={d.rows:<7} k={d.k_anonymity or '-':<3} "
-             f"ε remaining {d.epsilon_remaining:.4g}/{d.epsilon_budget:g}" for d in datasets]
+             f"ε remaining {d.epsilon_remaining:.4g}/{d.epsilon_budget:g} "
+             f"δ remaining {d.delta_remaining:.3g}/{d.delta_budget:g}" for d in datasets]
     _print(args, [_message_dict(d) for d in datasets], "\n".join(lines) or "no datasets")
     return 0
 

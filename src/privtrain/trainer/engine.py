@@ -360,7 +360,7 @@ def image_parameter_metadata(spec: TrainingSpec, manifest: dict[str, Any], epsil
 
 def _model_json(spec: TrainingSpec) -> str:
     return json.dumps({
-        "name": spec.model, "options": {"hidden_sizes": list(spec.hidden_sizes), **spec.model_options},
+        "name": spec.model, "options": spec.model_build_options,
         "fix_model": spec.fix_model, "frozen": spec.freeze_unused,
     })
 

@@ -260,6 +260,14 @@ class TrainingSpec:
             return float(self.unclipped_num_std)
         return self.batch_size / 20
 
+    @property
+    def model_build_options(self) -> dict[str, Any]:
+        """Options the model registry builds ``model`` with: ``model_options``, plus
+        ``hidden_sizes`` for the MLP (the only architecture that reads it)."""
+        if self.model == "mlp":
+            return {"hidden_sizes": list(self.hidden_sizes), **self.model_options}
+        return dict(self.model_options)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         data = dataclasses.asdict(self)

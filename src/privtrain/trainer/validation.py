@@ -230,7 +230,7 @@ def prepare_model(
         Unknown model or options, too many parameters, unsupported modules,
         unused or tied parameters, or no physical batch fits the memory budget.
     """
-    options = {"hidden_sizes": list(spec.hidden_sizes), **spec.model_options}
+    options = spec.model_build_options
     with torch.device("meta"):
         shell = build_model(spec.model, input_shape, n_classes, options)
     count = sum(p.numel() for p in shell.parameters())

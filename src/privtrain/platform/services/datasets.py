@@ -76,8 +76,11 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         verified = verify_manifest(header.manifest)
         if verified.signer_fingerprint_sha256 != identity.fingerprint_sha256:
             raise PermissionDenied(
-                f"the manifest is signed by another certificate than the uploader's "
-                f"({identity.common_name}); sign it with your own data-owner key"
+                f"the manifest is signed by another certificate (SHA-256 "
+                f"{verified.signer_fingerprint_sha256[:16]}...) than the uploader's "
+                f"({identity.common_name}, {identity.fingerprint_sha256[:16]}...): sign it with the "
+                "data-owner key and certificate you connect with (same name from another CA counts "
+                "as another certificate)"
             )
         manifest = verified.manifest
         expected_bytes = int(manifest["output_bytes"])
