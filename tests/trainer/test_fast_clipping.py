@@ -205,6 +205,23 @@ def test_conv_gram_and_direct_forms_agree(case: str, force_gram: bool, monkeypat
         torch.testing.assert_close(g, e, **TOL)
 
 
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(16, 32, 4, 2), nn.Conv2d(1, 16, 8, 2, padding=3),
+    nn.Conv2d(4, 8, (3, 5), stride=(2, 1), dilation=(2, 3), groups=2, padding=2),
+    nn.Conv1d(6, 4, 3, stride=2, dilation=2, groups=2),
+], ids=["mnist_second", "mnist_first", "dilated_grouped_2d", "dilated_grouped_1d"])
+def test_strided_unfold_equals_torch_unfold(layer: nn.Module) -> None:
+    """The view-based unfold is bit-identical to ``F.unfold`` (im2col) for any stride/dilation/groups."""
+    torch.manual_seed(0)
+    spatial = [13, 17] if isinstance(layer, nn.Conv2d) else [19]
+    x = conv_kernels._pad(layer, torch.randn(3, layer.in_channels, *spatial))
+    kernel, dilation, stride = conv_kernels._as_2d(layer)
+    ref = torch.nn.functional.unfold(x if x.dim() == 4 else x.unsqueeze(2), kernel,
+                                     dilation=dilation, stride=stride)
+    got = conv_kernels._unfold(layer, x)
+    assert torch.equal(got, ref.view(3, layer.groups, -1, ref.shape[-1]))
+
+
 def test_linear_picks_the_cheaper_form_by_shape() -> None:
     assert linear_kernels.use_gram(positions=3, fan_in=40, fan_out=30)
     assert not linear_kernels.use_gram(positions=9, fan_in=3, fan_out=4)

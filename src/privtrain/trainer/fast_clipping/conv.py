@@ -56,11 +56,21 @@ def _as_2d(layer: Conv) -> tuple[tuple[int, int], tuple[int, int], tuple[int, in
 
 
 def _unfold(layer: Conv, x_padded: torch.Tensor) -> torch.Tensor:
-    """Padded input ``(batch, C, *spatial)`` -> ``(batch, groups, K, L)``."""
+    """Padded input ``(batch, C, *spatial)`` -> ``(batch, groups, K, L)``, laid out as ``F.unfold``.
+
+    Built from strided views (``Tensor.unfold`` per spatial dimension, then every
+    ``dilation``-th element) and one copy: on CPU several times faster than
+    ``F.unfold``'s im2col, same values.
+    """
     kernel, dilation, stride = _as_2d(layer)
     x4 = x_padded.unsqueeze(2) if x_padded.dim() == 3 else x_padded
-    cols = F.unfold(x4, kernel, dilation=dilation, stride=stride)
-    return cols.view(len(x_padded), layer.groups, -1, cols.shape[-1])
+    windows = x4
+    for dim, (k, d, s) in enumerate(zip(kernel, dilation, stride, strict=True), start=2):
+        windows = windows.unfold(dim, (k - 1) * d + 1, s)  # appends a window dimension
+    windows = windows[..., :: dilation[0], :: dilation[1]]  # (batch, C, oh, ow, kh, kw)
+    batch, channels, oh, ow = windows.shape[:4]
+    cols = windows.permute(0, 1, 4, 5, 2, 3).reshape(batch, channels * kernel[0] * kernel[1], oh * ow)
+    return cols.view(batch, layer.groups, -1, oh * ow)
 
 
 def use_gram(layer: Conv, positions: int) -> bool:
