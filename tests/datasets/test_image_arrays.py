@@ -11,6 +11,7 @@ import pytest
 
 from privtrain.anonymize.errors import ManifestError
 from privtrain.anonymize.manifest import sign_manifest, verify_manifest
+from privtrain.datasets import image_arrays
 from privtrain.datasets.digits import fetch_digits
 from privtrain.datasets.image_arrays import (
     check_image_file,
@@ -20,6 +21,7 @@ from privtrain.datasets.image_arrays import (
 )
 from privtrain.datasets.pack_images import image_manifest, pack_images
 from privtrain.errors import InvalidInput
+from privtrain.platform.cli import main
 from privtrain.secure_transport.pki import PkiLayout, init_pki
 
 # Images per digit 0..9 in the UCI optical digits test set that scikit-learn ships.
@@ -83,6 +85,14 @@ def test_a_flipped_byte_fails_verification(packed: Path) -> None:
     (lambda m: m.update(label_values=[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]), "label_values"),
     (lambda m: m.update(kind="audio"), "audio"),
     (lambda m: m.update(output_rows="1797"), "output_rows"),
+    (lambda m: m.update(label_values=[*range(9), 2**70]), "distinct int64 integers"),
+    (lambda m: m.update(label_values=[*range(9), 8]), "distinct int64 integers"),
+    (lambda m: m.update(n_classes=200_000, label_values=list(range(200_000))),
+     "n_classes must be in 2..100000, got 200000"),
+    (lambda m: m.update(n_classes=1, label_values=[0]), "n_classes must be in 2..100000, got 1"),
+    (lambda m: m.update(feature_shape=[1, 8, 2**16 + 1]), "feature_shape must be"),
+    (lambda m: m.update(feature_shape=[3, 2**14, 2**14]), "more than the 268435456 allowed"),
+    (lambda m: m.update(output_rows=2**63), "output_rows must be in"),
 ])
 def test_malformed_image_manifest_is_refused_naming_the_field(packed: Path, pki: PkiLayout,
                                                               change, needle: str) -> None:
@@ -132,3 +142,99 @@ def test_pack_refuses_unknown_source_and_overwriting_the_key(tmp_path: Path, pki
     with pytest.raises(InvalidInput, match="would overwrite the signing key"):
         pack_images("digits", pki.key("data-owner"), signing_key_path=pki.key("data-owner"),
                     signing_cert_path=pki.cert("data-owner"))
+
+
+def test_manifest_bounds_admit_int64_extremes_and_100000_classes(packed: Path, pki: PkiLayout) -> None:
+    """The bounds refuse only the impossible: int64's own extremes, exactly MAX_CLASSES classes
+    and a 3 x 4096 x 4096 image still sign, as the packed digits manifest does."""
+    key, cert = pki.key("data-owner").read_bytes(), pki.cert("data-owner").read_bytes()
+    base = _manifest(packed)
+    sign_manifest(base, key, cert)
+    sign_manifest({**base, "n_classes": 2, "label_values": [-(2**63), 2**63 - 1]}, key, cert)
+    sign_manifest({**base, "n_classes": 100_000, "label_values": list(range(100_000))}, key, cert)
+    sign_manifest({**base, "feature_shape": [3, 4096, 4096]}, key, cert)
+
+
+@pytest.mark.parametrize(("row", "value", "needle"), [
+    (0, np.nan, "NaN or infinite"),
+    (99, np.inf, "NaN or infinite"),
+    (57, -np.inf, "NaN or infinite"),
+])
+def test_stored_file_check_finds_bad_pixels_in_any_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         row: int, value: float, needle: str) -> None:
+    """check_image_file reads the features in blocks (here 8 rows of 1x4x4 a block, 13 blocks):
+    a bad pixel in the first, a middle or the last, partial, block is found."""
+    monkeypatch.setattr(image_arrays, "CHECK_BLOCK_BYTES", 8 * 16 * 4)
+    features = np.random.default_rng(0).random((100, 1, 4, 4), dtype=np.float32)
+    labels = np.arange(100, dtype=np.int64) % 3
+    path = tmp_path / "clean.safetensors"
+    path.write_bytes(encode_image_arrays(features, labels))
+    manifest = image_manifest("test", path.read_bytes(), 100, (1, 4, 4), (0, 1, 2))
+    check_image_file(path, manifest)
+    features[row, 0, 3, 3] = value
+    path.write_bytes(encode_image_arrays(features, labels))
+    with pytest.raises(InvalidInput, match=needle):
+        check_image_file(path, manifest)
+
+
+def test_stored_file_check_refuses_undeclared_labels_like_the_trainer(tmp_path: Path) -> None:
+    """A label outside label_values: the stored-file check and read_image_arrays give one message."""
+    labels = np.array([0, 1, 42, 1], np.int64)
+    data = encode_image_arrays(np.zeros((4, 1, 2, 2), np.float32), labels)
+    path = tmp_path / "labels.safetensors"
+    path.write_bytes(data)
+    manifest = image_manifest("test", data, 4, (1, 2, 2), (0, 1))
+    with pytest.raises(InvalidInput) as from_file:
+        check_image_file(path, manifest)
+    with pytest.raises(InvalidInput) as from_bytes:
+        read_image_arrays(data, manifest)
+    assert str(from_file.value) == str(from_bytes.value)
+    assert str(from_file.value) == ("image dataset labels [42] are outside the declared label_values "
+                                    "(2 values: [0, 1])")
+
+
+def _pack_cli(out: Path, pki: PkiLayout, *extra: str) -> int:
+    return main(["dataset", "pack-images", "--source", "digits", "--out", str(out),
+                 "--signing-key", str(pki.key("data-owner")), "--signing-cert", str(pki.cert("data-owner")),
+                 *extra])
+
+
+@pytest.mark.parametrize("existing", ["out", "manifest"])
+def test_pack_refuses_an_existing_output_without_force(tmp_path: Path, pki: PkiLayout, existing: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An existing --out or OUT.manifest.json: exit 2, one line naming it and --force, nothing
+    written; with --force both are replaced by a verifying pair."""
+    out = tmp_path / "existing.txt"
+    manifest = tmp_path / "existing.txt.manifest.json"
+    kept = out if existing == "out" else manifest
+    kept.write_text("keep me\n")
+    capsys.readouterr()
+    assert _pack_cli(out, pki) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {kept} already exists; pass --force to replace\n"
+    assert kept.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+    assert _pack_cli(out, pki, "--force") == 0
+    verified = verify_manifest(manifest.read_bytes(), out.read_bytes())
+    assert verified.manifest["output_rows"] == 1797
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, manifest.name]
+
+
+def test_pack_refuses_a_directory_out_naming_it(tmp_path: Path, pki: PkiLayout,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--out naming a folder, with or without --force: exit 2, a line naming the folder the user
+    gave (no temporary file), nothing written."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for extra in ((), ("--force",)):
+        capsys.readouterr()
+        assert _pack_cli(folder, pki, *extra) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: --out {folder} is a directory; give a file name such as "
+                       f"{folder / 'images.safetensors'}\n")
+        assert ".tmp" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and list(folder.iterdir()) == []
+    capsys.readouterr()
+    assert _pack_cli(tmp_path / "missing" / "x.safetensors", pki) == 2
+    assert capsys.readouterr().err == (f"error: cannot write --out {tmp_path / 'missing' / 'x.safetensors'}: "
+                                       f"folder {tmp_path / 'missing'} does not exist\n")

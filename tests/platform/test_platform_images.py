@@ -3,16 +3,20 @@ client re-evaluation; refusals at upload and at submission (before any ε is res
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from server_harness import RunningServer, start_server, wait_terminal
 
-from privtrain.anonymize.manifest import sign_manifest
+from privtrain.anonymize.manifest import ECDSA_P256, ED25519, canonical_json, sign_manifest
 from privtrain.datasets.image_arrays import encode_image_arrays, read_image_arrays
 from privtrain.datasets.pack_images import image_manifest
 from privtrain.platform.cli import main
@@ -189,6 +193,72 @@ def test_file_whose_tensors_differ_from_its_signed_manifest_is_refused(
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "'features' is [1797, 1, 4, 16]" in err.value.details()
     assert list(server.server.config.datasets_dir.glob("*.safetensors")) == []
+
+
+def _digits_arrays(digits: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The packed digits as (1797, 1, 8, 8) float32 features and (1797,) int64 labels 0..9."""
+    return read_image_arrays(digits.read_bytes(), {
+        "output_rows": 1797, "feature_shape": [1, 8, 8], "label_values": list(range(10))})
+
+
+def _sign_bypassing_field_checks(manifest: dict, pki: PkiLayout) -> bytes:
+    """Sign as the data owner without the client's field checks, as a forger with the owner's
+    key can: only the server's own checks stand between this manifest and a dataset."""
+    key = serialization.load_pem_private_key(pki.key("data-owner").read_bytes(), password=None)
+    payload = canonical_json(manifest)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        signature, algorithm = key.sign(payload, ec.ECDSA(hashes.SHA256())), ECDSA_P256
+    else:
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        signature, algorithm = key.sign(payload), ED25519
+    return json.dumps({"manifest": manifest, "signature": base64.b64encode(signature).decode(),
+                       "signature_algorithm": algorithm,
+                       "signer_certificate": pki.cert("data-owner").read_text()}).encode()
+
+
+def _nan_pixel(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    features[1796, 0, 7, 7] = np.nan
+    return features, labels, tuple(range(10))
+
+
+def _undeclared_label(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    labels[5] = 42
+    return features, labels, tuple(range(10))
+
+
+def _label_past_int64(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    return features, labels, (*range(9), 2**70)
+
+
+def _200000_label_values(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    return features, labels, tuple(range(200_000))
+
+
+@pytest.mark.parametrize(("forge", "needle"), [
+    (_nan_pixel, "image dataset features hold NaN or infinite values"),
+    (_undeclared_label, "image dataset labels [42] are outside the declared label_values"),
+    (_label_past_int64, "label_values must be distinct int64 integers"),
+    (_200000_label_values, "n_classes must be in 2..100000, got 200000"),
+])
+def test_bad_image_content_under_a_valid_owner_signature_is_refused_at_upload(
+    server: RunningServer, digits: Path, pki: PkiLayout, tmp_path: Path, forge, needle: str
+) -> None:
+    """A correctly hashed file whose manifest the data owner signed, but whose pixels or labels
+    the worker would refuse (NaN, a label not declared, a label value past int64, 200,000
+    declared classes): INVALID_ARGUMENT at upload naming the problem, no file kept, no dataset."""
+    features, labels, label_values = forge(*_digits_arrays(digits))
+    data = encode_image_arrays(features, labels)
+    out = tmp_path / "forged.safetensors"
+    out.write_bytes(data)
+    manifest = image_manifest("digits", data, 1797, (1, 8, 8), label_values)
+    out.with_name(out.name + ".manifest.json").write_bytes(_sign_bypassing_field_checks(manifest, pki))
+    with pytest.raises(grpc.RpcError) as err:
+        _upload(server, out)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in err.value.details()
+    assert list(server.server.config.datasets_dir.iterdir()) == []
+    with server.client("trainer") as trainer:
+        assert trainer.list_datasets() == []
 
 
 def test_stored_image_file_changed_after_upload_fails_the_job(server: RunningServer,

@@ -9,6 +9,7 @@ seed draw the same test rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ LABEL = "label"
 TEST_FRACTION = 0.2
 _SAFETENSORS_DTYPES = {FEATURES: "F32", LABEL: "I64"}
 _NUMPY_TO_SAFETENSORS = {"float32": "F32", "int64": "I64"}
+# Features are checked in blocks of this many bytes, so checking a stored file of any size
+# holds one block in memory rather than the whole tensor.
+CHECK_BLOCK_BYTES = 64 * 2**20
 
 
 def encode_image_arrays(features: np.ndarray, labels: np.ndarray) -> bytes:
@@ -60,20 +64,54 @@ def _check_layout(found: Mapping[str, tuple[list[int], str]], manifest: Mapping[
 
 
 def check_image_file(path: Path, manifest: Mapping[str, Any]) -> None:
-    """Check a stored file's tensor names, shapes and dtypes against the manifest (header only).
+    """Run the trainer's checks of :func:`read_image_arrays` on a stored file, without loading it whole.
+
+    Tensor names, shapes and dtypes are read from the header; the features are then
+    read in blocks of at most :data:`CHECK_BLOCK_BYTES` and the labels once, so the
+    extra memory is one block plus the (N,) int64 labels (8 bytes a row).
 
     Raises
     ------
     InvalidInput
-        Not a safetensors file, or its layout differs from the manifest's.
+        Not a safetensors file, a layout other than the manifest's, non-finite pixels,
+        or a label outside the declared ``label_values`` (the messages of :func:`read_image_arrays`).
     """
     try:
         with safe_open(str(path), framework="np") as handle:
             found = {name: (handle.get_slice(name).get_shape(), handle.get_slice(name).get_dtype())
                      for name in handle.keys()}  # noqa: SIM118 - safe_open is not a mapping
+            _check_layout(found, manifest)
+            features = handle.get_slice(FEATURES)
+            rows, *image = features.get_shape()
+            step = max(1, CHECK_BLOCK_BYTES // (4 * math.prod(image)))
+            for start in range(0, rows, step):
+                _check_finite(features[start:min(start + step, rows)])
+            _classes_of(handle.get_tensor(LABEL), manifest)
     except SafetensorError as exc:
         raise InvalidInput(f"image dataset is not a readable safetensors file: {exc}") from None
-    _check_layout(found, manifest)
+
+
+def _check_finite(features: np.ndarray) -> None:
+    if not np.isfinite(features).all():
+        raise InvalidInput("image dataset features hold NaN or infinite values")
+
+
+def _classes_of(labels: np.ndarray, manifest: Mapping[str, Any]) -> np.ndarray:
+    """Index of each label in the ascending ``label_values``; raises naming labels not among them."""
+    declared = manifest["label_values"]
+    # Parameter metadata read back by a client reaches here without the signed-manifest field check.
+    try:
+        values = np.asarray(declared, dtype=np.int64)
+    except (OverflowError, TypeError, ValueError):
+        raise InvalidInput(f"label_values must be int64 integers, got {list(declared)[:12]}") from None
+    index = np.clip(np.searchsorted(values, labels), 0, len(values) - 1)
+    outside = values[index] != labels
+    if outside.any():
+        shown = values[:12].tolist()
+        raise InvalidInput(f"image dataset labels {sorted(set(labels[outside].tolist()))[:5]} are outside "
+                           f"the declared label_values ({len(values)} values: "
+                           f"{shown}{' ...' if len(values) > len(shown) else ''})")
+    return index.astype(np.int64)
 
 
 def read_image_arrays(data: bytes, manifest: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -96,16 +134,9 @@ def read_image_arrays(data: bytes, manifest: Mapping[str, Any]) -> tuple[np.ndar
         raise InvalidInput(f"image dataset is not a readable safetensors file: {exc}") from None
     _check_layout({name: (list(t.shape), _NUMPY_TO_SAFETENSORS.get(t.dtype.name, t.dtype.name))
                    for name, t in tensors.items()}, manifest)
-    features, labels = tensors[FEATURES], tensors[LABEL]
-    if not np.isfinite(features).all():
-        raise InvalidInput("image dataset features hold NaN or infinite values")
-    values = np.asarray(manifest["label_values"], dtype=np.int64)
-    index = np.clip(np.searchsorted(values, labels), 0, len(values) - 1)
-    outside = values[index] != labels
-    if outside.any():
-        raise InvalidInput(f"image dataset labels {sorted(set(labels[outside].tolist()))[:5]} are outside "
-                           f"the declared label_values {values.tolist()}")
-    return features, index.astype(np.int64)
+    features = tensors[FEATURES]
+    _check_finite(features)
+    return features, _classes_of(tensors[LABEL], manifest)
 
 
 def split_sizes(rows: int, test_fraction: float = TEST_FRACTION) -> tuple[int, int]:

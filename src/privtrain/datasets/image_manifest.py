@@ -11,6 +11,7 @@ values. It carries ``"kind": "image_array"``; a table manifest has no ``kind``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,15 @@ IMAGE_REQUIRED_FIELDS: dict[str, type] = {
     "label_values": list,
 }
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# A model's output layer holds one logit per class, and DP-SGD keeps a per-sample gradient of
+# it: 100,000 classes is several times the largest common label sets (ImageNet-21k has 21,841)
+# while its per-sample head gradient for a 128-wide hidden layer is already 51 MB a sample.
+MAX_CLASSES = 100_000
+# Image sides up to 65,536 (JPEG stops at 65,535) and at most 2**28 float32 values (1 GiB) an
+# image: past either, the manifest is a mistake rather than a dataset a worker could batch.
+MAX_FEATURE_SIDE = 2**16
+MAX_FEATURE_VALUES = 2**28
 
 
 def manifest_kind(manifest: Mapping[str, Any]) -> str:
@@ -51,9 +61,11 @@ def _whole(value: Any) -> bool:
 def check_image_manifest_fields(manifest: Mapping[str, Any]) -> None:
     """Raise ``ManifestError`` naming the first missing, mistyped or inconsistent field.
 
-    ``feature_shape`` is ``[C, H, W]`` of positive integers, ``feature_dtype`` is
-    ``float32``, ``label_values`` are ``n_classes`` (≥ 2) distinct integers in
-    ascending order, ``output_rows`` ≥ 1 and ``output_sha256`` is lower-case hex.
+    ``feature_shape`` is ``[C, H, W]`` of integers in 1..:data:`MAX_FEATURE_SIDE` with at
+    most :data:`MAX_FEATURE_VALUES` values an image, ``feature_dtype`` is ``float32``,
+    ``label_values`` are ``n_classes`` (2..:data:`MAX_CLASSES`) distinct int64 integers in
+    ascending order, ``output_rows`` ≥ 1 and ``output_bytes`` ≥ 0 are int64, and
+    ``output_sha256`` is lower-case hex.
     """
     # Imported here: the anonymizer package loads its manifest module, which dispatches to this one.
     from privtrain.anonymize.errors import ManifestError
@@ -72,19 +84,25 @@ def check_image_manifest_fields(manifest: Mapping[str, Any]) -> None:
             f"unsupported manifest format {manifest['format']!r} version {manifest['version']!r}"
         )
     shape = manifest["feature_shape"]
-    if len(shape) != 3 or not all(_whole(d) and d >= 1 for d in shape):
-        raise ManifestError(f"image manifest feature_shape must be [C, H, W] of integers >= 1, got {shape}")
+    if len(shape) != 3 or not all(_whole(d) and 1 <= d <= MAX_FEATURE_SIDE for d in shape):
+        raise ManifestError(f"image manifest feature_shape must be [C, H, W] of integers in "
+                            f"1..{MAX_FEATURE_SIDE}, got {shape[:4]}")
+    if math.prod(shape) > MAX_FEATURE_VALUES:
+        raise ManifestError(f"image manifest feature_shape {shape} holds {math.prod(shape)} values an "
+                            f"image, more than the {MAX_FEATURE_VALUES} allowed")
     if manifest["feature_dtype"] != FEATURE_DTYPE:
         raise ManifestError(f"image manifest feature_dtype must be {FEATURE_DTYPE!r}, "
                             f"got {manifest['feature_dtype']!r}")
-    values = manifest["label_values"]
-    if not all(_whole(v) for v in values) or values != sorted(set(values)):
-        raise ManifestError(f"image manifest label_values must be distinct integers in ascending order, "
-                            f"got {values[:12]}")
-    if manifest["n_classes"] < 2 or manifest["n_classes"] != len(values):
-        raise ManifestError(f"image manifest n_classes {manifest['n_classes']} must be >= 2 and equal "
-                            f"the {len(values)} label_values")
-    if manifest["output_rows"] < 1 or manifest["output_bytes"] < 0:
-        raise ManifestError("image manifest output_rows must be >= 1 and output_bytes >= 0")
+    n_classes, values = manifest["n_classes"], manifest["label_values"]
+    if not 2 <= n_classes <= MAX_CLASSES:
+        raise ManifestError(f"image manifest n_classes must be in 2..{MAX_CLASSES}, got {n_classes}")
+    if n_classes != len(values):
+        raise ManifestError(f"image manifest n_classes {n_classes} must equal the {len(values)} "
+                            "label_values")
+    if not all(_whole(v) and INT64_MIN <= v <= INT64_MAX for v in values) or values != sorted(set(values)):
+        raise ManifestError(f"image manifest label_values must be distinct int64 integers in ascending "
+                            f"order, got {values[:12]}{' ...' if len(values) > 12 else ''}")
+    if not (1 <= manifest["output_rows"] <= INT64_MAX and 0 <= manifest["output_bytes"] <= INT64_MAX):
+        raise ManifestError("image manifest output_rows must be in 1..2**63-1 and output_bytes in 0..2**63-1")
     if not _SHA256_HEX.fullmatch(manifest["output_sha256"]):
         raise ManifestError("image manifest output_sha256 is not a lower-case hex SHA-256")

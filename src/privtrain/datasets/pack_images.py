@@ -84,8 +84,24 @@ def image_manifest(source: str, data: bytes, rows: int, feature_shape: tuple[int
     }
 
 
+def _check_outputs(out: Path, manifest_path: Path, overwrite: bool) -> None:
+    """Refuse, before anything is fetched or written, an output that is a folder, that
+    (unless ``overwrite``) already exists, or whose folder is missing."""
+    if out.is_dir():
+        raise InvalidInput(f"--out {out} is a directory; give a file name such as "
+                           f"{out / 'images.safetensors'}")
+    if manifest_path.is_dir():
+        raise InvalidInput(f"the manifest path {manifest_path} is a directory; choose another --out")
+    existing = [str(path) for path in (out, manifest_path) if path.exists()]
+    if existing and not overwrite:
+        raise InvalidInput(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                           "pass --force to replace")
+    if not out.parent.is_dir():
+        raise InvalidInput(f"cannot write --out {out}: folder {out.parent} does not exist")
+
+
 def pack_images(source: str, out: Path, *, signing_key_path: Path,
-                signing_cert_path: Path) -> PackReport:
+                signing_cert_path: Path, overwrite: bool = False) -> PackReport:
     """Pack a named image source into ``out`` (safetensors) and its signed manifest.
 
     Parameters
@@ -96,11 +112,14 @@ def pack_images(source: str, out: Path, *, signing_key_path: Path,
         Safetensors file to write; the manifest goes to ``OUT.manifest.json``.
     signing_key_path, signing_cert_path : Path
         The data owner's PEM private key and certificate (the uploader's mTLS pair).
+    overwrite : bool
+        Replace ``out`` and its manifest when they exist; without it an existing one is refused.
 
     Raises
     ------
     InvalidInput
-        Unknown source, an output path that names an input, or labels outside the declared values.
+        Unknown source, an output path that names an input, is a directory or (without
+        ``overwrite``) exists, or labels outside the declared values; nothing is written.
     NotFound
         The signing key or certificate cannot be read.
     ManifestError
@@ -115,6 +134,7 @@ def pack_images(source: str, out: Path, *, signing_key_path: Path,
     inputs = {Path(signing_key_path).resolve(), Path(signing_cert_path).resolve()}
     if out.resolve() in inputs or manifest_path.resolve() in inputs:
         raise InvalidInput(f"--out {out} would overwrite the signing key or certificate")
+    _check_outputs(out, manifest_path, overwrite)
     try:
         key_pem, cert_pem = Path(signing_key_path).read_bytes(), Path(signing_cert_path).read_bytes()
     except OSError as exc:

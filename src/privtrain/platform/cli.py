@@ -207,7 +207,7 @@ def _dataset_pack_images(args: argparse.Namespace) -> int:
     from privtrain.datasets.pack_images import pack_images
 
     report = pack_images(args.source, args.out, signing_key_path=args.signing_key,
-                         signing_cert_path=args.signing_cert)
+                         signing_cert_path=args.signing_cert, overwrite=args.force)
     c, h, w = report.feature_shape
     _print(args, {"path": str(report.path), "manifest": str(report.manifest_path), "rows": report.rows,
                   "feature_shape": list(report.feature_shape), "sha256": report.sha256,
@@ -420,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the manifest goes to FILE.safetensors.manifest.json")
     pack.add_argument("--signing-key", type=Path, required=True, metavar="OWNER.key")
     pack.add_argument("--signing-cert", type=Path, required=True, metavar="OWNER.pem")
+    pack.add_argument("--force", action="store_true",
+                      help="replace FILE.safetensors and its manifest if they exist")
     pack.add_argument("--json", action="store_true", help="print JSON instead of text")
     pack.set_defaults(func=_dataset_pack_images)
     upl = ds.add_parser("upload", help="upload an anonymized Parquet file or packed images with its manifest")

@@ -51,7 +51,9 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     """Stores a dataset only after its manifest verifies against the uploader and the bytes.
 
     A table is stored as ``<id>.parquet``; a packed image array as ``<id>.safetensors``,
-    after its tensor names, shapes and dtypes are checked against the manifest.
+    after it passes the checks the worker runs before training (tensor names, shapes and
+    dtypes as the manifest declares, finite pixels, labels among ``label_values``), so bad
+    content is INVALID_ARGUMENT at upload, with nothing stored or recorded, not a failed job.
     """
 
     def __init__(self, db: Database, storage_dir: Path, max_dataset_bytes: int = 64 * 2**30) -> None:
