@@ -152,3 +152,129 @@ def test_peak_memory_does_not_grow_with_rows(
         )  # fmt: skip
         peaks.append(float(done.stdout.strip().splitlines()[-1]))
     assert peaks[1] <= peaks[0] * 1.10 + 25, peaks
+
+
+_SHIFT_POLICY = """
+k = 1
+[columns.person]
+operator = "hmac"
+role = "direct_identifier"
+type = "text"
+[columns.seen]
+operator = "date_shift"
+role = "other"
+subject = "person"
+shift_days = 30
+"""
+
+
+def test_date_shift_in_chunks_equals_the_operator_on_the_whole_column(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Offsets and parsed dates remembered across chunks give each row what the operator
+    gives on the whole table: same person (spelled with spaces or not), same offset; a
+    missing person or date leaves the cell missing (C-A04)."""
+    from privtrain.anonymize.keys import load_key
+    from privtrain.anonymize.operators.registry import OperatorContext, get_operator
+    from privtrain.anonymize.policy import load_policy
+
+    policy = write("p.toml", _SHIFT_POLICY)
+    lines = ["ann,2021-03-04", " ann ,2021-03-05", "bob,2020-12-31", ",2021-01-01", "bob,",
+             "cy,2019-07-14", "ann,2021-03-04", "bob,2021-03-04"]  # fmt: skip
+    raw = write("a.csv", "person,seen\n" + "\n".join(lines) + "\n")
+    frame = pd.read_csv(raw, dtype="string", keep_default_na=False).replace("", pd.NA)
+    pol = load_policy(policy)
+    ctx = OperatorContext(pol.columns["seen"], load_key(key_path), pol.locale, str(raw),
+                          frame=frame)  # fmt: skip
+    expected = get_operator("date_shift").transform(frame["seen"], ctx).tolist()
+    for chunk_rows in (1, 3, 100):
+        out = tmp_path / f"o{chunk_rows}.parquet"
+        anonymize_file(raw, policy, key_path, out, signing_key_path=signer[0],
+                       signing_cert_path=signer[1], chunk_rows=chunk_rows)  # fmt: skip
+        assert pd.read_parquet(out)["seen"].tolist() == expected
+    shift = np.array(expected[:3], dtype="datetime64[D]") - np.array(
+        ["2021-03-04", "2021-03-05", "2020-12-31"], dtype="datetime64[D]"
+    )
+    assert shift[0] == shift[1] and abs(int(shift[0].astype(int))) <= 30
+    assert expected[3] is pd.NA and expected[4] is pd.NA
+    assert expected[6] == expected[0]
+
+
+def test_a_bad_date_in_a_later_chunk_names_the_row_of_the_file(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    policy = write("p.toml", _SHIFT_POLICY)
+    raw = write("a.csv", "person,seen\nann,2021-03-04\nbob,2021-03-05\nann,2021-03-04\n"
+                         "cy,soon\nbob,2021-03-05\n")  # fmt: skip
+    with pytest.raises(PolicyError, match=r"row 4, column 'seen': value 'soon'"):
+        anonymize_file(raw, policy, key_path, tmp_path / "o.parquet", signing_key_path=signer[0],
+                       signing_cert_path=signer[1], chunk_rows=2)  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir() if "o.parquet" in p.name] == []
+
+
+def test_parquet_output_reads_back_as_plain_columns_not_categories(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Columns are handed to the Parquet writer dictionary-encoded per chunk; the file
+    still holds plain strings and integers with pandas' dtypes, and a value an operator
+    turns into a missing one (an e-mail of spaces) is a missing cell."""
+    import pyarrow.parquet as pq
+
+    policy = write(
+        "p.toml",
+        """
+        k = 1
+        [columns.email]
+        operator = "hmac"
+        role = "direct_identifier"
+        type = "text"
+        [columns.visits]
+        operator = "keep"
+        role = "other"
+        type = "numeric"
+        lower = 0
+        upper = 100
+        [columns.city]
+        operator = "keep"
+        role = "other"
+        type = "text"
+        """,
+    )
+    raw = write("a.csv", 'email,visits,city\na@example.org,1,Köln\n"   ",2,\n'
+                         'b@example.org,,Köln\nA@example.org,3,上海\n"  ",4,Köln\n')  # fmt: skip
+    out = tmp_path / "o.parquet"
+    anonymize_file(raw, policy, key_path, out, signing_key_path=signer[0],
+                   signing_cert_path=signer[1], chunk_rows=2)  # fmt: skip
+    schema = pq.read_schema(out)
+    assert [str(t) for t in schema.types] == ["string", "int64", "string"]
+    table = pd.read_parquet(out)
+    assert [str(t) for t in table.dtypes] == ["string", "Int64", "string"]
+    assert table["email"].isna().tolist() == [False, True, False, False, True]
+    assert table["email"][0] == table["email"][3] != table["email"][2]
+    assert table["visits"].tolist() == [1, 2, pd.NA, 3, 4]
+    assert table["city"].tolist() == ["Köln", pd.NA, "Köln", "上海", "Köln"]
+    assert pq.ParquetFile(out).metadata.num_row_groups == 3
+
+
+def test_date_shift_reads_typed_parquet_subjects_and_dates(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Integer subject ids and date-typed cells (as Parquet stores them) shift like their
+    text: one person's dates move together, a missing id leaves the date missing."""
+    import datetime as dt
+
+    policy = write("p.toml", _SHIFT_POLICY)
+    days = [dt.date(2021, 3, 4), dt.date(2021, 3, 9), dt.date(2020, 1, 1), dt.date(2021, 3, 4)]
+    raw = tmp_path / "a.parquet"
+    pd.DataFrame({"person": pd.array([7, 7, 8, None], dtype="Int64"), "seen": days}).to_parquet(raw)
+    outs = []
+    for chunk_rows in (1, 100):
+        out = tmp_path / f"o{chunk_rows}.parquet"
+        anonymize_file(raw, policy, key_path, out, signing_key_path=signer[0],
+                       signing_cert_path=signer[1], chunk_rows=chunk_rows)  # fmt: skip
+        outs.append(pd.read_parquet(out)["seen"].tolist())
+    assert outs[0] == outs[1]
+    seen = outs[0]
+    assert seen[3] is pd.NA and all(isinstance(d, str) for d in seen[:3])
+    moved = [(dt.date.fromisoformat(s) - d).days for s, d in zip(seen[:3], days, strict=False)]
+    assert moved[0] == moved[1] and all(abs(m) <= 30 for m in moved)

@@ -128,14 +128,21 @@ def group_rows(mat: IntArray) -> tuple[IntArray, IntArray]:
     inverse : ndarray of int64, shape (n,)
         Index into ``rows`` of each input row.
     """
-    n, d = mat.shape
+    return group_columns(list(mat.T), len(mat))
+
+
+def group_columns(columns: Sequence[IntArray], n: int) -> tuple[IntArray, IntArray]:
+    """:func:`group_rows` of the (n, d) matrix whose columns are ``columns`` (d arrays of
+    length n), without building the matrix."""
+    d = len(columns)
     if n == 0 or d == 0:
         return np.zeros((min(n, 1), d), dtype=np.int64), np.zeros(n, dtype=np.int64)
-    cards = [int(c) + 1 for c in mat.max(axis=0)]
+    cards = [int(c.max()) + 1 for c in columns]
     if math.prod(cards) < _MAX_RADIX:
-        key = np.zeros(n, dtype=np.int64)
-        for j in range(d):
-            key = key * cards[j] + mat[:, j]
+        key = np.array(columns[0], dtype=np.int64)
+        for j in range(1, d):
+            key *= cards[j]
+            key += columns[j]
         # Hashing, then sorting only the distinct keys, beats np.unique's sort of all n.
         inverse, uniq = pd.factorize(key, sort=True)
         rows = np.empty((len(uniq), d), dtype=np.int64)
@@ -143,7 +150,7 @@ def group_rows(mat: IntArray) -> tuple[IntArray, IntArray]:
         for j in range(d - 1, -1, -1):
             rest, rows[:, j] = np.divmod(rest, cards[j])
     else:
-        rows, inverse = np.unique(mat, axis=0, return_inverse=True)
+        rows, inverse = np.unique(np.column_stack(columns), axis=0, return_inverse=True)
     return rows.astype(np.int64), inverse.reshape(-1).astype(np.int64)
 
 
@@ -179,8 +186,8 @@ class Combinations:
 
     def add(self, columns: list[IntArray], n: int) -> None:
         """Add one chunk: ``columns`` are its per-row ids (``width`` arrays of length n)."""
-        mat = np.column_stack(columns) if columns else np.zeros((n, 0), dtype=np.int64)
-        rows, counts = unique_rows(mat.astype(np.int64, copy=False))
+        rows, inverse = group_columns(columns, n)
+        counts = np.bincount(inverse, minlength=len(rows)).astype(np.int64)
         self._parts.append((rows, counts))
         self._pending += len(rows)
         # Merge once the parts hold as many entries as the merged result: amortized O(1).
@@ -239,23 +246,25 @@ class ClassFilter:
     def __init__(self, lookups: list[tuple[IntArray, int]], suppressed: IntArray) -> None:
         self._lookups = lookups
         self._radix = math.prod(card for _, card in lookups) < _MAX_RADIX
-        drop = self._keys(suppressed)
+        drop = self._keys(list(suppressed.T))
         self._drop = np.unique(drop) if self._radix else drop
         self.none = len(suppressed) == 0
 
-    def _keys(self, ids: IntArray) -> Any:
-        cols = [lookup[ids[:, j]] for j, (lookup, _) in enumerate(self._lookups)]
+    def _keys(self, ids: Sequence[IntArray]) -> Any:
+        cols = [lookup[c] for c, (lookup, _) in zip(ids, self._lookups, strict=True)]
         if self._radix:
-            key = np.zeros(len(ids), dtype=np.int64)
+            key = np.zeros(len(cols[0]) if cols else 0, dtype=np.int64)
             for col, (_, card) in zip(cols, self._lookups, strict=True):
-                key = key * card + col
+                key *= card
+                key += col
             return key
         return pd.MultiIndex.from_arrays(cols) if cols else pd.MultiIndex.from_arrays([[]])
 
-    def keep(self, ids: IntArray) -> npt.NDArray[np.bool_]:
-        """True for rows kept; ``ids`` has one column of value ids per QI."""
+    def keep(self, ids: Sequence[IntArray], n: int) -> npt.NDArray[np.bool_]:
+        """True for each of the ``n`` rows kept; ``ids`` holds one array of the rows'
+        value ids per QI."""
         if self.none:
-            return np.ones(len(ids), dtype=bool)
+            return np.ones(n, dtype=bool)
         keys = self._keys(ids)
         if self._radix:
             return ~np.isin(keys, self._drop, assume_unique=False)

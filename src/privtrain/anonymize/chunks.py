@@ -165,13 +165,16 @@ class ChunkReader:
         if chunk_rows < 1:
             raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
         cols = list(self.columns if columns is None else columns)
+        # Arrow cannot slice a table of no columns (its row count stays), so with no
+        # column asked for, one is read for the rows and left out of the chunks.
+        read = cols or self.columns[:1]
         try:
             if self.format == "csv":
-                batches = self._csv_batches(cols, position)
+                batches = self._csv_batches(read, position)
             elif self.format == "parquet":
-                batches = self._parquet_batches(cols, chunk_rows, position)
+                batches = self._parquet_batches(read, chunk_rows, position)
             else:
-                batches = self._jsonl_batches(cols, chunk_rows)
+                batches = self._jsonl_batches(read, chunk_rows)
             yield from _rechunk(batches, chunk_rows, cols)
         except UnicodeDecodeError as exc:
             raise (
@@ -284,6 +287,14 @@ def _rechunk(
         yield pa.Table.from_batches(pending).select(cols).combine_chunks()
 
 
+def _decoded(table: pa.Table) -> pa.Table:
+    """``table`` with its dictionary-encoded columns as plain values."""
+    columns = [
+        c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns
+    ]
+    return pa.table(columns, names=table.column_names)
+
+
 def _first_bad_byte(path: Path, encoding: str, block: int = 1 << 20) -> int:
     """Offset of the first byte that does not decode (0 when everything decodes)."""
     dec = codecs.getincrementaldecoder(encoding)()
@@ -312,9 +323,14 @@ class ChunkWriter:
     -----
     The first chunk fixes the schema (with pandas' metadata, so the file reads back with
     the same dtypes as one written by ``DataFrame.to_parquet``); later chunks are cast
-    to it. Use as a context manager: leaving it without :meth:`commit` removes
-    the temporary file. A Parquet chunk is written on a worker thread (Arrow releases the
-    GIL) while the caller prepares the next; at most one waits, so memory stays bounded.
+    to it. A column may come dictionary-encoded (a chunk's distinct values and each
+    row's index into them): Parquet then gets the chunk's dictionary page as it is,
+    instead of a copy of every row's value to hash again. The file holds the plain
+    value type (no Arrow schema is stored, pandas' metadata is), so it reads back as
+    ``string``, ``Int64``, ... columns, never as categoricals. Use as a context manager:
+    leaving it without :meth:`commit` removes the temporary file. A Parquet chunk is
+    written on a worker thread (Arrow releases the GIL) while the caller prepares the
+    next; at most one waits, so memory stays bounded.
     """
 
     def __init__(self, path: Path) -> None:
@@ -365,14 +381,21 @@ class ChunkWriter:
         self.rows += table.num_rows
         if self.format == "parquet":
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self._fh, self._schema)
+                # Statistics of a dictionary-encoded column are updated once per write
+                # batch (a hash of its indices each time): 16k rows a batch rather than
+                # 1k cost a fifth of the writing time less, with the same file.
+                self._parquet = pq.ParquetWriter(
+                    self._fh, self._schema, store_schema=False, write_batch_size=1 << 14
+                )
+                if self._schema.metadata:
+                    self._parquet.add_key_value_metadata(self._schema.metadata)
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="privtrain-write")
             if table.num_rows:
                 self._wait()
                 assert self._pool is not None
                 self._pending = self._pool.submit(self._parquet.write_table, table)
         else:
-            self._write_text(table.to_pandas())
+            self._write_text(_decoded(table).to_pandas())
 
     def _write_text(self, frame: pd.DataFrame) -> None:
         assert self._fh is not None

@@ -19,18 +19,24 @@ k-anonymity needs global counts, so the table is read twice:
    l and t.
 
 Operators run per distinct value of a chunk: the column is dictionary-encoded by Arrow
-(once, on the reading thread; the spool keeps the encoding for pass 2),
+(once, in pass 1 while the reading thread parses the next chunk; the spool keeps the
+encoding for pass 2; a dropped column is not even read unless an operator reads it),
 the operator transforms the distinct values (a few thousand, not a few hundred thousand
 cells) and the results are taken back to the rows. That is exact for ``keep``,
 ``hmac``, ``generalize`` and ``pseudonym`` (:data:`PER_VALUE`), whose output for a cell
-depends only on its value. Any other operator gets the chunk's rows, with
-``OperatorContext.frame`` the chunk. Row numbers in error messages count from the
-start of the file.
+depends only on its value. So results are kept across chunks and passes: ``hmac``
+tokens per value (:class:`~privtrain.anonymize.memo.Memo`, each value keyed once per
+file), ``keep`` and ``generalize`` over the distinct values of the file so far
+(:class:`~privtrain.anonymize.memo.FileValues`, computed again only when a chunk brings
+new values). Per-value results go to the writer as dictionary-encoded columns.
+``date_shift`` is split the same way: each distinct date is parsed, and each distinct
+subject's offset keyed, once per file, and the rows add the two up. Any other operator
+gets the chunk's rows, with ``OperatorContext.frame`` the chunk. Row numbers in error
+messages count from the start of the file.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +65,8 @@ from privtrain.anonymize.chunks import ChunkReader, ChunkWriter, to_pandas
 from privtrain.anonymize.errors import AnonymizationError
 from privtrain.anonymize.keys import SecretKey
 from privtrain.anonymize.lattice import LatticeResult, search
+from privtrain.anonymize.memo import FileValues, Memo
+from privtrain.anonymize.operators.date_shift import NO_DAY, day_numbers, shifted, subject_offsets
 from privtrain.anonymize.operators.generalize import Generalization
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.operators.scrub import known_names
@@ -72,10 +80,6 @@ PER_VALUE = frozenset({"keep", "hmac", "generalize", "pseudonym"})
 # ... of which these also depend on the column's whole set of distinct values.
 WHOLE_COLUMN = frozenset({"pseudonym"})
 
-# Operators that read other columns of their row, and which (per distinct tuple, then).
-_READS: dict[str, Callable[[Any], list[str]]] = {"date_shift": lambda col: [col.subject]}
-# Distinct values whose hmac tokens are remembered across chunks (then the cache restarts).
-_CACHE_MAX = 1 << 20
 
 Tick = Callable[[str, float], None]
 IntArray = npt.NDArray[np.int64]
@@ -114,10 +118,11 @@ def _decoded(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 def encode_columns(table: pa.Table, names: frozenset[str]) -> pa.Table:
     """``table`` with its columns in ``names`` dictionary-encoded (see :func:`_distinct`)."""
-    return pa.table(
-        [_encoded(c) if n in names else c for n, c in zip(table.column_names, table.columns)],
-        names=table.column_names,
-    )
+    # Column by column in place: a table of no columns keeps its row count.
+    for i, name in enumerate(table.column_names):
+        if name in names:
+            table = table.set_column(i, name, _encoded(table.column(i)))
+    return table
 
 
 def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[IntArray, pd.Series]:
@@ -127,33 +132,33 @@ def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[IntArray, pd.Series]:
     costs nothing here; its dictionary holds exactly the values of its rows.
     """
     enc = _encoded(column)
-    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    indices = enc.indices if enc.indices.null_count == 0 else pc.fill_null(enc.indices, -1)
+    codes = indices.to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, to_pandas(enc.dictionary)
-
-
-def _take(per_value: pd.Series, codes: IntArray) -> pd.Series:
-    """Rows from per-distinct-value results: ``codes`` index ``per_value``, -1 is missing."""
-    per_value = per_value.reset_index(drop=True)
-    slot = len(per_value)
-    ext = pd.concat([per_value, pd.Series([None], dtype=per_value.dtype)], ignore_index=True)
-    return ext.take(np.where(codes < 0, slot, codes)).reset_index(drop=True)
 
 
 @dataclass(frozen=True)
 class _Out:
-    """One column of a chunk as released: ``values`` per distinct value (or tuple of
-    values) with each row's ``codes`` into them (-1: missing), or per row (codes None)."""
+    """One column of a chunk as released: ``values`` per distinct value with each row's
+    ``codes`` into them (-1: missing), or per row (codes None)."""
 
     values: pd.Series
     codes: IntArray | None
 
     def rows(self, kept: IntArray | None) -> pa.Array | pa.ChunkedArray:
-        """The kept rows as an Arrow array."""
+        """The kept rows as an Arrow array: dictionary-encoded when per distinct value
+        (the writer stores the values once per chunk, not once per row)."""
         arr = pa.array(self.values.reset_index(drop=True), from_pandas=True)
         if self.codes is None:
             return arr if kept is None else pc.take(arr, pa.array(kept))
         idx = self.codes if kept is None else self.codes[kept]
-        return pc.take(arr, pa.array(idx, mask=idx < 0))
+        indices = pa.array(idx.astype(np.int32), mask=idx < 0)
+        if isinstance(arr, pa.ChunkedArray):  # a pandas column built by concatenation
+            arr = arr.combine_chunks()
+        if arr.null_count:
+            # Parquet takes no dictionary holding a null: such a column goes row by row.
+            return pc.take(arr, indices)
+        return pa.DictionaryArray.from_arrays(indices, arr)
 
     def ids(
         self, ids: ValueIds, kept: IntArray | None, key: Callable[[pd.Series], Any]
@@ -204,34 +209,6 @@ class _Chunk:
             except InvalidInput:
                 fn(rows())
                 raise
-
-    def per_value(self, name: str, fn: Callable[[pd.Series], Any]) -> tuple[IntArray, Any]:
-        """``fn`` on the column's distinct values; row codes into its result."""
-        codes, uniq = self.distinct(name)
-        return codes, self._located(fn, uniq, lambda: self.frame()[name])
-
-    def per_tuple(
-        self, names: list[str], fn: Callable[[pd.DataFrame], Any]
-    ) -> tuple[IntArray, Any] | None:
-        """``fn`` on a frame of the distinct value tuples of ``names``; row codes into its
-        result. None when the tuples cannot be keyed in 63 bits (then go row by row)."""
-        parts = [self.distinct(n) for n in names]
-        cards = [len(u) + 1 for _, u in parts]
-        if math.prod(cards) >= 2**62:
-            return None
-        key = np.zeros(self.rows, dtype=np.int64)
-        for (codes, _), card in zip(parts, cards, strict=True):
-            key = key * card + (codes + 1)
-        pcodes, pkeys = pd.factorize(key)
-        pkeys = np.asarray(pkeys, dtype=np.int64)
-        small = {}
-        for i in range(len(names) - 1, -1, -1):
-            pkeys, part = np.divmod(pkeys, cards[i])
-            small[names[i]] = _take(parts[i][1], part - 1)
-        frame = pd.DataFrame({n: small[n] for n in names})
-        out = self._located(fn, frame, lambda: self.frame())
-        return np.asarray(pcodes, dtype=np.int64), out
-
 
 @dataclass
 class _Written:
@@ -302,10 +279,16 @@ class Streamer:
         self.combos = Combinations(len(self.qis) + len(self.sensitive))
         self.result: LatticeResult | None = None
         self.levels: dict[str, list[tuple[IntArray, int]]] = {}
-        self._cache: dict[str, dict[Any, Any]] = {}
+        self._memos: dict[tuple[str, str], Memo] = {}
+        self._files: dict[tuple[str, str], FileValues] = {}
         self.filter: ClassFilter | None = None
         # Every column but the dropped ones is dictionary-encoded once, on reading.
         self._encode = frozenset(c for c in self.columns if policy.columns[c].operator != "drop")
+        # A dropped column is never read unless an operator reads it beside its own.
+        needed = set(self._encode)
+        for col in policy.columns.values():
+            needed |= set(col.names_from) | ({col.subject} if col.subject else set())
+        self._needed = [c for c in self.columns if c in needed]
         # Parquet is cheap to read again; text is kept parsed for pass 2.
         self._spool: Spool | None = None if reader.format == "parquet" else Spool()
 
@@ -317,7 +300,29 @@ class Streamer:
 
     def _generalization(self, chunk: _Chunk, q: str) -> tuple[IntArray, Generalization]:
         col = self.policy.columns[q]
-        return chunk.per_value(q, lambda v: Generalization(v, col, self.source))
+        return self._per_file_value(
+            chunk, "generalize", q, lambda v: Generalization(v, col, self.source)
+        )
+
+    def _per_file_value(
+        self, chunk: _Chunk, kind: str, name: str, fn: Callable[[pd.Series], Any]
+    ) -> tuple[IntArray, Any]:
+        """``fn`` on the column's distinct values of the file so far (both passes), run
+        again only when the chunk brings new ones; the rows' codes into its result."""
+        codes, _ = chunk.distinct(name)
+        seen = self._files.setdefault((kind, name), FileValues())
+        pos, grown = seen.positions(_encoded(chunk.table.column(name)).dictionary)
+        if grown:
+            assert seen.values is not None
+            try:
+                seen.result = chunk._located(
+                    fn, to_pandas(seen.values), lambda: chunk.frame()[name]
+                )
+            except BaseException:
+                del self._files[(kind, name)]
+                raise
+        lookup = np.append(pos.to_numpy(zero_copy_only=False).astype(np.int64), -1)
+        return lookup[codes], seen.result
 
     def _released(self, chunk: _Chunk, name: str) -> _Out | None:
         """A column's released values in the chunk (None for a dropped column)."""
@@ -327,35 +332,57 @@ class Streamer:
         if col.operator == "hmac":
             return self._hmac(chunk, name, lambda v: op.transform(v, ctx))
         if col.operator in PER_VALUE:
-            codes, out = chunk.per_value(name, lambda v: op.transform(v, ctx))
+            codes, out = self._per_file_value(
+                chunk, "released", name, lambda v: op.transform(v, ctx)
+            )
             return None if out is None else _Out(out, codes)
-        reads = _READS.get(col.operator)
-        if reads is not None:
-            names = [name, *(c for c in reads(col) if c != name)]
-            got = chunk.per_tuple(names, lambda f: op.transform(f[name], self._ctx(name, frame=f)))
-            if got is not None:
-                return None if got[1] is None else _Out(got[1], got[0])
+        if col.operator == "date_shift":
+            return self._date_shift(chunk, name)
         # Row-wise operators see the file's row numbers as the index (``noise`` keys its
         # draws by row, errors name the row), so any chunking gives the same output.
         frame = chunk.frame().set_axis(pd.RangeIndex(chunk.offset, chunk.offset + chunk.rows))
         rows = op.transform(frame[name], self._ctx(name, frame=frame))
         return None if rows is None else _Out(rows.reset_index(drop=True), None)
 
+    def _memo(self, kind: str, name: str) -> Memo:
+        return self._memos.setdefault((kind, name), Memo())
+
     def _hmac(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> _Out:
-        """Keyed tokens per distinct value, remembered across chunks (a bounded cache)."""
+        """Keyed tokens per distinct value, each value's computed once per file."""
         codes, _ = chunk.distinct(name)
-        cache = self._cache.setdefault(name, {})
-        # Straight from Arrow: iterating a pandas string column costs ~1 µs a value.
-        values = _encoded(chunk.table.column(name)).dictionary.to_pylist()
-        new = [v for v in values if v not in cache]
-        if new:
-            if len(cache) + len(new) > _CACHE_MAX:
-                cache.clear()
-                new = values
-            out = chunk._located(fn, pd.Series(new, dtype="string"), lambda: chunk.frame()[name])
-            cache.update(zip(new, out.tolist(), strict=True))
-        tokens = pa.array([cache[v] for v in values], pa.string())
-        return _Out(to_pandas(tokens), codes)
+
+        def tokens(new: pa.Array) -> pa.Array:
+            values = pd.Series(new.to_pylist(), dtype="string")
+            out = chunk._located(fn, values, lambda: chunk.frame()[name])
+            return pa.array(out, pa.large_string())
+
+        distinct = _encoded(chunk.table.column(name)).dictionary
+        return _Out(to_pandas(self._memo("hmac", name).results(distinct, tokens)), codes)
+
+    def _date_shift(self, chunk: _Chunk, name: str) -> _Out:
+        """Dates shifted by their subject's offset: each distinct date is parsed, and each
+        distinct subject's offset keyed, once per file; rows combine the two."""
+        col = self.policy.columns[name]
+        subject, window = col.subject, col.shift_days
+        assert subject is not None and window is not None
+
+        def parse(values: pd.Series) -> Any:
+            return day_numbers(values, self.source, name, col.date_format, col.day_first)
+
+        def days(new: pa.Array) -> pa.Array:
+            return pa.array(chunk._located(parse, to_pandas(new), lambda: chunk.frame()[name]))
+
+        def offsets(new: pa.Array) -> pa.Array:
+            return pa.array(subject_offsets(to_pandas(new), subject, self.key.secret, window))
+
+        per_row = []
+        for kind, column, fn in (("days", name, days), ("offsets", subject, offsets)):
+            codes, _ = chunk.distinct(column)
+            distinct = _encoded(chunk.table.column(column)).dictionary
+            per = self._memo(kind, name).results(distinct, fn).to_numpy()
+            per_row.append(np.append(per, NO_DAY)[codes])
+        codes, iso = shifted(per_row[0], per_row[1])
+        return _Out(pd.Series(iso, dtype="string"), codes)
 
     def _sensitive_row_ids(self, chunk: _Chunk, name: str, ids: ValueIds) -> IntArray:
         ordered = self.policy.columns[name].type == "numeric"
@@ -371,8 +398,8 @@ class Streamer:
         wanted = set(self.qis) | set(self.sensitive) | set(self.distinct_values)
         wanted |= {c for sources in self.name_sources.values() for c in sources}
         wanted |= set(self.integral)
-        # An operator outside PER_VALUE may read any column of its chunk.
-        read = self.columns if generic or self._spool else [c for c in self.columns if c in wanted]
+        # An operator outside PER_VALUE may read any needed column of its chunk.
+        read = self._needed if generic or self._spool else [c for c in self.columns if c in wanted]
         position = [0]
         size = max(self.reader.size_bytes, 1)
         try:
@@ -382,9 +409,10 @@ class Streamer:
             raise
 
     def _parsed(self, read: list[str], position: list[int]) -> Iterator[pa.Table]:
-        # Runs on the read-ahead thread, so encoding (Arrow, GIL released) overlaps the
-        # main thread's work; the spool keeps the encoded chunks for pass 2.
-        for table in self.reader.chunks(self.chunk_rows, read, position):
+        # Parsing runs on the read-ahead thread; encoding (Arrow, GIL released) runs here,
+        # overlapping the next chunk's parsing, as it costs about as much as the rest of
+        # the scan. The spool keeps the encoded chunks for pass 2.
+        for table in read_ahead(self.reader.chunks(self.chunk_rows, read, position)):
             table = encode_columns(table, self._encode)
             if self._spool is not None:
                 self._spool.add(table)
@@ -396,7 +424,7 @@ class Streamer:
             self._spool = None
 
     def _scan(self, read: list[str], position: list[int], size: int) -> None:
-        for table in read_ahead(self._parsed(read, position)):
+        for table in self._parsed(read, position):
             chunk = _Chunk(table, self.rows, self.source)
             ids: list[IntArray] = []
             for q in self.qis:
@@ -473,7 +501,9 @@ class Streamer:
             Combinations(len(self.qis) + len(self.sensitive)),
         )
         spool = self._spool
-        tables = self.reader.chunks(self.chunk_rows) if spool is None else spool.chunks()
+        tables = (
+            self.reader.chunks(self.chunk_rows, self._needed) if spool is None else spool.chunks()
+        )
         try:
             if spool is None:
                 tables = (encode_columns(t, self._encode) for t in tables)
@@ -502,8 +532,7 @@ class Streamer:
                 raise input_changed(self.source) from None
             gens[q] = (codes, gen)
             ids.append(lookup[codes])
-        mat = np.column_stack(ids) if ids else np.zeros((chunk.rows, 0), np.int64)
-        keep = row_filter.keep(mat)
+        keep = row_filter.keep(ids, chunk.rows)
         kept = None if bool(keep.all()) else np.flatnonzero(keep)
 
         outs: dict[str, _Out] = {}

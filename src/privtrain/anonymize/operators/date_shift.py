@@ -16,17 +16,40 @@ import hmac
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from privtrain.anonymize.dates import parse_dates
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
-from privtrain.anonymize.values import distinct_normalized
+from privtrain.anonymize.values import distinct_normalized, expand
 
 DOMAIN = b"privtrain/date_shift/v1\x00"
 
 
-def subject_offsets(subjects: pd.Series, column: str, secret: bytes, window: int) -> np.ndarray:
-    """Offset in days per row (int64, shape (n,)); ``np.iinfo(int64).min`` where no subject."""
+NO_DAY = np.iinfo(np.int64).min
+IntArray = npt.NDArray[np.int64]
+
+
+def day_numbers(
+    values: pd.Series,
+    source: str,
+    column: str,
+    date_format: str | None = None,
+    day_first: bool | None = None,
+) -> IntArray:
+    """Per cell: days since 1970-01-01 (int64, shape (n,)); :data:`NO_DAY` where missing.
+
+    Raises
+    ------
+    PolicyError
+        As :func:`~privtrain.anonymize.dates.parse_dates` (names file, row, column, value).
+    """
+    codes, days = parse_dates(values, source, column, date_format, day_first)
+    return np.append(days.astype(np.int64), NO_DAY)[codes]
+
+
+def subject_offsets(subjects: pd.Series, column: str, secret: bytes, window: int) -> IntArray:
+    """Offset in days per row (int64, shape (n,)); :data:`NO_DAY` where no subject."""
     codes, uniques = distinct_normalized(subjects)
     prefix = DOMAIN + column.encode("utf-8") + b"\x00"
     per = np.array(
@@ -36,10 +59,24 @@ def subject_offsets(subjects: pd.Series, column: str, secret: bytes, window: int
             - window
             for u in uniques
         ]
-        + [np.iinfo(np.int64).min],
+        + [NO_DAY],
         dtype=np.int64,
     )
     return per[codes]
+
+
+def shifted(days: IntArray, offsets: IntArray) -> tuple[IntArray, list[str]]:
+    """Shift per row: codes (-1 = missing: no date or no subject) into ISO ``YYYY-MM-DD``.
+
+    ``days`` and ``offsets`` are int64 of shape (n,) from :func:`day_numbers` and
+    :func:`subject_offsets`.
+    """
+    ok = (days != NO_DAY) & (offsets != NO_DAY)
+    codes = np.full(len(days), -1, dtype=np.int64)
+    part, uniq = pd.factorize(days[ok] + offsets[ok])
+    codes[ok] = part
+    when = np.asarray(uniq, dtype=np.int64).astype("datetime64[D]")
+    return codes, [str(d) for d in np.datetime_as_string(when, unit="D")]
 
 
 @register_operator("date_shift")
@@ -51,15 +88,11 @@ class DateShift:
     def transform(self, values: pd.Series, ctx: OperatorContext) -> pd.Series:
         col = ctx.column
         assert ctx.frame is not None and col.subject is not None and col.shift_days is not None
-        codes, days = parse_dates(values, ctx.source, col.name, col.date_format, col.day_first)
+        days = day_numbers(values, ctx.source, col.name, col.date_format, col.day_first)
         offsets = subject_offsets(
             ctx.frame[col.subject], col.subject, ctx.key.secret, col.shift_days
         )
-        ok = (codes >= 0) & (offsets != np.iinfo(np.int64).min)
-        out = np.full(len(values), None, dtype=object)
-        shifted = days[codes[ok]] + offsets[ok].astype("timedelta64[D]")
-        out[ok] = np.datetime_as_string(shifted, unit="D")
-        return pd.Series(out, index=values.index, dtype="string")
+        return expand(*shifted(days, offsets), values.index)
 
     def output_domain(self, ctx: OperatorContext) -> dict[str, Any]:
         return {"type": "date", "shifted_by_subject": ctx.column.subject}
