@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,59 @@ def test_schedule_options_are_validated_with_one_clear_line() -> None:
         _spec(world_size=2)
 
 
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"epochs": 2, "noise_gamma": 1e-300}, r"noise_gamma 1e-300 makes the last epoch's σ .* the limit is 0.001"),
+    ({"epochs": 3, "noise_gamma": 1e-200}, r"1e-200\^2 = 1e-400 times the first; the limit is 0.001"),
+    ({"epochs": 15, "noise_gamma": 0.5}, r"use noise_gamma >= 0.6106"),
+    ({"epochs": 100, "noise_gamma": 0.9}, r"uses 100 noise levels; the limit is 20"),
+    ({"epochs": 100, "noise_schedule": "step", "noise_step_epochs": 4}, r"use noise_step_epochs >= 5"),
+    ({"epochs": 2, "noise_schedule": "step", "noise_step_epochs": 1_000_000},
+     r"noise_step_epochs 1000000 must be below epochs 2"),
+])
+def test_schedules_outside_the_sane_sigma_ratio_are_refused_naming_the_option_and_limit(
+        overrides: dict, message: str) -> None:
+    """σ falling more than 1000x within a job, more than 20 σ levels, or a step schedule that
+    never steps: one InvalidInput line, raised when the spec is built (before any accounting)."""
+    with pytest.raises(InvalidInput, match=message) as info:
+        _spec(**overrides)
+    assert "\n" not in str(info.value) and info.value.grpc_code == "INVALID_ARGUMENT"
+
+
+def test_schedule_at_the_floor_calibrates_quickly_within_the_target() -> None:
+    """The tester's 2-epoch ε=0.5 job with the smallest allowed γ (0.001, σ falling 1000x):
+    RDP calibration ends within seconds with ε ≤ target and a last σ of scale·γ."""
+    from privtrain.trainer.dp_sgd import preflight
+    from privtrain.trainer.noise_schedule import plan_noise
+
+    spec = _spec(epochs=2, target_epsilon=0.5, batch_size=64, noise_gamma=1e-3)
+    started = time.monotonic()
+    preflight(spec, 1437)
+    plan = plan_noise(spec, 64 / 1437, 1437 // 64)
+    assert time.monotonic() - started < 10
+    assert 0.5 * (1 - CALIBRATION_SLACK) <= plan.epsilon("rdp", 1e-5) <= 0.5
+    assert plan.sigma_at(plan.total_steps) == pytest.approx(plan.scale * 1e-3)
+
+
+def test_calibration_refuses_a_shape_below_the_floor_instead_of_searching_it() -> None:
+    with pytest.raises(InvalidInput, match=r"factors must lie in \[0.001, 1\]"):
+        calibrate_schedule((1.0, 1e-300), target_epsilon=0.5, target_delta=1e-5, sample_rate=0.04,
+                           steps_per_epoch=22, accountant="rdp")
+
+
+def test_accountant_failure_is_invalid_input_naming_the_sigmas() -> None:
+    """Opacus' RDP analysis raises ValueError ("result of subtraction must be non-negative")
+    at σ = 1e8 next to σ = 1; it reaches the caller as InvalidInput naming the σ range."""
+    from privtrain.trainer.accounting import epsilon_for_history
+
+    with pytest.raises(InvalidInput, match=r"rdp accountant cannot evaluate σ from 1 to 1e\+08"):
+        epsilon_for_history("rdp", [(1e8, 0.011, 89), (1.0, 0.011, 89)], 1e-5)
+
+
+def test_sigma_above_the_limit_is_refused_naming_the_schedule() -> None:
+    from privtrain.trainer.dp_sgd import preflight
+
+    with pytest.raises(InvalidInput, match=r"noise_schedule 'exponential' \(noise_gamma 0.7, 3 epochs\): "
+                                           r"noise_multiplier σ 3e\+06 is above the limit 1e\+06"):
+        preflight(_spec(noise_multiplier=3e6), 6000)

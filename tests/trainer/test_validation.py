@@ -187,3 +187,17 @@ def test_fixed_noise_multiplier_far_too_small_is_refused_at_once() -> None:
                  batch_size=512, epochs=5)
     with pytest.raises(InvalidInput, match="RDP bound"):
         preflight(spec, 31_000)
+
+
+def test_output_width_other_than_the_class_count_is_refused_naming_both_numbers() -> None:
+    """The tester's 8x8 digits model ending in Linear(64, 3) on a 10-class target: refused at
+    submission naming the model, its (2, 3) output and the 10 classes, instead of failing in
+    the worker with "Target 3 is out of bounds"; the same model with Linear(64, 10) passes."""
+    def layers(width: int) -> list[dict]:
+        return [{"type": "Flatten"}, {"type": "Linear", "args": [64, width]}]
+
+    with pytest.raises(InvalidInput, match=r"model 'sequential' outputs \(2, 3\) for a batch of 2; "
+                                           r"the dataset's target has 10 classes") as info:
+        prepare_model(_spec(model_options={"layers": layers(3)}), (1, 8, 8), 10)
+    assert info.value.grpc_code == "INVALID_ARGUMENT"
+    prepare_model(_spec(model_options={"layers": layers(10)}), (1, 8, 8), 10)

@@ -240,7 +240,7 @@ def _job_submit(args: argparse.Namespace) -> int:
     from privtrain.platform.client import job_spec
 
     spec = job_spec(
-        dataset_id=args.dataset, model=args.model, hidden_sizes=args.hidden,
+        dataset_id=args.dataset, model=args.model, hidden_sizes=args.hidden or [],
         target_column=args.target, feature_columns=args.features or [],
         split_column=args.split_column, train_split=args.train_split, test_split=args.test_split,
         target_epsilon=args.epsilon, target_delta=args.delta, epochs=args.epochs,
@@ -461,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace BatchNorm, in-place activations and LSTM instead of refusing")
     sj.add_argument("--freeze-unused", action="store_true",
                     help="freeze parameters the forward never uses instead of refusing")
-    sj.add_argument("--hidden", type=POSITIVE, nargs="*", default=[64], help="MLP hidden layer widths")
+    sj.add_argument("--hidden", type=POSITIVE, nargs="*", default=None,
+                    help="MLP hidden layer widths (default 64; mlp only)")
     sj.add_argument("--epsilon", type=float, default=3.0, help="target ε")
     sj.add_argument("--delta", type=float, default=1e-5, help="target δ")
     sj.add_argument("--epochs", type=POSITIVE, default=5, help="expected passes over the training rows")

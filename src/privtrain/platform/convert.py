@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,15 @@ _OPTIONAL_SPEC_FIELDS = frozenset({
     "max_clipbound", "unclipped_num_std", "noise_gamma", "noise_step_epochs",
 })
 _REQUIRED_SPEC_FIELDS = frozenset({"dataset_id", "target_column"})
+# Options that only mean something with another setting: (field, needed field, needed values).
+_DEPENDENT_OPTIONS = (
+    *((name, "clipping", ("adaptive",)) for name in (
+        "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound", "max_clipbound",
+        "unclipped_num_std")),
+    ("noise_gamma", "noise_schedule", ("exponential", "step")),
+    ("noise_step_epochs", "noise_schedule", ("step",)),
+    ("hidden_sizes", "model", ("mlp",)),
+)
 _RESULT_FIELDS = (
     "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy",
     "test_rows", "train_rows", "final_loss", "parameters_sha256", "parameters_bytes", "device",
@@ -52,8 +62,10 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
     Raises
     ------
     InvalidInput
-        A field is out of range (the message names it).
+        A field is out of range, or set while the setting it belongs to is off (e.g.
+        ``noise_gamma`` with the constant noise schedule); the message names it.
     """
+    _refuse_inapplicable(msg)
     values: dict[str, Any] = {}
     for name in _SPEC_FIELDS:
         if name in _OPTIONAL_SPEC_FIELDS:
@@ -76,10 +88,36 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
     return TrainingSpec(**values)
 
 
+def _is_set(msg: pb.JobSpec, name: str) -> bool:
+    if name == "hidden_sizes":
+        return bool(msg.hidden_sizes)
+    return msg.HasField(name)
+
+
+def _refuse_inapplicable(msg: pb.JobSpec) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingSpec)}
+    problems = []
+    for name, needs, values in _DEPENDENT_OPTIONS:
+        setting = getattr(msg, needs) or defaults[needs]
+        if _is_set(msg, name) and setting not in values:
+            wanted = " or ".join(repr(v) for v in values)
+            problems.append(f"{name} applies only with {needs} {wanted}, not {setting!r}")
+    if problems:
+        raise InvalidInput("invalid job spec: " + "; ".join(problems))
+
+
+def _applies(spec: dict[str, Any], name: str) -> bool:
+    return all(spec.get(needs) in values for field, needs, values in _DEPENDENT_OPTIONS
+               if field == name)
+
+
 def spec_to_proto(spec: dict[str, Any]) -> pb.JobSpec:
-    """The stored spec dict as a JobSpec message."""
-    msg = pb.JobSpec(**{k: spec[k] for k in _SPEC_FIELDS if spec.get(k) is not None})
-    msg.hidden_sizes.extend(spec.get("hidden_sizes", []))
+    """The stored spec dict as a JobSpec message, without options its settings leave unused
+    (so the message can be submitted again as it is)."""
+    msg = pb.JobSpec(**{k: spec[k] for k in _SPEC_FIELDS
+                        if spec.get(k) is not None and _applies(spec, k)})
+    if _applies(spec, "hidden_sizes"):
+        msg.hidden_sizes.extend(spec.get("hidden_sizes", []))
     if spec.get("model_options"):
         msg.model_options_json = json.dumps(spec["model_options"], sort_keys=True)
     msg.feature_columns.extend(spec.get("feature_columns", []))

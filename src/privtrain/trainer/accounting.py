@@ -54,13 +54,27 @@ def epsilon_for_history(accountant: str, history: History, delta: float) -> floa
     Heterogeneous steps (a noise schedule) compose as in Opacus' accountants:
     PRV convolves each segment's privacy random variable, RDP adds each
     segment's Rényi divergence per order.
+
+    Raises
+    ------
+    InvalidInput
+        The accountant fails numerically on these σ (named in the message).
     """
     history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
     if not history:
         return 0.0
     acc = create_accountant(mechanism=accountant)
     acc.history = history
-    return _get_epsilon(acc, delta)
+    try:
+        return _get_epsilon(acc, delta)
+    except (ValueError, ArithmeticError) as exc:
+        # Opacus' analyses fail this way outside their numeric range (e.g. RDP's
+        # "result of subtraction must be non-negative", PRV's "Maximum allowed size").
+        sigmas = [s for s, _, _ in history]
+        raise InvalidInput(
+            f"the {accountant} accountant cannot evaluate σ from {min(sigmas):.4g} to "
+            f"{max(sigmas):.4g} at δ={delta}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _get_epsilon(acc: IAccountant, delta: float) -> float:
@@ -98,7 +112,8 @@ def calibrate_noise_multiplier(
     Raises
     ------
     InvalidInput
-        No σ up to 10^4 reaches the target (e.g. a tiny ε with many steps).
+        No σ up to 10^4 reaches the target (e.g. a tiny ε with many steps), or the
+        accountant fails on the σ it tries.
     """
     try:
         with warnings.catch_warnings():
@@ -113,7 +128,7 @@ def calibrate_noise_multiplier(
                     epsilon_tolerance=0.005,
                 )
             )
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:
         raise InvalidInput(f"cannot calibrate noise for ε={target_epsilon}: {exc}") from None
     for _ in range(200):
         if epsilon_for(accountant, sigma, sample_rate, steps, target_delta) <= target_epsilon:

@@ -19,9 +19,19 @@ from dataclasses import dataclass
 from privtrain.errors import InvalidInput
 from privtrain.trainer.accounting import History, calibrate_noise_multiplier, epsilon_for_history
 from privtrain.trainer.adaptive_clipping import gradient_noise
-from privtrain.trainer.spec import NOISE_SCHEDULES, TrainingSpec
+from privtrain.trainer.spec import MIN_NOISE_FACTOR, NOISE_SCHEDULES, TrainingSpec
+
 # Relative width of the final calibration bracket, as in calibrate_noise_multiplier.
 SCALE_TOLERANCE = 0.005
+# Halvings (of the bracket's logarithm) the scale search may take: a bracket of ratio
+# 1 / MIN_NOISE_FACTOR reaches SCALE_TOLERANCE in 11, so 40 bounds the work with room to spare.
+MAX_SEARCH_STEPS = 40
+# Largest σ of any step: Opacus' own calibration ceiling (``MAX_SIGMA``). Past it the noise
+# drowns any gradient, and the accountants' analyses leave their tested range.
+MAX_NOISE_MULTIPLIER = 1e6
+# A σ whose RDP bound exceeds the target this many times over is taken as over the target
+# without asking PRV: PRV tightens RDP by far less than that.
+RDP_REFUSAL_FACTOR = 2.0
 
 
 def epoch_shape(schedule: str, gamma: float, step_epochs: int, epochs: int) -> tuple[float, ...]:
@@ -97,16 +107,24 @@ def calibrate_schedule(
 ) -> NoiseSchedule:
     """The smallest scale (to :data:`SCALE_TOLERANCE`) whose schedule spends ε ≤ ``target_epsilon``.
 
-    For a shape within (0, 1], the constant σ₀ calibrated for the same steps is a
-    lower bound of the scale (every step is at most as noisy as σ₀) and
-    σ₀ / min(shape) an upper bound (every step at least as noisy); a geometric
-    binary search between them keeps a feasible upper end, which is returned.
+    For a shape within [:data:`~privtrain.trainer.spec.MIN_NOISE_FACTOR`, 1], the
+    constant σ₀ calibrated for the same steps is a lower bound of the scale (every
+    step is at most as noisy as σ₀) and σ₀ / min(shape) an upper bound (every step at
+    least as noisy); a geometric binary search of at most :data:`MAX_SEARCH_STEPS`
+    halvings between them keeps a feasible upper end, which is returned. Under PRV a
+    candidate is first judged by its RDP bound (never below PRV's ε), so PRV only sees
+    schedules near the target, never one whose late epochs carry almost no noise (whose
+    privacy-loss domain PRV cannot hold in memory).
 
     Raises
     ------
     InvalidInput
-        No σ reaches the target (see :func:`calibrate_noise_multiplier`).
+        A shape outside [MIN_NOISE_FACTOR, 1], no σ reaching the target (see
+        :func:`calibrate_noise_multiplier`), or an accountant failing on a candidate.
     """
+    if not shape or min(shape) < MIN_NOISE_FACTOR or max(shape) > 1.0:
+        raise InvalidInput(f"noise schedule factors must lie in [{MIN_NOISE_FACTOR:g}, 1], "
+                           f"got {min(shape, default=0.0):.3g} to {max(shape, default=0.0):.3g}")
     steps = len(shape) * steps_per_epoch
     base = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
                                       sample_rate=sample_rate, steps=steps, accountant=accountant)
@@ -117,9 +135,11 @@ def calibrate_schedule(
     if min(shape) == 1.0:
         return make(base)
     low, high = base, base / min(shape)
-    while high / low > 1 + SCALE_TOLERANCE:
+    for _ in range(MAX_SEARCH_STEPS):
+        if high / low <= 1 + SCALE_TOLERANCE:
+            break
         middle = math.sqrt(low * high)
-        if make(middle).epsilon(accountant, target_delta) <= target_epsilon:
+        if _within_target(make(middle), accountant, target_epsilon, target_delta):
             high = middle
         else:
             low = middle
@@ -130,9 +150,14 @@ def calibrate_schedule(
     return schedule
 
 
-# Refuse a fixed σ outright when its RDP bound exceeds the target this many times over:
-# PRV tightens RDP by far less than that.
-RDP_REFUSAL_FACTOR = 2.0
+def _within_target(plan: NoiseSchedule, accountant: str, target_epsilon: float,
+                   target_delta: float) -> bool:
+    bound = plan.epsilon("rdp", target_delta)
+    if accountant == "rdp" or bound <= target_epsilon:
+        return bound <= target_epsilon
+    if bound > RDP_REFUSAL_FACTOR * target_epsilon:
+        return False
+    return plan.epsilon(accountant, target_delta) <= target_epsilon
 
 
 def plan_noise(spec: TrainingSpec, sample_rate: float, steps_per_epoch: int, *,
@@ -147,20 +172,41 @@ def plan_noise(spec: TrainingSpec, sample_rate: float, steps_per_epoch: int, *,
     ------
     InvalidInput
         A given ``noise_multiplier`` whose schedule spends more than the target ε,
-        no σ reaching the target, or adaptive clipping with 2σ_b ≤ σ.
+        no σ reaching the target, a step's σ above :data:`MAX_NOISE_MULTIPLIER`, an
+        accountant failing on the schedule (the message names the schedule), or
+        adaptive clipping with 2σ_b ≤ σ.
     """
     shape = epoch_shape(spec.noise_schedule, spec.noise_gamma, spec.noise_step_epochs, spec.epochs)
     accountant = accountant or spec.accountant
-    if spec.noise_multiplier is not None:
-        plan = NoiseSchedule(float(spec.noise_multiplier), shape, sample_rate, steps_per_epoch)
-        _check_fixed(plan, spec, accountant)
-    else:
-        plan = calibrate_schedule(shape, target_epsilon=spec.target_epsilon,
-                                  target_delta=spec.target_delta, sample_rate=sample_rate,
-                                  steps_per_epoch=steps_per_epoch, accountant=accountant)
+    try:
+        if spec.noise_multiplier is not None:
+            plan = NoiseSchedule(float(spec.noise_multiplier), shape, sample_rate, steps_per_epoch)
+            _check_sigma_range(plan, "noise_multiplier")
+            _check_fixed(plan, spec, accountant)
+        else:
+            plan = calibrate_schedule(shape, target_epsilon=spec.target_epsilon,
+                                      target_delta=spec.target_delta, sample_rate=sample_rate,
+                                      steps_per_epoch=steps_per_epoch, accountant=accountant)
+            _check_sigma_range(plan, "the calibrated")
+    except InvalidInput as exc:
+        if spec.noise_schedule == "constant":
+            raise
+        raise InvalidInput(f"{_describe(spec)}: {exc}") from None
     if spec.clipping == "adaptive":
         gradient_noise(plan.scale * max(shape), spec.count_noise)
     return plan
+
+
+def _describe(spec: TrainingSpec) -> str:
+    every = f" every {spec.noise_step_epochs} epochs" if spec.noise_schedule == "step" else ""
+    return (f"noise_schedule {spec.noise_schedule!r} (noise_gamma {spec.noise_gamma}{every}, "
+            f"{spec.epochs} epochs)")
+
+
+def _check_sigma_range(plan: NoiseSchedule, what: str) -> None:
+    largest = plan.scale * max(plan.shape)
+    if largest > MAX_NOISE_MULTIPLIER:
+        raise InvalidInput(f"{what} σ {largest:.4g} is above the limit {MAX_NOISE_MULTIPLIER:g}")
 
 
 def _check_fixed(plan: NoiseSchedule, spec: TrainingSpec, accountant: str) -> None:

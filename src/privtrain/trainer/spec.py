@@ -22,6 +22,15 @@ NOISE_SCHEDULES = ("constant", "exponential", "step")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_WORLD_SIZE = 16
+# Lowest last-epoch σ factor of a decaying noise schedule (σ_last / σ_first). Below it
+# the early epochs carry almost all the noise (a 1000x fall within one job) and the
+# calibration's σ bracket, σ₀ up to σ₀ / factor, reaches σ where accountants lose
+# precision or diverge.
+MIN_NOISE_FACTOR = 1e-3
+# Most distinct σ a noise schedule may use. Every ε evaluation composes one privacy random
+# variable per level (PRV: the costly part of an evaluation), and a job makes a few dozen of
+# them (calibration, then one per epoch end for the reported ε).
+MAX_NOISE_LEVELS = 20
 
 
 @dataclass(frozen=True)
@@ -102,9 +111,12 @@ class TrainingSpec:
         (see :mod:`privtrain.trainer.noise_schedule`). With ``noise_multiplier`` set,
         that σ is the first epoch's.
     noise_gamma : float
-        Decay factor in (0, 1] of the ``exponential`` and ``step`` noise schedules.
+        Decay factor in (0, 1] of the ``exponential`` and ``step`` noise schedules; the last
+        epoch's factor (γ^(epochs-1), or γ^⌊(epochs-1)/noise_step_epochs⌋) must be at least
+        :data:`MIN_NOISE_FACTOR`, and the schedule may use at most :data:`MAX_NOISE_LEVELS`
+        distinct σ.
     noise_step_epochs : int
-        Epochs between two decays of the ``step`` noise schedule.
+        Epochs between two decays of the ``step`` noise schedule; below ``epochs``.
     precision : str
         ``fp32`` or ``bf16``: forward and loss under ``torch.autocast`` in bfloat16;
         parameters, per-sample gradient norms, clipping and noise stay float32.
@@ -199,10 +211,7 @@ class TrainingSpec:
             out.append(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
         elif self.noise_schedule != "constant" and self.world_size > 1:
             out.append("a noise_schedule other than 'constant' runs in one process; use world_size 1")
-        if not (isinstance(self.noise_gamma, (int, float)) and 0 < self.noise_gamma <= 1):
-            out.append(f"noise_gamma must be in (0, 1], got {self.noise_gamma!r}")
-        if not (isinstance(self.noise_step_epochs, int) and self.noise_step_epochs >= 1):
-            out.append(f"noise_step_epochs must be an integer >= 1, got {self.noise_step_epochs!r}")
+        out.extend(self._noise_schedule_problems())
         if self.precision not in PRECISIONS:
             out.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         elif self.precision != "fp32" and self.world_size > 1:
@@ -252,6 +261,34 @@ class TrainingSpec:
         ):
             out.append(f"unclipped_num_std must be a finite number > 0, got {self.unclipped_num_std!r}")
         return out
+
+    def _noise_schedule_problems(self) -> list[str]:
+        gamma, step_epochs, epochs = self.noise_gamma, self.noise_step_epochs, self.epochs
+        if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
+            return [f"noise_gamma must be in (0, 1], got {gamma!r}"]
+        if not (isinstance(step_epochs, int) and step_epochs >= 1):
+            return [f"noise_step_epochs must be an integer >= 1, got {step_epochs!r}"]
+        if not (isinstance(epochs, int) and epochs >= 1):
+            return []  # reported with the other integer fields
+        if self.noise_schedule == "step" and step_epochs >= epochs:
+            return [f"noise_step_epochs {step_epochs} must be below epochs {epochs}: the step "
+                    "schedule first decays after noise_step_epochs epochs"]
+        decays = {"exponential": epochs - 1,
+                  "step": (epochs - 1) // step_epochs}.get(self.noise_schedule, 0)
+        if decays + 1 > MAX_NOISE_LEVELS:
+            hint = (f"noise_step_epochs >= {(epochs - 1) // MAX_NOISE_LEVELS + 1}"
+                    if self.noise_schedule == "step" else "the step schedule")
+            return [f"noise_schedule {self.noise_schedule!r} over {epochs} epochs uses {decays + 1} "
+                    f"noise levels; the limit is {MAX_NOISE_LEVELS} (use {hint})"]
+        # In logarithms: gamma ** decays underflows to 0 for a tiny gamma.
+        if decays and decays * math.log(gamma) < math.log(MIN_NOISE_FACTOR):
+            exponent = decays * math.log10(gamma)
+            factor = f"{10 ** exponent:.3g}" if exponent > -300 else f"1e{exponent:.0f}"
+            lowest = math.ceil(MIN_NOISE_FACTOR ** (1 / decays) * 1e4) / 1e4
+            return [f"noise_gamma {gamma} makes the last epoch's σ {gamma}^{decays} = {factor} "
+                    f"times the first; the limit is {MIN_NOISE_FACTOR:g} (use noise_gamma >= "
+                    f"{lowest:g} or fewer epochs)"]
+        return []
 
     @property
     def count_noise(self) -> float:

@@ -10,7 +10,8 @@
    ``GradSampleModule``: every trainable parameter must get a per-sample
    gradient whose first dimension is the batch; parameters the forward never
    uses are refused by name (or frozen with ``freeze_unused``); tied parameters
-   (one tensor reached under two names) are refused.
+   (one tensor reached under two names) are refused; the output must be
+   ``(batch, n_classes)`` logits.
 4. A memory estimate that caps the physical batch to what fits.
 """
 
@@ -193,6 +194,25 @@ def dry_run(model: nn.Module, sample: torch.Tensor, *, freeze_unused: bool) -> t
     return unused, bool(reused)
 
 
+def check_output_width(model: nn.Module, sample: torch.Tensor, n_classes: int, name: str) -> None:
+    """The forward of ``sample`` ``(batch, ...)`` must give logits ``(batch, n_classes)``.
+
+    Raises
+    ------
+    InvalidInput
+        Another output (naming the model, its output shape and the class count), which
+        the cross-entropy loss would only reject in the worker, after ε was reserved.
+    """
+    with torch.no_grad():
+        out = model(sample)
+    expected = (sample.shape[0], n_classes)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != expected:
+        raise InvalidInput(f"model {name!r} outputs {shape} for a batch of {sample.shape[0]}; "
+                           f"the dataset's target has {n_classes} classes, so its output must be "
+                           f"{expected} (batch, classes)")
+
+
 def bytes_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
     """Estimated bytes one sample costs in a DP step: its per-sample gradient copy of every
     trainable parameter plus its activations, kept for the backward pass (float32 count)."""
@@ -228,7 +248,8 @@ def prepare_model(
     ------
     InvalidInput
         Unknown model or options, too many parameters, unsupported modules,
-        unused or tied parameters, or no physical batch fits the memory budget.
+        unused or tied parameters, an output other than ``(batch, n_classes)``, or no
+        physical batch fits the memory budget.
     """
     options = spec.model_build_options
     with torch.device("meta"):
@@ -244,6 +265,7 @@ def prepare_model(
     else:
         sample = torch.rand(2, *input_shape, dtype=input_dtype)
     frozen, reuses_layers = dry_run(model, sample, freeze_unused=spec.freeze_unused)
+    check_output_width(model, sample, n_classes, spec.model)
     clipping_mode = "hooks" if reuses_layers else pick_clipping_mode(model)
     per_sample = bytes_per_sample(model, sample)
     fits = memory_budget_bytes // max(1, per_sample)
