@@ -6,14 +6,19 @@ COMPAS file, with a pseudonym column, real keys and a real signing certificate.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faker
+import numpy as np
 import pandas as pd
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from privtrain.anonymize.continuity import FIRST_PSEUDONYM_SCHEME
 from privtrain.anonymize.keys import generate_key, load_key
@@ -21,6 +26,8 @@ from privtrain.anonymize.manifest import sign_manifest
 from privtrain.anonymize.operators import pseudonym
 from privtrain.anonymize.policy import load_policy
 from privtrain.datasets import fetch_compas
+from privtrain.datasets.image_arrays import encode_image_arrays
+from privtrain.datasets.pack_images import image_manifest
 from privtrain.platform.cli import main
 
 from .conftest import make_signer
@@ -230,3 +237,73 @@ def test_manifest_from_before_pseudonym_scheme_counts_as_the_first_scheme(
     else:
         line = _refused(capsys, out, rc)
         assert f"pseudonym_scheme {FIRST_PSEUDONYM_SCHEME} -> {pseudonym.SCHEME}" in line
+
+
+def test_image_manifest_is_refused_as_not_a_tables(
+    release: Release, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A packed image dataset's signed manifest cannot vouch for a table's continuity."""
+    data = encode_image_arrays(
+        np.zeros((4, 1, 2, 2), dtype=np.float32), np.array([0, 1, 0, 1], dtype=np.int64)
+    )
+    manifest = image_manifest("images.npz", data, 4, (1, 2, 2), (0, 1))
+    path = release.folder / "images.safetensors.manifest.json"
+    path.write_bytes(sign_manifest(manifest, *(p.read_bytes() for p in release.signer)))
+    out = release.folder / "after-image.parquet"
+    line = _refused(capsys, out, _run(release, out, "--previous-manifest", str(path)))
+    assert f"{path}: is an image_array manifest" in line and "not an anonymized table's" in line
+
+
+def _fingerprint(cert_path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def test_earlier_manifest_signed_by_another_key_is_refused_naming_both_certificates(
+    release: Release, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy re-signed by a stranger's certificate, with the key id changed to this run's
+    key, cannot become the earlier link of a rotation chain."""
+    new_key = release.folder / "stranger-run.hmac.key"
+    new_id = generate_key(new_key).key_id
+    envelope = json.loads(release.manifest.read_text(encoding="utf-8"))
+    stranger = make_signer(release.folder, name="stranger")
+    forged = release.folder / "stranger.manifest.json"
+    forged.write_bytes(
+        sign_manifest(envelope["manifest"] | {"key_id": new_id[::-1]},
+                      *(p.read_bytes() for p in stranger))  # fmt: skip
+    )
+    out = release.folder / "stranger.parquet"
+    argv = ["--previous-manifest", str(forged), "--rotate-key"]
+    line = _refused(capsys, out, _run(release, out, *argv, key=new_key))
+    assert _fingerprint(stranger[1]) in line and _fingerprint(release.signer[1]) in line
+    assert "re-sign the earlier manifest" in line and "omit --previous-manifest" in line
+
+
+def test_renewed_certificate_with_the_same_key_continues(release: Release) -> None:
+    """The owner's certificate renewed (new serial, new dates) over the same key is the
+    same signer: the earlier release continues."""
+    key = serialization.load_pem_private_key(release.signer[0].read_bytes(), password=None)
+    old = x509.load_pem_x509_certificate(release.signer[1].read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    renewed = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.issuer)
+        .public_key(old.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert = release.folder / "owner-renewed.pem"
+    cert.write_bytes(renewed.public_bytes(serialization.Encoding.PEM))
+    assert _fingerprint(cert) != _fingerprint(release.signer[1])
+    out = release.folder / "renewed.parquet"
+    argv = ["anonymize", "run", str(fetch_compas()), "--policy", str(release.policy)]
+    argv += ["--key", str(release.key), "--out", str(out), "--signing-key", str(release.signer[0])]
+    argv += ["--signing-cert", str(cert), "--previous-manifest", str(release.manifest)]
+    assert main(argv) == 0
+    assert _manifest(out)["previous_manifest_sha256"] == hashlib.sha256(
+        release.manifest.read_bytes()
+    ).hexdigest()

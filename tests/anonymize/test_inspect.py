@@ -217,3 +217,95 @@ def test_presidio_drops_free_text_with_names_scrub_would_miss() -> None:
         pytest.skip(f"Presidio present but not usable here: {findings.detector}")
     assert findings.found.get("PERSON", 0) >= 1 and findings.found.get("EMAIL_ADDRESS") == 1
     assert findings.missed.get("PERSON", 0) + findings.missed.get("LOCATION", 0) >= 1
+
+
+FIRSTS = ["Ann", "Carl", "Maria", "John", "Priya", "Omar", "Lucy", "Peter"]
+LASTS = ["Smith", "Khan", "Lee", "Garcia", "Novak", "Brown"]
+VISITS = ["2020-01-09", "09/03/2021", "March 9, 2019", "2021.04.20"]
+
+
+def _clinic_table(tmp_path: Path, rows: int = 400) -> Path:
+    """A clinic file whose ``name`` column holds 48 full names (few distinct values), a
+    ``attending`` column of 12 doctors' names without a name word in its title, visit
+    dates in four formats, notes quoting first names, and one 2 MB ``status`` value."""
+    names = [f"{f} {last}" for f in FIRSTS for last in LASTS]
+    doctors = [f"{f} {last}" for f in FIRSTS[:4] for last in LASTS[3:]]
+    table = pd.DataFrame({
+        "id": [f"P{i:05d}" for i in range(rows)],
+        "name": [names[i % len(names)] for i in range(rows)],
+        "attending": [doctors[i % len(doctors)] for i in range(rows)],
+        "brand_name": [("Acme", "Globex")[i % 2] for i in range(rows)],
+        "sex": [("F", "M")[i % 2] for i in range(rows)],
+        "visit": [VISITS[i % 4] for i in range(rows)],
+        "notes": [f"Called {names[i % len(names)].split()[0]} at [PHONE] about visit {i}, "
+                  "who asked for a new appointment." for i in range(rows)],
+        "status": ["open"] * (rows - 1) + ["x" * 2_000_000],
+    })  # fmt: skip
+    path = tmp_path / "clinic.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_few_distinct_full_names_are_direct_identifiers_and_scrub_sources(
+    tmp_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """48 distinct names over 400 rows: pseudonymized, never listed in a domain; notes
+    are scrubbed with the name column as the source of known names."""
+    raw_path = _clinic_table(tmp_path)
+    policy = tmp_path / "clinic.policy.toml"
+    proposals = {p.name: p for p in inspect_table(raw_path, policy, presidio=False)}
+    assert (proposals["name"].kind, proposals["name"].role) == ("person_name", "direct_identifier")
+    # Values alone: given name + surname, the given name a common one.
+    assert proposals["attending"].kind == "person_name"
+    assert (proposals["brand_name"].kind, proposals["brand_name"].role) == ("category", "other")
+    cols = load_policy(policy).columns
+    assert (cols["name"].operator, cols["name"].faker) == ("pseudonym", "name")
+    assert cols["attending"].operator in {"pseudonym", "hmac"}
+    assert set(cols["notes"].names_from) == {"name", "attending"}
+    text = policy.read_text(encoding="utf-8")
+    raw = pd.read_csv(raw_path, dtype="string")
+    for person in set(raw["name"]) | set(raw["attending"]):
+        assert person not in text, person
+
+    key = tmp_path / "owner.hmac.key"
+    generate_key(key)
+    out = tmp_path / "clinic.anon.parquet"
+    run = ["anonymize", "run", str(raw_path), "--policy", str(policy), "--key", str(key)]
+    run += ["--out", str(out), "--signing-key", str(signer[0]), "--signing-cert", str(signer[1])]
+    assert main(run) == 0
+    table = pd.read_parquet(out)
+    assert not table["name"].isin(raw["name"]).any()
+    assert not table["attending"].isin(raw["attending"]).any()
+    for first in FIRSTS:
+        assert not table["notes"].str.contains(f"Called {first} ", regex=False).any(), first
+    assert table["notes"].str.startswith("Called [NAME] at [PHONE] about visit ").all()
+
+
+def test_dates_in_mixed_formats_are_dropped_not_kept_as_text(tmp_path: Path) -> None:
+    """C-A06: ISO, slashed, month-name and dotted dates in one column read no single
+    way: the proposal drops the column (an id exists, so date_shift was possible)."""
+    visit = {p.name: p for p in inspect_table(_clinic_table(tmp_path), presidio=False)}["visit"]
+    assert visit.kind == "date"
+    assert 'operator = "drop"' in visit.lines
+    assert any("parse in no single reading" in line for line in visit.lines)
+
+
+def test_a_huge_value_makes_free_text_not_a_category_in_policy_or_manifest(
+    tmp_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """One 2 MB value in a two-value column: not a category (its value is no label), so
+    neither the policy nor the signed manifest copies it."""
+    raw_path = _clinic_table(tmp_path)
+    policy = tmp_path / "clinic.policy.toml"
+    status = {p.name: p for p in inspect_table(raw_path, policy, presidio=False)}["status"]
+    assert status.kind == "free_text" and 'type = "categorical"' not in status.lines
+    assert policy.stat().st_size < 20_000
+    key = tmp_path / "owner.hmac.key"
+    generate_key(key)
+    out = tmp_path / "clinic.anon.parquet"
+    run = ["anonymize", "run", str(raw_path), "--policy", str(policy), "--key", str(key)]
+    run += ["--out", str(out), "--signing-key", str(signer[0]), "--signing-cert", str(signer[1])]
+    assert main(run) == 0
+    manifest = Path(str(out) + ".manifest.json")
+    assert manifest.stat().st_size < 50_000
+    assert "x" * 1_000 not in manifest.read_text(encoding="utf-8")

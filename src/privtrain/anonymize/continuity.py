@@ -14,7 +14,10 @@ manifest of an earlier release therefore checks, before reading any data:
   then records the earlier values under ``remapped_from``.
 
 The earlier manifest's signature is verified first, so a forged or edited file
-cannot vouch for continuity.
+cannot vouch for continuity; and it must be signed with the public key of this run's
+signing certificate (the owner's own key; a renewed certificate may carry a new date
+but not a new key), or anyone could forge the earlier link of the chain. It must also
+be an anonymized table's manifest, not an image dataset's.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privtrain.anonymize.errors import AnonymizationError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from privtrain.anonymize.errors import AnonymizationError, ManifestError
 from privtrain.anonymize.manifest import verify_manifest
+from privtrain.datasets.image_manifest import TABLE_KIND, manifest_kind
 from privtrain.errors import NotFound
 
 # Manifests written before ``pseudonym_scheme`` was recorded were all made with the
@@ -56,8 +63,23 @@ class RunIdentity:
     uses_pseudonyms: bool
 
 
+def _public_key_der(certificate_pem: bytes, what: str) -> bytes:
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError as exc:
+        raise ManifestError(f"cannot read {what} ({exc})") from None
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def continuity_fields(
-    previous_manifest: Path, run: RunIdentity, *, rotate_key: bool, remap: bool
+    previous_manifest: Path,
+    run: RunIdentity,
+    signing_certificate_pem: bytes,
+    *,
+    rotate_key: bool,
+    remap: bool,
 ) -> dict[str, Any]:
     """Check a run against an earlier release's signed manifest.
 
@@ -67,6 +89,9 @@ def continuity_fields(
         The earlier ``OUTPUT.manifest.json``.
     run : RunIdentity
         This run's key id, Faker version and locale, pseudonym scheme.
+    signing_certificate_pem : bytes
+        This run's signing certificate (PEM); the earlier manifest's signer certificate
+        must hold the same public key.
     rotate_key : bool
         Accept a different key (tokens and pseudonyms will not match the earlier file).
     remap : bool
@@ -86,7 +111,9 @@ def continuity_fields(
     NotFound
         The earlier manifest cannot be read.
     ManifestError
-        It is malformed or its signature does not verify.
+        It is malformed, its signature does not verify, it was signed with another
+        public key than ``signing_certificate_pem``'s (names both certificates' SHA-256
+        fingerprints), or it describes an image dataset rather than a table.
     AnonymizationError
         The key differs without ``rotate_key``, or the pseudonym generator differs
         without ``remap`` while the policy uses pseudonyms; names both values.
@@ -97,7 +124,24 @@ def continuity_fields(
         raise NotFound(
             f"{previous_manifest}: cannot read the earlier manifest ({exc.strerror})"
         ) from None
-    earlier = verify_manifest(data).manifest
+    verified = verify_manifest(data)
+    earlier = verified.manifest
+    kind = manifest_kind(earlier)
+    if kind != TABLE_KIND:
+        raise ManifestError(
+            f"{previous_manifest}: is an {kind} manifest (an image dataset's), not an "
+            "anonymized table's; pass the manifest of an earlier `anonymize run`"
+        )
+    ours = _public_key_der(signing_certificate_pem, "the signing certificate")
+    if _public_key_der(verified.signer_certificate_pem, "its signer_certificate") != ours:
+        mine = x509.load_pem_x509_certificate(signing_certificate_pem)
+        theirs = verified.signer_fingerprint_sha256
+        raise ManifestError(
+            f"{previous_manifest}: signed by certificate {theirs} (SHA-256), whose key is not "
+            f"the key of this run's signing certificate {mine.fingerprint(hashes.SHA256()).hex()}; "
+            "only the owner's own earlier release can be continued (after moving to a new "
+            "key, re-sign the earlier manifest with it), or omit --previous-manifest"
+        )
     fields: dict[str, Any] = {"previous_manifest_sha256": hashlib.sha256(data).hexdigest()}
     if earlier["key_id"] != run.key_id:
         if not rotate_key:

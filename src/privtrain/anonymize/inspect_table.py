@@ -6,6 +6,8 @@ attribute, other) and a proposed operator, from its name and its values
 
 * direct identifiers (names, e-mails, phones, record / case numbers, dates of
   birth, IPs, URLs, addresses) are pseudonymized, tokenized or dropped, never kept;
+  a column named for people's names, or whose values read as given name + surname,
+  is one however few distinct values it has, so no real name lands in a domain;
   phone numbers are tokenized after E.164 normalization when every value parses;
 * quasi-identifiers (age, sex, race, ZIP, ... by name) are generalized, with bands
   for numbers and an automatic two-level hierarchy for categories (values under 5 %
@@ -17,6 +19,8 @@ attribute, other) and a proposed operator, from its name and its values
 * free text is scrubbed of e-mails, URLs, IPs, phones, ID numbers and the table's
   names (``scrub``), unless Presidio, when installed, finds personal data that
   scrubbing would leave (:mod:`privtrain.anonymize.free_text`): then it is dropped;
+* a value longer than ``MAX_LABEL_CHARS`` (or a domain longer than
+  ``MAX_DOMAIN_CHARS``) makes a column free text rather than a category;
 * the rest is kept with a public domain (the observed range or values), which
   the owner should check against the data's documentation; a sensitive measurement
   gets a commented ``noise`` alternative, never noise by default (it is not DP).
@@ -36,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from privtrain.anonymize.dates import parse_dates
-from privtrain.anonymize.detect import ColumnFacts, hinted, measure, tokens
+from privtrain.anonymize.detect import ColumnFacts, hinted, measure, names_a_person, tokens
 from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.free_text import TextFindings, examine_free_text
 from privtrain.anonymize.operators.phone import e164
@@ -53,6 +57,14 @@ SHIFT_DAYS = 365
 # a lab value) rather than a label or score: the proposal mentions noise for it.
 MEASUREMENT_DISTINCT = 20
 _NOT_SUBJECTS = frozenset({"birth_date", "url", "ipv4", "ipv6"})
+# A column at least half of whose distinct values are written as dates holds dates: the
+# rest (``unknown``, typos) must not let its dates through as text or as a category.
+DATE_SHARE = 0.5
+# A category is a label (``Felony``, ``Married-civ-spouse``), not a sentence: a value
+# longer than this, or a domain longer than this in all, makes the column free text, so
+# that no long value is copied into the policy and the signed manifest.
+MAX_LABEL_CHARS = 200
+MAX_DOMAIN_CHARS = 4_000
 
 
 @dataclass(frozen=True)
@@ -108,8 +120,12 @@ def _kind(name: str, f: ColumnFacts) -> str:
     for kind in ("email", "url", "ipv4", "ipv6"):
         if f.is_(kind):
             return kind
-    if f.is_("date"):
+    if f.is_("date", DATE_SHARE):
         return "birth_date" if hinted(name, "birth") else "date"
+    if f.max_length > MAX_LABEL_CHARS or (
+        f.distinct <= MAX_DOMAIN and f.total_length > MAX_DOMAIN_CHARS
+    ):
+        return "free_text"
     if f.is_("zip") and hinted(name, "zip"):
         return "zip"
     if f.is_("integer") or f.is_("number"):
@@ -118,7 +134,11 @@ def _kind(name: str, f: ColumnFacts) -> str:
         return "number"
     if f.is_("phone", 0.8) and not f.is_("person_name", 0.5):
         return "phone"
-    if hinted(name, "person_name") and f.is_("person_name", 0.8) and f.distinct > MAX_DOMAIN:
+    if f.is_("person_name", 0.8) and (
+        names_a_person(name)
+        or (hinted(name, "person_name") and f.distinct > MAX_DOMAIN)
+        or f.is_("first_and_last_name", 0.8)
+    ):
         return "person_name"
     if f.is_("code", 0.8) and f.uniqueness > 0.5:
         return "id_code"

@@ -207,11 +207,6 @@ def anonymize_file(
         pseudonym_scheme=pseudonym.SCHEME,
         uses_pseudonyms=any(c.operator == "pseudonym" for c in policy.columns.values()),
     )
-    continuity: dict[str, Any] = {}
-    if previous_manifest is not None:
-        continuity = continuity_fields(
-            Path(previous_manifest), identity, rotate_key=rotate_key, remap=remap
-        )
     try:
         signing_key = Path(signing_key_path).read_bytes()
         signing_cert = Path(signing_cert_path).read_bytes()
@@ -219,6 +214,11 @@ def anonymize_file(
         raise NotFound(
             f"{exc.filename}: cannot read signing key/certificate ({exc.strerror})"
         ) from None
+    continuity: dict[str, Any] = {}
+    if previous_manifest is not None:
+        continuity = continuity_fields(
+            Path(previous_manifest), identity, signing_cert, rotate_key=rotate_key, remap=remap
+        )
     tick("read", 0.0)
     reader = ChunkReader(Path(input_path), encoding, policy.missing_values)
     source = str(input_path)
