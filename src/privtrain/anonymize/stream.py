@@ -289,6 +289,8 @@ class Streamer:
         for col in policy.columns.values():
             needed |= set(col.names_from) | ({col.subject} if col.subject else set())
         self._needed = [c for c in self.columns if c in needed]
+        self._warmable = [c for c in self.columns
+                          if policy.columns[c].operator in ("hmac", "date_shift")]
         # Parquet is cheap to read again; text is kept parsed for pass 2.
         self._spool: Spool | None = None if reader.format == "parquet" else Spool()
 
@@ -350,6 +352,10 @@ class Streamer:
     def _hmac(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> _Out:
         """Keyed tokens per distinct value, each value's computed once per file."""
         codes, _ = chunk.distinct(name)
+        return _Out(to_pandas(self._hmac_tokens(chunk, name, fn)), codes)
+
+    def _hmac_tokens(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> pa.Array:
+        """The token of each of the chunk's distinct values (new ones computed and kept)."""
 
         def tokens(new: pa.Array) -> pa.Array:
             values = pd.Series(new.to_pylist(), dtype="string")
@@ -357,11 +363,27 @@ class Streamer:
             return pa.array(out, pa.large_string())
 
         distinct = _encoded(chunk.table.column(name)).dictionary
-        return _Out(to_pandas(self._memo("hmac", name).results(distinct, tokens)), codes)
+        return self._memo("hmac", name).results(distinct, tokens)
 
-    def _date_shift(self, chunk: _Chunk, name: str) -> _Out:
-        """Dates shifted by their subject's offset: each distinct date is parsed, and each
-        distinct subject's offset keyed, once per file; rows combine the two."""
+    def _warm(self, chunk: _Chunk) -> None:
+        """Pass 1: fill the per-value memos of the ``hmac`` and ``date_shift`` columns.
+
+        Their results do not depend on the lattice search, and pass 1's main thread
+        otherwise waits on the CSV parser; pass 2 then finds every value computed.
+        Same values, same errors (named by file row) as computing them in pass 2.
+        """
+        for name in self._warmable:
+            if name not in chunk.table.column_names:
+                continue
+            col = self.policy.columns[name]
+            if col.operator == "hmac":
+                op, ctx = get_operator("hmac"), self._ctx(name)
+                self._hmac_tokens(chunk, name, lambda v: op.transform(v, ctx))
+            elif col.subject in chunk.table.column_names:
+                self._date_memos(chunk, name)
+
+    def _date_memos(self, chunk: _Chunk, name: str) -> list[IntArray]:
+        """Per row: the day number of its date and its subject's offset (NO_DAY if missing)."""
         col = self.policy.columns[name]
         subject, window = col.subject, col.shift_days
         assert subject is not None and window is not None
@@ -381,6 +403,12 @@ class Streamer:
             distinct = _encoded(chunk.table.column(column)).dictionary
             per = self._memo(kind, name).results(distinct, fn).to_numpy()
             per_row.append(np.append(per, NO_DAY)[codes])
+        return per_row
+
+    def _date_shift(self, chunk: _Chunk, name: str) -> _Out:
+        """Dates shifted by their subject's offset: each distinct date is parsed, and each
+        distinct subject's offset keyed, once per file; rows combine the two."""
+        per_row = self._date_memos(chunk, name)
         codes, iso = shifted(per_row[0], per_row[1])
         return _Out(pd.Series(iso, dtype="string"), codes)
 
@@ -443,6 +471,7 @@ class Streamer:
                 out = self._released(chunk, name)
                 if out is not None and str(out.values.dtype) != "Int64":
                     self.integral[name] = False
+            self._warm(chunk)
             self.rows += chunk.rows
             self.tick("read", 0.45 * min(position[0] / size, 1.0))
 
