@@ -91,3 +91,17 @@ def test_unicode_name_nfc_and_nfd_share_a_pseudonym() -> None:
     nfc, nfd = "Jos\u00e9 N\u00fa\u00f1ez", "Jose\u0301 Nu\u0301n\u0303ez"
     fakes = pseudonyms(pd.Series([nfc, nfd, "\u738b\u5c0f\u660e"]), "name", KEY, "name", "zh_CN")
     assert fakes[0] == fakes[1] != fakes[2]
+
+
+def test_keyed_digests_equal_one_shot_hmac() -> None:
+    """The copied keyed state gives RFC 2104 HMAC-SHA256 of prefix + message, as hmac.digest does."""
+    import hmac as std_hmac
+    import os
+
+    from privtrain.anonymize.keyed import keyed_digests
+
+    secret, prefix = os.urandom(32), b"privtrain/hmac/v1\x00col\x00"
+    messages = [b"", b"a", "José".encode(), os.urandom(200)]
+    assert keyed_digests(secret, prefix, messages) == [
+        std_hmac.digest(secret, prefix + m, "sha256") for m in messages
+    ]

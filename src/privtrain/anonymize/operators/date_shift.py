@@ -12,7 +12,6 @@ missing; a missing date stays missing (C-A04). Dates are parsed by
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from privtrain.anonymize.dates import parse_dates
+from privtrain.anonymize.keyed import keyed_digests
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
 from privtrain.anonymize.values import distinct_normalized, expand
 
@@ -54,10 +54,8 @@ def subject_offsets(subjects: pd.Series, column: str, secret: bytes, window: int
     prefix = DOMAIN + column.encode("utf-8") + b"\x00"
     per = np.array(
         [
-            int.from_bytes(hmac.digest(secret, prefix + u.encode("utf-8"), "sha256")[:8], "big")
-            % (2 * window + 1)
-            - window
-            for u in uniques
+            int.from_bytes(d[:8], "big") % (2 * window + 1) - window
+            for d in keyed_digests(secret, prefix, (u.encode("utf-8") for u in uniques))
         ]
         + [NO_DAY],
         dtype=np.int64,

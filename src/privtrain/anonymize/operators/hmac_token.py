@@ -13,13 +13,13 @@ negligible (~2^-64 at 2^32 distinct values).
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from privtrain.anonymize.keyed import keyed_digests
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
 from privtrain.anonymize.values import distinct_normalized, expand
 
@@ -54,10 +54,8 @@ def hmac_tokens(
     """
     codes, uniques = normalized if normalized is not None else distinct_normalized(values)
     prefix = DOMAIN + column.encode("utf-8") + b"\x00"
-    tokens = [
-        hmac.digest(secret, prefix + u.encode("utf-8"), "sha256").hex()[:TOKEN_HEX_CHARS]
-        for u in uniques
-    ]
+    digests = keyed_digests(secret, prefix, (u.encode("utf-8") for u in uniques))
+    tokens = [d.hex()[:TOKEN_HEX_CHARS] for d in digests]
     return expand(codes, tokens, values.index)
 
 

@@ -33,7 +33,6 @@ through Faker and resolved values one by one).
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -44,6 +43,7 @@ import pandas as pd
 from faker import Faker
 
 from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.keyed import keyed_digests
 from privtrain.anonymize.operators.faker_formats import template
 from privtrain.anonymize.operators.hmac_token import normalized_input
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
@@ -152,7 +152,7 @@ def pseudonyms(
 
     def seeds(pending: list[int], attempt: int) -> list[bytes]:
         head = prefix + attempt.to_bytes(4, "big")
-        return [hmac.digest(secret, head + raw[i], "sha256") for i in pending]
+        return keyed_digests(secret, head, (raw[i] for i in pending))
 
     first = seeds(list(range(len(uniques))), 0)
     # Case-folded, so "Miguel Hernandez" is never handed out while "miguel hernandez" is real.
