@@ -309,3 +309,52 @@ def test_a_huge_value_makes_free_text_not_a_category_in_policy_or_manifest(
     manifest = Path(str(out) + ".manifest.json")
     assert manifest.stat().st_size < 50_000
     assert "x" * 1_000 not in manifest.read_text(encoding="utf-8")
+
+
+def test_names_under_another_header_and_notes_quoting_them_are_not_kept(
+    tmp_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Forty people of many origins under a header that does not say "name", and a
+    low-cardinality note column quoting them: the first is a name column (given names of
+    many locales), the second is scrubbed with it, and no name reaches the policy or the
+    output."""
+    people = ["Ivan Petrov", "Marta Kowalska", "Klara Novak", "Priya Patel", "Greta Gerwig",
+              "Rosa Parks", "Umar Farooq", "Irene Adler", "Elena Gilbert", "Nils Holgersson",
+              "George Lucas", "Alice Johnson", "Liam Neeson", "Vera Wang", "Fatima Zahra",
+              "Sven Larsen", "Chiara Rossi", "Pierre Durand", "Lucas Silva", "Jan Jansen"] * 2
+    people = [f"{p.split()[0]} {p.split()[1]}{'son' if i >= 20 else ''}" for i, p in enumerate(people)]
+    rows = [(i, people[i % 40], 20 + i % 50, f"Patient {people[i % 40]} reported pain",
+             ["north", "south"][i % 2]) for i in range(400)]
+    raw_path = tmp_path / "people.csv"
+    pd.DataFrame(rows, columns=["id", "contact", "age", "note", "ward"]).to_csv(raw_path, index=False)
+    policy = tmp_path / "people.policy.toml"
+    assert main(["anonymize", "inspect", str(raw_path), "--out", str(policy), "--no-presidio"]) == 0
+    cols = load_policy(policy).columns
+    assert cols["contact"].role == "direct_identifier"
+    assert cols["contact"].operator in ("pseudonym", "hmac")
+    assert (cols["note"].operator, cols["note"].names_from) == ("scrub", ("contact",))
+    assert cols["ward"].operator == "keep"
+    text = policy.read_text(encoding="utf-8")
+    assert not [p for p in people if p in text]
+
+    key = tmp_path / "owner.hmac.key"
+    generate_key(key)
+    anon = tmp_path / "people.anon.parquet"
+    run = ["anonymize", "run", str(raw_path), "--policy", str(policy), "--key", str(key), "--out",
+           str(anon), "--signing-key", str(signer[0]), "--signing-cert", str(signer[1])]
+    assert main(run) == 0
+    written = pd.read_parquet(anon).astype("string").to_csv(index=False)
+    written += Path(str(anon) + ".manifest.json").read_text(encoding="utf-8")
+    assert not [p for p in people if p in written]
+    assert "Patient [NAME] reported pain" in written
+
+
+def test_zip_quasi_identifier_is_truncated_not_dropped(tmp_path: Path) -> None:
+    """A ZIP column with few codes is proposed as ZIP truncation (leading zeros kept)."""
+    path = tmp_path / "z.csv"
+    pd.DataFrame({"id": range(200), "zip": [f"0{i % 5}134" for i in range(200)],
+                  "age": [20 + i % 40 for i in range(200)]}).to_csv(path, index=False)
+    proposals = {p.name: p for p in inspect_table(path)}
+    lines = proposals["zip"].lines
+    assert 'operator = "generalize"' in lines and 'type = "zip"' in lines
+    assert not any("Too many distinct values" in line for line in lines)

@@ -10,11 +10,11 @@ is also recognized by its first word being one of Faker's en_US given names.
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 
 import pandas as pd
-from faker.providers.person.en_US import Provider as EnUsPerson
 
 SAMPLE = 2_000
 MATCH_SHARE = 0.9
@@ -77,7 +77,27 @@ NOT_PERSON_WORDS = frozenset({
     "event", "table", "column", "field", "dataset", "class", "type", "category", "species",
     "breed", "plan", "program", "course", "unit", "ward",
 })  # fmt: skip
-_FIRST_NAMES = frozenset(n.lower() for n in EnUsPerson.first_names)
+# Given names of many Latin-script locales, so "Marta Kowalska" or "Klara Novak" read as
+# names as surely as "Ann Smith" (Faker's person providers; a locale missing from the
+# installed Faker is skipped).
+_NAME_LOCALES = ("en_US", "en_GB", "en_IN", "de_DE", "fr_FR", "es_ES", "it_IT", "pt_BR",
+                 "nl_NL", "pl_PL", "cs_CZ", "sv_SE", "da_DK", "fi_FI", "ro_RO", "hu_HU",
+                 "tr_TR", "id_ID", "vi_VN")
+
+
+def _given_names() -> frozenset[str]:
+    names: set[str] = set()
+    for locale in _NAME_LOCALES:
+        try:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        except ImportError:
+            continue
+        first = getattr(provider, "first_names", ())
+        names.update(str(n).lower() for n in (first.keys() if isinstance(first, dict) else first))
+    return frozenset(names)
+
+
+_FIRST_NAMES = _given_names()
 
 
 def tokens(column: str) -> list[str]:
@@ -175,7 +195,7 @@ def measure(values: pd.Series) -> ColumnFacts:
 
 def _first_and_last_share(sample: pd.Series) -> float:
     """Share of values written like ``Ann Smith``: two to four words of letters, the
-    first one a common given name (Faker's en_US list of 690)."""
+    first one a common given name (Faker's lists of many locales)."""
     shaped = sample.str.fullmatch(r"[^\W\d_]+(?:[ '-][^\W\d_]+){1,3}").fillna(False)
     first = sample.str.split(n=1).str[0].str.lower().isin(_FIRST_NAMES)
     return float((shaped & first).mean())

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,6 +351,10 @@ def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Ta
         elif kind == "category" and f.distinct <= MAX_DOMAIN:
             body = ['operator = "generalize"', 'type = "categorical"', *_hierarchy(values)]
             head.insert(1, '# Rare values pooled first, then "*"; edit the hierarchy to taste.')
+        elif kind == "zip":
+            body = ['operator = "generalize"', 'type = "zip"', "digits = 5", "keep_digits = [3, 1]"]
+            head.insert(1, "# Truncated by the lattice search until k holds: 02134 -> 021** -> 0****\n"
+                           '# -> "*" (leading zeros kept). Set digits for codes other than US ZIPs.')
         else:
             body = ['operator = "drop"']
             head.insert(1, "# Too many distinct values to generalize automatically: dropped.")
@@ -464,6 +470,12 @@ def inspect_table(
     direct = [c for c in classified if c[2] == "direct_identifier"]
     # scrub's known names come from the name columns (default: every direct identifier).
     name_sources = [n for n, kd, _, _ in direct if kd == "person_name" or hinted(n, "person_name")]
+    # A "category" whose values quote the table's people ("Patient Ivan Petrov reported
+    # pain") is text about them: scrubbed, never kept with its values in the domain.
+    pairs = _name_pairs(df, name_sources)
+    for i, (name, kind, _, f) in enumerate(classified):
+        if kind == "category" and pairs and _mentions(df[name], pairs):
+            classified[i] = (name, "free_text", _role(name, "free_text", f), f)
     source = str(input_path)
     table = _Table(
         source=source,
@@ -479,6 +491,25 @@ def inspect_table(
     if out_path is not None:
         atomic_write_bytes(Path(out_path), policy_text(proposals, Path(input_path), k).encode())
     return proposals
+
+
+def _word_pairs(text: str) -> set[tuple[str, str]]:
+    words = re.findall(r"[^\W\d_]+", unicodedata.normalize("NFC", text).casefold())
+    return set(zip(words, words[1:], strict=False))
+
+
+def _name_pairs(df: pd.DataFrame, name_columns: list[str]) -> set[tuple[str, str]]:
+    """Consecutive word pairs ("ivan", "petrov") of the distinct values of the name columns."""
+    pairs: set[tuple[str, str]] = set()
+    for name in name_columns:
+        for value in df[name].dropna().unique():
+            pairs |= _word_pairs(str(value))
+    return pairs
+
+
+def _mentions(values: pd.Series, pairs: set[tuple[str, str]]) -> bool:
+    """Whether any distinct value holds a name's two consecutive words (case-folded)."""
+    return any(_word_pairs(str(v)) & pairs for v in values.dropna().unique())
 
 
 def policy_text(proposals: list[Proposal], source: Path, k: int) -> str:
