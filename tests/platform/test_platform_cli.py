@@ -65,3 +65,14 @@ def test_cli_runs_as_a_module_and_prints_help() -> None:
                          capture_output=True, text=True, check=True).stdout
     for command in ("certs", "db", "server", "anonymize", "dataset", "job", "alerts"):
         assert command in out
+
+
+@pytest.mark.parametrize("argv", [["job", "submit", "--noise-step-epochs", "0"], ["bogus"],
+                                  ["dataset", "upload"]])
+def test_argument_mistakes_are_one_error_line_and_exit_2(argv: list[str],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: privtrain") and err.count("\n") == 1, err

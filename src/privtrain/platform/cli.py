@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # gRPC's C core would print its own handshake log lines on stderr; the CLI
 # prints one line per error (and a diagnosis) instead. A user may still set it.
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     from privtrain.anonymize.cli import add_anonymize_commands
     from privtrain.datasets.pack_images import SOURCES as IMAGE_SOURCES
 
-    parser = argparse.ArgumentParser(prog="privtrain", description=__doc__.split("\n")[0])
+    parser = _OneLineErrors(prog="privtrain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     certs = sub.add_parser("certs", help="PKI for mTLS").add_subparsers(dest="sub", required=True)
@@ -547,6 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     al.set_defaults(func=_alerts)
     _show_defaults(parser)
     return parser
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """An argument mistake is one ``error:`` line naming the command (exit 2), as every other
+    local mistake; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
