@@ -35,12 +35,13 @@ import pyarrow.parquet as pq
 from privtrain.anonymize.errors import AnonymizationError
 from privtrain.anonymize.tableio import (
     check_header,
+    check_input,
     detect_encoding,
     jsonl_cell,
     jsonl_objects,
     table_format,
 )
-from privtrain.errors import InvalidInput, NotFound
+from privtrain.errors import InvalidInput
 
 DEFAULT_CHUNK_ROWS = 262_144
 _BLOCK_BYTES = 4 << 20
@@ -87,15 +88,7 @@ class ChunkReader:
 
     def __init__(self, path: Path, encoding: str | None = None, missing: tuple[str, ...] = ()):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise NotFound(f"{self.path}: input file not found")
-        if encoding is not None:
-            try:
-                codecs.lookup(encoding)
-            except LookupError:
-                raise AnonymizationError(
-                    f"unknown text encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)"
-                ) from None
+        check_input(self.path, encoding)
         self.format = table_format(self.path)
         self.missing = tuple(missing)
         self.encoding: str | None = None

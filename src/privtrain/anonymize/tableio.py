@@ -29,6 +29,20 @@ PARQUET = frozenset({".parquet", ".pq"})
 JSONL = frozenset({".jsonl", ".ndjson"})
 
 
+def check_input(path: Path, encoding: str | None) -> None:
+    """Raise ``NotFound`` for a missing input file, ``AnonymizationError`` for an unknown
+    ``encoding`` name (None: detect it later)."""
+    if not path.is_file():
+        raise NotFound(f"{path}: input file not found")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise AnonymizationError(
+                f"unknown text encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)"
+            ) from None
+
+
 def table_format(path: Path) -> str:
     """``"parquet"``, ``"jsonl"`` or ``"csv"``, from the file name's suffix."""
     suffix = Path(path).suffix.lower()
@@ -120,15 +134,7 @@ def read_table(
         column name, or a malformed file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise NotFound(f"{path}: input file not found")
-    if encoding is not None:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise AnonymizationError(
-                f"unknown text encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)"
-            ) from None
+    check_input(path, encoding)
     fmt = table_format(path)
     try:
         if fmt == "parquet":
