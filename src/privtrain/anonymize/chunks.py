@@ -198,7 +198,9 @@ class ChunkReader:
             quoted_strings_can_be_null=True,
             include_columns=cols,
         )
-        with open(self.path, "rb") as fh:
+        # A native file: Arrow reads into its own (reused) buffers, without the GIL, where
+        # a Python file object would allocate a fresh bytes object per block.
+        with pa.OSFile(str(self.path), "rb") as fh:
             reader = pacsv.open_csv(fh, read, parse, convert)
             for batch in reader:
                 if position is not None:

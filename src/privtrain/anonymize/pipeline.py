@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import faker
+import pyarrow as pa
 
 from privtrain import __version__
 from privtrain.anonymize.chunks import DEFAULT_CHUNK_ROWS, ChunkReader, ChunkWriter
@@ -150,6 +151,25 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@contextmanager
+def _system_arrow_pool() -> Iterator[None]:
+    """Allocate Arrow's buffers with the C library's ``malloc`` for the duration.
+
+    Arrow's default pool (mimalloc) backs its arenas with transparent huge pages and
+    hands freed memory back to the system after a second; the passes allocate and free
+    some hundred megabytes per chunk, so the kernel zeroes fresh 2 MiB pages over and
+    over (a fifth of the CPU time of the bench run, with large run-to-run swings).
+    ``malloc`` reuses its freed memory. Buffers remember their pool, so switching back
+    afterwards is safe.
+    """
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
 def anonymize_file(
     input_path: Path,
     policy_path: Path,
@@ -243,7 +263,7 @@ def anonymize_file(
     source = str(input_path)
     _check_columns(reader.columns, policy, source)
     streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick)
-    with _cyclic_gc_paused():
+    with _cyclic_gc_paused(), _system_arrow_pool():
         streamer.scan()
         n = streamer.rows
         result = streamer.search()
@@ -259,7 +279,7 @@ def anonymize_file(
             domains[name] = domain
 
     tick("write", 0.5)
-    with ChunkWriter(out_path) as writer, _cyclic_gc_paused():
+    with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _system_arrow_pool():
         k_out, models = streamer.write(writer)
         rows_out = writer.rows
         # Independent re-check on the written labels: the lattice's codes and the
