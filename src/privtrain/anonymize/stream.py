@@ -125,30 +125,37 @@ def encode_columns(table: pa.Table, names: frozenset[str]) -> pa.Table:
     return table
 
 
-def _distinct(column: pa.Array | pa.ChunkedArray) -> tuple[IntArray, pd.Series]:
-    """Row codes (-1 = missing) and distinct values of one column of a chunk.
-
-    A column that arrives dictionary-encoded (by the reading thread, or from the spool)
-    costs nothing here; its dictionary holds exactly the values of its rows.
-    """
+def _codes(column: pa.Array | pa.ChunkedArray) -> IntArray:
+    """Row codes (-1 = missing) of one column of a chunk into its distinct values
+    (:func:`_encoded`'s dictionary, which holds exactly the values of its rows)."""
     enc = _encoded(column)
     indices = enc.indices if enc.indices.null_count == 0 else pc.fill_null(enc.indices, -1)
-    codes = indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes, to_pandas(enc.dictionary)
+    return indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class _Out:
     """One column of a chunk as released: ``values`` per distinct value with each row's
-    ``codes`` into them (-1: missing), or per row (codes None)."""
+    ``codes`` into them (-1: missing), or per row (codes None). Values computed in Arrow
+    stay Arrow (no round trip through pandas on the way to the writer)."""
 
-    values: pd.Series
+    values: pd.Series | pa.Array
     codes: IntArray | None
+
+    def series(self, positions: IntArray | None = None) -> pd.Series:
+        """The values (those at ``positions``) as pandas."""
+        values = self.values
+        if isinstance(values, pa.Array):
+            return to_pandas(values if positions is None else values.take(positions))
+        return values if positions is None else values.take(positions)
 
     def rows(self, kept: IntArray | None) -> pa.Array | pa.ChunkedArray:
         """The kept rows as an Arrow array: dictionary-encoded when per distinct value
         (the writer stores the values once per chunk, not once per row)."""
-        arr = pa.array(self.values.reset_index(drop=True), from_pandas=True)
+        if isinstance(self.values, pa.Array):
+            arr = self.values
+        else:
+            arr = pa.array(self.values.reset_index(drop=True), from_pandas=True)
         if self.codes is None:
             return arr if kept is None else pc.take(arr, pa.array(kept))
         idx = self.codes if kept is None else self.codes[kept]
@@ -165,13 +172,12 @@ class _Out:
     ) -> IntArray:
         """Ids of the kept rows' values, given in order of first appearance among them."""
         if self.codes is None:
-            rows = self.values if kept is None else self.values.take(kept)
-            return ids_of(ids, rows.reset_index(drop=True), key)
+            return ids_of(ids, self.series(kept).reset_index(drop=True), key)
         codes = self.codes if kept is None else self.codes[kept]
         order = pd.unique(codes)
         order = order[order >= 0]
         lookup = np.zeros(len(self.values) + 1, dtype=np.int64)
-        lookup[order] = ids.lookup(key(self.values.take(order)))[:-1]
+        lookup[order] = ids.lookup(key(self.series(order)))[:-1]
         return ids.note(lookup[codes])
 
 
@@ -182,17 +188,22 @@ class _Chunk:
     table: pa.Table
     offset: int
     source: str
-    _codes: dict[str, tuple[IntArray, pd.Series]] = field(default_factory=dict)
+    _codes: dict[str, IntArray] = field(default_factory=dict)
     _frame: pd.DataFrame | None = None
 
     @property
     def rows(self) -> int:
         return int(self.table.num_rows)
 
-    def distinct(self, name: str) -> tuple[IntArray, pd.Series]:
+    def codes(self, name: str) -> IntArray:
+        """Each row's code into :meth:`dictionary` (-1: missing)."""
         if name not in self._codes:
-            self._codes[name] = _distinct(self.table.column(name))
+            self._codes[name] = _codes(self.table.column(name))
         return self._codes[name]
+
+    def dictionary(self, name: str) -> pa.Array:
+        """The column's distinct values in this chunk (no missing)."""
+        return _encoded(self.table.column(name)).dictionary
 
     def frame(self) -> pd.DataFrame:
         if self._frame is None:
@@ -215,7 +226,7 @@ class _Written:
     """What pass 2 carries from chunk to chunk: the whole-column maps, the ids and counts
     of the written values (for the re-check), the output's dtypes, the rows done."""
 
-    whole: dict[str, tuple[pd.Index, pd.Series]]
+    whole: dict[str, tuple[pa.Array, pa.Array]]
     out_qi: dict[str, ValueIds]
     out_sens: dict[str, ValueIds]
     check: Combinations
@@ -311,9 +322,9 @@ class Streamer:
     ) -> tuple[IntArray, Any]:
         """``fn`` on the column's distinct values of the file so far (both passes), run
         again only when the chunk brings new ones; the rows' codes into its result."""
-        codes, _ = chunk.distinct(name)
+        codes = chunk.codes(name)
         seen = self._files.setdefault((kind, name), FileValues())
-        pos, grown = seen.positions(_encoded(chunk.table.column(name)).dictionary)
+        pos, grown = seen.positions(chunk.dictionary(name))
         if grown:
             assert seen.values is not None
             try:
@@ -351,8 +362,8 @@ class Streamer:
 
     def _hmac(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> _Out:
         """Keyed tokens per distinct value, each value's computed once per file."""
-        codes, _ = chunk.distinct(name)
-        return _Out(to_pandas(self._hmac_tokens(chunk, name, fn)), codes)
+        codes = chunk.codes(name)
+        return _Out(self._hmac_tokens(chunk, name, fn), codes)
 
     def _hmac_tokens(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> pa.Array:
         """The token of each of the chunk's distinct values (new ones computed and kept)."""
@@ -362,8 +373,7 @@ class Streamer:
             out = chunk._located(fn, values, lambda: chunk.frame()[name])
             return pa.array(out, pa.large_string())
 
-        distinct = _encoded(chunk.table.column(name)).dictionary
-        return self._memo("hmac", name).results(distinct, tokens)
+        return self._memo("hmac", name).results(chunk.dictionary(name), tokens)
 
     def _warm(self, chunk: _Chunk) -> None:
         """Pass 1: fill the per-value memos of the ``hmac`` and ``date_shift`` columns.
@@ -399,9 +409,8 @@ class Streamer:
 
         per_row = []
         for kind, column, fn in (("days", name, days), ("offsets", subject, offsets)):
-            codes, _ = chunk.distinct(column)
-            distinct = _encoded(chunk.table.column(column)).dictionary
-            per = self._memo(kind, name).results(distinct, fn).to_numpy()
+            codes = chunk.codes(column)
+            per = self._memo(kind, name).results(chunk.dictionary(column), fn).to_numpy()
             per_row.append(np.append(per, NO_DAY)[codes])
         return per_row
 
@@ -410,7 +419,7 @@ class Streamer:
         distinct subject's offset keyed, once per file; rows combine the two."""
         per_row = self._date_memos(chunk, name)
         codes, iso = shifted(per_row[0], per_row[1])
-        return _Out(pd.Series(iso, dtype="string"), codes)
+        return _Out(iso, codes)
 
     def _sensitive_row_ids(self, chunk: _Chunk, name: str, ids: ValueIds) -> IntArray:
         ordered = self.policy.columns[name].type == "numeric"
@@ -463,8 +472,7 @@ class Streamer:
                 ids.append(self._sensitive_row_ids(chunk, s, self.sens_ids[s]))
             self.combos.add(ids, chunk.rows)
             for name, seen in self.distinct_values.items():
-                _, uniq = chunk.distinct(name)
-                seen.update(dict.fromkeys(uniq.tolist()))
+                seen.update(dict.fromkeys(chunk.dictionary(name).to_pylist()))
             for name, sources in self.name_sources.items():
                 self.known_names[name] |= known_names(chunk.frame(), sources)
             for name in self.integral:
@@ -573,12 +581,11 @@ class Streamer:
                 codes, gen = gens[name]
                 outs[name] = _Out(gen.labels(result.levels[name]), codes)
             elif col.operator in WHOLE_COLUMN:
-                codes, uniq = chunk.distinct(name)
-                index, mapped = whole[name]
-                pos = index.get_indexer(uniq)
-                if bool((pos < 0).any()):
+                raw, mapped = whole[name]
+                pos = pc.index_in(chunk.dictionary(name).cast(pa.string()), value_set=raw)
+                if pos.null_count:
                     raise input_changed(self.source)
-                outs[name] = _Out(mapped.take(pos), codes)
+                outs[name] = _Out(mapped.take(pos), chunk.codes(name))
             else:
                 released = self._released(chunk, name)
                 if released is None:
@@ -587,7 +594,7 @@ class Streamer:
                     released = _Out(released.values.astype("Float64"), released.codes)
                 outs[name] = released
         if state.like is None:
-            state.like = pd.DataFrame({n: o.values.iloc[:0] for n, o in outs.items()})
+            state.like = pd.DataFrame({n: o.series().iloc[:0] for n, o in outs.items()})
         writer.write_arrow({n: o.rows(kept) for n, o in outs.items()}, state.like)
         # Independent re-check: classes of the values as written.
         check_ids = [outs[q].ids(out_qi[q], kept, _as_list) for q in self.qis]
@@ -600,15 +607,17 @@ class Streamer:
         state.offset += chunk.rows
         self.tick("write", 0.5 + 0.45 * state.offset / max(self.rows, 1))
 
-    def _whole_column_maps(self) -> dict[str, tuple[pd.Index, pd.Series]]:
-        """Each :data:`WHOLE_COLUMN` column's output for every distinct raw value."""
+    def _whole_column_maps(self) -> dict[str, tuple[pa.Array, pa.Array]]:
+        """Each :data:`WHOLE_COLUMN` column's distinct raw values and their outputs."""
         maps = {}
         for name, seen in self.distinct_values.items():
             raw = pd.Series(list(seen), dtype="string")
             op = get_operator(self.policy.columns[name].operator)
             mapped = op.transform(raw, self._ctx(name))
             assert mapped is not None
-            maps[name] = (pd.Index(raw), mapped.reset_index(drop=True))
+            maps[name] = (
+                pa.array(raw, pa.string()), pa.array(mapped.reset_index(drop=True), pa.string())
+            )
         return maps
 
     def _recheck(

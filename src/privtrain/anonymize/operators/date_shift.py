@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 
 from privtrain.anonymize.dates import parse_dates
 from privtrain.anonymize.keyed import keyed_digests
@@ -27,6 +28,8 @@ DOMAIN = b"privtrain/date_shift/v1\x00"
 
 
 NO_DAY = np.iinfo(np.int64).min
+# Day numbers of 0001-01-01 and 9999-12-31.
+_YEAR_1, _YEAR_9999 = -719_162, 2_932_896
 IntArray = npt.NDArray[np.int64]
 
 
@@ -63,18 +66,23 @@ def subject_offsets(subjects: pd.Series, column: str, secret: bytes, window: int
     return per[codes]
 
 
-def shifted(days: IntArray, offsets: IntArray) -> tuple[IntArray, list[str]]:
+def shifted(days: IntArray, offsets: IntArray) -> tuple[IntArray, pa.Array]:
     """Shift per row: codes (-1 = missing: no date or no subject) into ISO ``YYYY-MM-DD``.
 
     ``days`` and ``offsets`` are int64 of shape (n,) from :func:`day_numbers` and
-    :func:`subject_offsets`.
+    :func:`subject_offsets`. Returns the codes (int64, shape (n,)) and the distinct
+    shifted dates as an Arrow ``string`` array.
     """
     ok = (days != NO_DAY) & (offsets != NO_DAY)
     codes = np.full(len(days), -1, dtype=np.int64)
     part, uniq = pd.factorize(days[ok] + offsets[ok])
     codes[ok] = part
-    when = np.asarray(uniq, dtype=np.int64).astype("datetime64[D]")
-    return codes, [str(d) for d in np.datetime_as_string(when, unit="D")]
+    uniq = np.asarray(uniq, dtype=np.int64)
+    if len(uniq) == 0 or (uniq.min() >= _YEAR_1 and uniq.max() <= _YEAR_9999):
+        # Arrow writes the same text as numpy for years 1-9999, without a Python string each.
+        return codes, pa.array(uniq.astype(np.int32), pa.date32()).cast(pa.string())
+    iso = np.datetime_as_string(uniq.astype("datetime64[D]"), unit="D")
+    return codes, pa.array([str(d) for d in iso], pa.string())
 
 
 @register_operator("date_shift")
@@ -90,7 +98,8 @@ class DateShift:
         offsets = subject_offsets(
             ctx.frame[col.subject], col.subject, ctx.key.secret, col.shift_days
         )
-        return expand(*shifted(days, offsets), values.index)
+        codes, iso = shifted(days, offsets)
+        return expand(codes, iso.to_pylist(), values.index)
 
     def output_domain(self, ctx: OperatorContext) -> dict[str, Any]:
         return {"type": "date", "shifted_by_subject": ctx.column.subject}
