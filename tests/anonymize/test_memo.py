@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from privtrain.anonymize.aggregate import group_columns
+from privtrain.anonymize.aggregate import count_columns, group_columns
 from privtrain.anonymize.memo import FileValues, Memo
 
 
@@ -82,3 +82,15 @@ def test_grouping_columns_equals_grouping_the_matrix() -> None:
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(inverse, expected_inverse.reshape(-1))
     np.testing.assert_array_equal(rows[inverse], mat)
+
+
+@pytest.mark.parametrize("high", [[4, 30, 2], [900, 800, 700]])
+def test_counting_columns_equals_np_unique_with_counts(high: list[int]) -> None:
+    # [4, 30, 2]: few possible combinations (counted densely); [900, 800, 700]: hashed.
+    rng = np.random.default_rng(5)
+    mat = rng.integers(0, high, size=(5_000, 3)).astype(np.int64)
+    rows, counts = count_columns(list(mat.T), len(mat))
+    expected_rows, expected_counts = np.unique(mat, axis=0, return_counts=True)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(counts, expected_counts)
+    assert counts.dtype == np.int64 and int(counts.sum()) == len(mat)

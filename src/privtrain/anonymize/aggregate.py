@@ -131,6 +131,24 @@ def group_rows(mat: IntArray) -> tuple[IntArray, IntArray]:
     return group_columns(list(mat.T), len(mat))
 
 
+def _radix_key(columns: Sequence[IntArray], cards: list[int]) -> IntArray:
+    """One int64 per row: the row's ids read as digits of radix ``cards`` (product < 2**62)."""
+    key = np.array(columns[0], dtype=np.int64)
+    for j in range(1, len(columns)):
+        key *= cards[j]
+        key += columns[j]
+    return key
+
+
+def _radix_rows(keys: IntArray, cards: list[int]) -> IntArray:
+    """The id rows (m, d) that :func:`_radix_key` turned into ``keys`` (m,)."""
+    rows = np.empty((len(keys), len(cards)), dtype=np.int64)
+    rest = keys
+    for j in range(len(cards) - 1, -1, -1):
+        rest, rows[:, j] = np.divmod(rest, cards[j])
+    return rows
+
+
 def group_columns(columns: Sequence[IntArray], n: int) -> tuple[IntArray, IntArray]:
     """:func:`group_rows` of the (n, d) matrix whose columns are ``columns`` (d arrays of
     length n), without building the matrix."""
@@ -139,19 +157,28 @@ def group_columns(columns: Sequence[IntArray], n: int) -> tuple[IntArray, IntArr
         return np.zeros((min(n, 1), d), dtype=np.int64), np.zeros(n, dtype=np.int64)
     cards = [int(c.max()) + 1 for c in columns]
     if math.prod(cards) < _MAX_RADIX:
-        key = np.array(columns[0], dtype=np.int64)
-        for j in range(1, d):
-            key *= cards[j]
-            key += columns[j]
         # Hashing, then sorting only the distinct keys, beats np.unique's sort of all n.
-        inverse, uniq = pd.factorize(key, sort=True)
-        rows = np.empty((len(uniq), d), dtype=np.int64)
-        rest = uniq
-        for j in range(d - 1, -1, -1):
-            rest, rows[:, j] = np.divmod(rest, cards[j])
+        inverse, uniq = pd.factorize(_radix_key(columns, cards), sort=True)
+        rows = _radix_rows(np.asarray(uniq, dtype=np.int64), cards)
     else:
         rows, inverse = np.unique(np.column_stack(columns), axis=0, return_inverse=True)
     return rows.astype(np.int64), inverse.reshape(-1).astype(np.int64)
+
+
+def count_columns(columns: Sequence[IntArray], n: int) -> tuple[IntArray, IntArray]:
+    """Distinct rows (m, d) of the matrix whose columns are ``columns`` (d arrays of
+    length n), in lexicographic order, and how many times each occurs (m,)."""
+    if n and columns:
+        cards = [int(c.max()) + 1 for c in columns]
+        size = math.prod(cards)
+        # Few possible combinations (generalized classes, small domains): count them all
+        # in one array instead of hashing every row.
+        if size <= max(8 * n, 1 << 16):
+            dense = np.bincount(_radix_key(columns, cards), minlength=size)
+            keys = np.flatnonzero(dense)
+            return _radix_rows(keys, cards), dense[keys].astype(np.int64)
+    rows, inverse = group_columns(columns, n)
+    return rows, np.bincount(inverse, minlength=len(rows)).astype(np.int64)
 
 
 def unique_rows(mat: IntArray, weights: IntArray | None = None) -> tuple[IntArray, IntArray]:
@@ -186,8 +213,7 @@ class Combinations:
 
     def add(self, columns: list[IntArray], n: int) -> None:
         """Add one chunk: ``columns`` are its per-row ids (``width`` arrays of length n)."""
-        rows, inverse = group_columns(columns, n)
-        counts = np.bincount(inverse, minlength=len(rows)).astype(np.int64)
+        rows, counts = count_columns(columns, n)
         self._parts.append((rows, counts))
         self._pending += len(rows)
         # Merge once the parts hold as many entries as the merged result: amortized O(1).

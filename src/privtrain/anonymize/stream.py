@@ -158,8 +158,8 @@ class _Out:
             arr = pa.array(self.values.reset_index(drop=True), from_pandas=True)
         if self.codes is None:
             return arr if kept is None else pc.take(arr, pa.array(kept))
-        idx = self.codes if kept is None else self.codes[kept]
-        indices = pa.array(idx.astype(np.int32), mask=idx < 0)
+        idx = (self.codes if kept is None else self.codes[kept]).astype(np.int32)
+        indices = pa.array(idx, mask=idx < 0) if len(idx) and idx.min() < 0 else pa.array(idx)
         if isinstance(arr, pa.ChunkedArray):  # a pandas column built by concatenation
             arr = arr.combine_chunks()
         if arr.null_count:
