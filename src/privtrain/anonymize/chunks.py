@@ -186,8 +186,13 @@ class ChunkReader:
     def _csv_batches(self, cols: list[str], position: list[int] | None) -> Iterator[pa.RecordBatch]:
         assert self.encoding is not None
         native = self.encoding == "utf-8-sig"
+        # One parsing thread: the reader already runs beside the anonymizer's own work
+        # (:func:`~privtrain.anonymize.spool.read_ahead`); Arrow's thread pool on top of it
+        # only competed for the same cores and made the first pass slower.
         read = pacsv.ReadOptions(
-            encoding="utf8" if native else self.encoding, block_size=_BLOCK_BYTES
+            encoding="utf8" if native else self.encoding,
+            block_size=_BLOCK_BYTES,
+            use_threads=False,
         )
         # Quoted newlines are allowed, as pandas allows them.
         parse = pacsv.ParseOptions(newlines_in_values=True)
