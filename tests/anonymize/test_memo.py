@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from privtrain.anonymize.aggregate import count_columns, group_columns
+from privtrain.anonymize.aggregate import ClassFilter, count_columns, group_columns
 from privtrain.anonymize.memo import FileValues, Memo
 
 
@@ -94,3 +94,20 @@ def test_counting_columns_equals_np_unique_with_counts(high: list[int]) -> None:
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(counts, expected_counts)
     assert counts.dtype == np.int64 and int(counts.sum()) == len(mat)
+
+
+@pytest.mark.parametrize("cards", [[3, 4], [5_000, 5_000]])
+def test_class_filter_drops_exactly_the_rows_of_suppressed_classes(cards: list[int]) -> None:
+    # [3, 4]: a table of 12 classes; [5000, 5000]: 25M classes, looked up by key.
+    rng = np.random.default_rng(7)
+    lookups = [(rng.integers(0, card, size=50), card) for card in cards]
+    ids = [rng.integers(0, 50, size=2_000) for _ in cards]
+    classes = np.column_stack([lookup[i] for i, (lookup, _) in zip(ids, lookups, strict=True)])
+    suppressed_rows = rng.choice(2_000, size=40, replace=False)
+    # Value ids of some entries whose class is suppressed.
+    suppressed = np.column_stack([i[suppressed_rows] for i in ids])
+    keep = ClassFilter(lookups, suppressed).keep(ids, 2_000)
+    dropped = {tuple(row) for row in classes[suppressed_rows]}
+    expected = np.array([tuple(row) not in dropped for row in classes])
+    np.testing.assert_array_equal(keep, expected)
+    assert not keep[suppressed_rows].any()

@@ -26,6 +26,8 @@ from privtrain.anonymize.privacy_models import Sensitive
 
 MISSING = 0
 _MAX_RADIX = 2**62
+# Classes a suppression table may hold (one byte each).
+_MAX_TABLE = 1 << 24
 IntArray = npt.NDArray[np.int64]
 
 
@@ -275,6 +277,12 @@ class ClassFilter:
         drop = self._keys(list(suppressed.T))
         self._drop = np.unique(drop) if self._radix else drop
         self.none = len(suppressed) == 0
+        # Few possible classes: one flag per class, read by each row's key.
+        size = math.prod(card for _, card in lookups)
+        self._dropped: npt.NDArray[np.bool_] | None = None
+        if self._radix and size <= _MAX_TABLE:
+            self._dropped = np.zeros(size, dtype=bool)
+            self._dropped[self._drop] = True
 
     def _keys(self, ids: Sequence[IntArray]) -> Any:
         cols = [lookup[c] for c, (lookup, _) in zip(ids, self._lookups, strict=True)]
@@ -292,6 +300,8 @@ class ClassFilter:
         if self.none:
             return np.ones(n, dtype=bool)
         keys = self._keys(ids)
+        if self._dropped is not None:
+            return ~self._dropped[keys]
         if self._radix:
             return ~np.isin(keys, self._drop, assume_unique=False)
         return ~np.asarray(keys.isin(self._drop), dtype=bool)
