@@ -152,18 +152,23 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 
 @contextmanager
-def _system_arrow_pool() -> Iterator[None]:
-    """Allocate Arrow's buffers with the C library's ``malloc`` for the duration.
+def _arrow_pool() -> Iterator[None]:
+    """Allocate Arrow's buffers with jemalloc (else the C library's ``malloc``) for the duration.
 
-    Arrow's default pool (mimalloc) backs its arenas with transparent huge pages and
-    hands freed memory back to the system after a second; the passes allocate and free
-    some hundred megabytes per chunk, so the kernel zeroes fresh 2 MiB pages over and
-    over (a fifth of the CPU time of the bench run, with large run-to-run swings).
-    ``malloc`` reuses its freed memory. Buffers remember their pool, so switching back
-    afterwards is safe.
+    Arrow's default pool on Linux (mimalloc) backs its arenas with transparent huge pages
+    and hands freed memory back to the system after a second; the passes allocate and
+    free some hundred megabytes per chunk, so the kernel zeroed fresh 2 MiB pages over
+    and over (a fifth of the CPU time of the bench run, with large run-to-run swings).
+    jemalloc reuses freed memory and its peak stays flat with the file's size (``malloc``'s
+    grew by half from 1 to 5 million rows). Buffers remember their pool, so switching
+    back afterwards is safe.
     """
     previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
     try:
         yield
     finally:
@@ -263,7 +268,7 @@ def anonymize_file(
     source = str(input_path)
     _check_columns(reader.columns, policy, source)
     streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick)
-    with _cyclic_gc_paused(), _system_arrow_pool():
+    with _cyclic_gc_paused(), _arrow_pool():
         streamer.scan()
         n = streamer.rows
         result = streamer.search()
@@ -279,7 +284,7 @@ def anonymize_file(
             domains[name] = domain
 
     tick("write", 0.5)
-    with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _system_arrow_pool():
+    with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _arrow_pool():
         k_out, models = streamer.write(writer)
         rows_out = writer.rows
         # Independent re-check on the written labels: the lattice's codes and the
