@@ -93,14 +93,17 @@ def test_unicode_name_nfc_and_nfd_share_a_pseudonym() -> None:
     assert fakes[0] == fakes[1] != fakes[2]
 
 
-def test_keyed_digests_equal_one_shot_hmac() -> None:
-    """The copied keyed state gives RFC 2104 HMAC-SHA256 of prefix + message, as hmac.digest does."""
+@pytest.mark.parametrize("key_bytes", [0, 1, 32, 64, 65, 200])
+def test_keyed_digests_equal_one_shot_hmac(key_bytes: int) -> None:
+    """The copied padded-key states give RFC 2104 HMAC-SHA256 of prefix + message, as
+    hmac.digest does, for keys shorter than, equal to and (hashed first) longer than
+    SHA-256's 64-byte block."""
     import hmac as std_hmac
     import os
 
     from privtrain.anonymize.keyed import keyed_digests
 
-    secret, prefix = os.urandom(32), b"privtrain/hmac/v1\x00col\x00"
+    secret, prefix = os.urandom(key_bytes), b"privtrain/hmac/v1\x00col\x00"
     messages = [b"", b"a", "José".encode(), os.urandom(200)]
     assert keyed_digests(secret, prefix, messages) == [
         std_hmac.digest(secret, prefix + m, "sha256") for m in messages

@@ -48,7 +48,9 @@ def distinct_normalized(values: pd.Series) -> tuple[npt.NDArray[np.int64], list[
     lookup = np.full(len(raw_uniques) + 1, -1, dtype=np.int64)
     nfc, email = unicodedata.normalize, _EMAIL.fullmatch
     for i, raw in enumerate(np.asarray(raw_uniques, dtype=object).tolist()):
-        text = nfc("NFC", str(raw)).strip()
+        text = str(raw)
+        # ASCII text is already in NFC.
+        text = (text if text.isascii() else nfc("NFC", text)).strip()
         if not text:
             continue
         if "@" in text and email(text):

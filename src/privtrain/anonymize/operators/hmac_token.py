@@ -55,7 +55,7 @@ def hmac_tokens(
     codes, uniques = normalized if normalized is not None else distinct_normalized(values)
     prefix = DOMAIN + column.encode("utf-8") + b"\x00"
     digests = keyed_digests(secret, prefix, (u.encode("utf-8") for u in uniques))
-    tokens = [d.hex()[:TOKEN_HEX_CHARS] for d in digests]
+    tokens = [d[: TOKEN_HEX_CHARS // 2].hex() for d in digests]
     return expand(codes, tokens, values.index)
 
 
