@@ -43,7 +43,7 @@ from privtrain.anonymize.tableio import (
 )
 from privtrain.errors import InvalidInput
 
-DEFAULT_CHUNK_ROWS = 262_144
+DEFAULT_CHUNK_ROWS = 131_072
 _BLOCK_BYTES = 4 << 20
 
 

@@ -210,7 +210,7 @@ def anonymize_file(
     progress : callable(stage, fraction) | None
         Called with a stage name and the overall fraction done in [0, 1].
     chunk_rows : int | None
-        Rows read and processed at a time (None: 262,144). Memory grows with it, not with
+        Rows read and processed at a time (None: 131,072). Memory grows with it, not with
         the file; the output does not depend on it.
     previous_manifest : Path | None
         Signed manifest of an earlier release to stay joinable with: checked before any
