@@ -78,7 +78,8 @@ def test_c_a05_cp1252_zip_leading_zero_and_a_person_named_na(
         assert table["name"].tolist() == ["José Müller", "NA"]
         assert table["city"].tolist() == ["Köln", "Köln"]
         assert table["zip"].tolist() == ["02134", "02134"]
-    with pytest.raises(AnonymizationError, match=r"cp1252\.csv: byte \d+ is not valid utf-8"):
+    bad_byte = r"cp1252\.csv: line 2 \(the header is line 1\), byte \d+: not valid utf-8"
+    with pytest.raises(AnonymizationError, match=bad_byte):
         read_table(raw, "utf-8")
     # Only when the policy says so does "NA" mean missing.
     assert read_table(raw, "cp1252", ("NA",))["name"].isna().tolist() == [False, True]

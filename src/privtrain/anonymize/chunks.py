@@ -18,6 +18,7 @@ into place. Until then nothing exists under the output's name.
 from __future__ import annotations
 
 import codecs
+import re
 import hashlib
 import os
 import tempfile
@@ -36,6 +37,7 @@ from privtrain.anonymize.errors import AnonymizationError
 from privtrain.anonymize.tableio import (
     check_header,
     check_input,
+    decode_error,
     detect_encoding,
     jsonl_cell,
     jsonl_objects,
@@ -103,12 +105,15 @@ class ChunkReader:
             elif self.format == "parquet":
                 schema = pq.ParquetFile(self.path).schema_arrow
                 self.columns = [n for n in schema.names if not n.startswith("__index_level_")]
+                _check_cell_types(self.path, schema)
             else:
                 self.columns = self._jsonl_columns()
         except UnicodeDecodeError as exc:
             raise self._decode_error(exc.start) from None
         except (ValueError, OSError, pa.ArrowException) as exc:
-            raise AnonymizationError(f"{self.path}: cannot read table ({exc})") from None
+            raise AnonymizationError(f"{self.path}: cannot read table ({_one_line(exc)})") from None
+        if not self.columns:
+            raise AnonymizationError(f"{self.path}: the file is empty (no header, no columns)")
 
     def _signature(self) -> tuple[int, int]:
         st = self.path.stat()
@@ -127,13 +132,7 @@ class ChunkReader:
         return self._stat[0]
 
     def _decode_error(self, start: int | None = None) -> AnonymizationError:
-        enc = self.encoding or "utf-8"
-        if start is None:
-            start = _first_bad_byte(self.path, enc)
-        shown = "utf-8" if enc == "utf-8-sig" else enc
-        return AnonymizationError(
-            f"{self.path}: byte {start} is not valid {shown}; pass --encoding (e.g. cp1252)"
-        )
+        return decode_error(self.path, self.encoding or "utf-8", start)
 
     def chunks(
         self, chunk_rows: int, columns: list[str] | None = None, position: list[int] | None = None
@@ -178,9 +177,9 @@ class ChunkReader:
         except pa.ArrowInvalid as exc:
             if "UTF8" in str(exc) or "decode" in str(exc).lower():
                 raise self._decode_error() from None
-            raise AnonymizationError(f"{self.path}: cannot read table ({exc})") from None
+            raise AnonymizationError(f"{self.path}: {_parse_problem(exc)}") from None
         except (ValueError, OSError, pa.ArrowException) as exc:
-            raise AnonymizationError(f"{self.path}: cannot read table ({exc})") from None
+            raise AnonymizationError(f"{self.path}: cannot read table ({_one_line(exc)})") from None
 
     # CSV -------------------------------------------------------------------------------
     def _csv_batches(self, cols: list[str], position: list[int] | None) -> Iterator[pa.RecordBatch]:
@@ -295,20 +294,50 @@ def _decoded(table: pa.Table) -> pa.Table:
     return pa.table(columns, names=table.column_names)
 
 
-def _first_bad_byte(path: Path, encoding: str, block: int = 1 << 20) -> int:
-    """Offset of the first byte that does not decode (0 when everything decodes)."""
-    dec = codecs.getincrementaldecoder(encoding)()
-    offset = 0
-    with open(path, "rb") as fh:
-        while data := fh.read(block):
-            try:
-                dec.decode(data)
-            except UnicodeDecodeError as exc:
-                # The decoder's buffer holds at most a few bytes of an unfinished character.
-                carried = len(exc.object) - len(data)
-                return offset - carried + exc.start
-            offset += len(data)
-    return 0
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split())
+
+
+_RAGGED = re.compile(r"(?:Row #(\d+): )?Expected (\d+) columns, got (\d+)")
+
+
+def _parse_problem(exc: pa.ArrowInvalid) -> str:
+    """Arrow's CSV error without the row's text it quotes (cells are the owner's raw data
+    and must not reach logs), with data rows counted from 1 after the header as in every
+    other message."""
+    text = str(exc)
+    ragged = _RAGGED.search(text)
+    if ragged:
+        row, want, got = ragged.groups()
+        where = f"row {int(row) - 1}: " if row else ""
+        return f"{where}expected {want} fields as in the header, found {got}"
+    if "straddling object" in text:
+        return f"a row is longer than {_BLOCK_BYTES >> 20} MiB; rows that long are not supported"
+    if "Empty CSV file" in text:
+        return "the input has no rows"
+    # Other parse errors quote the offending text after a colon: keep only what went wrong.
+    head = text.split(": ", 2)
+    return "cannot parse the CSV (" + ": ".join(head[:2]).strip() + ")"
+
+
+def _check_cell_types(path: Path, schema: pa.Schema) -> None:
+    """Refuse columns whose cells are not single values (lists, structs, maps, unions).
+
+    Raises
+    ------
+    AnonymizationError
+        Names the first such column and its type.
+    """
+    for field in schema:
+        t = field.type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if pa.types.is_nested(t):
+            raise AnonymizationError(
+                f"{path}: column {field.name!r}: type {t} holds several values per cell; "
+                "the anonymizer takes one value per cell (flatten the column first)"
+            )
 
 
 class ChunkWriter:
@@ -403,20 +432,27 @@ class ChunkWriter:
 
     def _write_text(self, frame: pd.DataFrame) -> None:
         assert self._fh is not None
-        if self.format == "jsonl":
-            if len(frame):
-                frame.to_json(self._fh, orient="records", lines=True, force_ascii=False)
-        else:
-            frame.to_csv(
-                self._fh, index=False, header=self._header, encoding="utf-8", lineterminator="\n"
-            )
-            self._header = False
+        try:
+            if self.format == "jsonl":
+                if len(frame):
+                    frame.to_json(self._fh, orient="records", lines=True, force_ascii=False)
+            else:
+                frame.to_csv(
+                    self._fh, index=False, header=self._header, encoding="utf-8",
+                    lineterminator="\n",
+                )
+                self._header = False
+        except OSError as exc:
+            raise AnonymizationError(f"cannot write {self.path}: {_one_line(exc)}") from None
 
     def _wait(self) -> None:
-        """Wait for the chunk being written, re-raising its error."""
+        """Wait for the chunk being written, re-raising its error with the output's name."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.result()
+            try:
+                pending.result()
+            except (OSError, pa.ArrowException) as exc:
+                raise AnonymizationError(f"cannot write {self.path}: {_one_line(exc)}") from None
 
     def _stop(self) -> None:
         try:
@@ -430,12 +466,15 @@ class ChunkWriter:
         """Close and fsync the temporary file; return its SHA-256 (hex) and size in bytes."""
         assert self._fh is not None
         self._stop()
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._sink is not None:
-            self._sink.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._sink is not None:
+                self._sink.close()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except (OSError, pa.ArrowException) as exc:
+            raise AnonymizationError(f"cannot write {self.path}: {_one_line(exc)}") from None
         self._fh.close()
         self._fh = None
         digest = hashlib.sha256()

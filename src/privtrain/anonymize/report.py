@@ -30,6 +30,7 @@ table's entropy.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,8 +282,16 @@ def check_report_path(html_path: Path, others: Sequence[Path]) -> None:
             )
     if html_path.suffix.lower() not in {".html", ".htm"}:
         raise AnonymizationError(f"report {html_path}: --report needs a file name ending in .html")
-    if not html_path.resolve().parent.is_dir():
-        raise AnonymizationError(f"report folder {html_path.resolve().parent} does not exist")
+    folder = html_path.resolve().parent
+    if not folder.is_dir():
+        raise AnonymizationError(f"report folder {folder} does not exist")
+    try:  # a read-only folder (or file system) would fail only after the run
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise AnonymizationError(
+            f"report folder {folder} is not writable ({exc.strerror}); choose another --report"
+        ) from None
 
 
 def write_run_report(

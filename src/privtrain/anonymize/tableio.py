@@ -103,6 +103,45 @@ def check_header(path: Path, encoding: str) -> list[str]:
     return list(header)
 
 
+def _line_of(path: Path, offset: int, block: int = 1 << 20) -> int:
+    """1-based line number of the byte at ``offset`` (line 1 is the header)."""
+    lines = 1
+    done = 0
+    with open(path, "rb") as fh:
+        while done < offset and (data := fh.read(min(block, offset - done))):
+            lines += data.count(b"\n")
+            done += len(data)
+    return lines
+
+
+def _first_bad_byte(path: Path, encoding: str, block: int = 1 << 20) -> int:
+    """Offset of the first byte that does not decode (0 when everything decodes)."""
+    dec = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as fh:
+        while data := fh.read(block):
+            try:
+                dec.decode(data)
+            except UnicodeDecodeError as exc:
+                # The decoder's buffer holds at most a few bytes of an unfinished character.
+                carried = len(exc.object) - len(data)
+                return offset - carried + exc.start
+            offset += len(data)
+    return 0
+
+
+def decode_error(path: Path, encoding: str, start: int | None = None) -> AnonymizationError:
+    """The error for a text file that does not decode: its line (the header is line 1)
+    and byte offset, found by decoding the file again when ``start`` is not known."""
+    if start is None:
+        start = _first_bad_byte(path, encoding)
+    shown = "utf-8" if codecs.lookup(encoding).name in {"utf-8", "utf-8-sig"} else encoding
+    return AnonymizationError(
+        f"{path}: line {_line_of(path, start)} (the header is line 1), byte {start}: not "
+        f"valid {shown}; pass --encoding (e.g. cp1252)"
+    )
+
+
 def read_table(
     path: Path,
     encoding: str | None = None,
@@ -150,9 +189,9 @@ def read_table(
                 path, dtype="string", keep_default_na=False, na_values=[""], encoding=enc
             )
     except UnicodeDecodeError as exc:
-        raise AnonymizationError(
-            f"{path}: byte {exc.start} is not valid {exc.encoding}; pass --encoding (e.g. cp1252)"
-        ) from None
+        # pandas reports the offset within one of its buffers, not within the file.
+        enc = encoding or (detect_encoding(path) if fmt == "csv" else "utf-8")
+        raise decode_error(path, enc) from None
     except (ValueError, OSError, csv.Error) as exc:
         raise AnonymizationError(f"{path}: cannot read table ({exc})") from None
     if missing:

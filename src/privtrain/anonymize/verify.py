@@ -109,7 +109,7 @@ def verify_output(
     try:
         table = decode_table(data, Path(output_path))
     except (ValueError, OSError) as exc:
-        return [*problems, f"{output_path}: not a readable table ({exc})"]
+        return [*problems, f"{output_path}: not a readable table ({' '.join(str(exc).split())})"]
     if len(table) != manifest["output_rows"]:
         problems.append(f"output has {len(table)} rows, manifest says {manifest['output_rows']}")
     if set(table.columns) != set(manifest["columns"]):
@@ -127,7 +127,8 @@ def verify_output(
 
 
 def _norm(values: pd.Series) -> pd.Series:
-    text = values.dropna().astype("string").str.normalize("NFC").str.strip().str.casefold()
+    text = values.dropna().astype("string").str.normalize("NFC")
+    text = text.str.replace(r"\s+", " ", regex=True).str.strip().str.casefold()
     return pd.Series(pd.unique(text[text != ""]), dtype=object)
 
 
@@ -139,8 +140,9 @@ def leak_problems(
 ) -> list[str]:
     """Raw direct-identifier values that survive as output cells.
 
-    Values are compared after Unicode NFC, stripping and case folding, so "Miguel
-    Hernandez" in the output matches "miguel hernandez" in the raw file. A raw value
+    Values are compared after Unicode NFC, whitespace runs made one space, stripping
+    and case folding, so "Miguel  Hernandez" in the output matches "miguel hernandez"
+    in the raw file. A raw value
     that is a bare number is compared only with the output column of the same name
     and with identifier or free-text columns: the record id ``7`` equalling a
     ``priors_count`` of 7 is a coincidence of small integers, not a leak.
