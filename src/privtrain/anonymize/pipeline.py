@@ -35,7 +35,7 @@ from privtrain.anonymize.policy import Policy, load_policy
 from privtrain.anonymize.stream import Streamer
 from privtrain.anonymize.tableio import read_table
 from privtrain.anonymize.verify import verify_output
-from privtrain.atomic_files import atomic_write_bytes
+from privtrain.atomic_files import staged_bytes
 from privtrain.errors import NotFound
 
 __all__ = [
@@ -342,8 +342,11 @@ def anonymize_file(
             manifest["privacy_models"] = models
         signed = sign_manifest(manifest, signing_key, signing_cert)
         manifest_path = manifest_path_for(out_path)
-        writer.commit()
-    atomic_write_bytes(manifest_path, signed)
+        # The manifest is written first and renamed right after the output, so a full
+        # disk leaves neither behind (nor a new output beside an old manifest).
+        with staged_bytes(manifest_path, signed) as commit_manifest:
+            writer.commit()
+            commit_manifest()
     tick("done", 1.0)
     return AnonymizationReport(
         rows_raw=n,
