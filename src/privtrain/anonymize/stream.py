@@ -125,6 +125,17 @@ def encode_columns(table: pa.Table, names: frozenset[str]) -> pa.Table:
     return table
 
 
+def _text(values: pa.Array) -> pa.Array:
+    """Keyed values as text: numbers and booleans as Arrow writes them, so an ID stored as
+    a Parquet float (``1.0``) is keyed as ``"1"``, like the same ID read from a CSV or
+    stored as an integer; NaN is missing. Other types are returned as they are."""
+    t = values.type
+    if pa.types.is_floating(t):
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, t), values)
+    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    return values.cast(pa.string()) if numeric or pa.types.is_boolean(t) else values
+
+
 def _codes(column: pa.Array | pa.ChunkedArray) -> IntArray:
     """Row codes (-1 = missing) of one column of a chunk into its distinct values
     (:func:`_encoded`'s dictionary, which holds exactly the values of its rows)."""
@@ -381,7 +392,7 @@ class Streamer:
         """The token of each of the chunk's distinct values (new ones computed and kept)."""
 
         def tokens(new: pa.Array) -> pa.Array:
-            values = pd.Series(new.to_pylist(), dtype="string")
+            values = to_pandas(_text(new))
             out = chunk._located(fn, values, lambda: chunk.frame()[name])
             return pa.array(out, pa.large_string())
 
@@ -417,7 +428,8 @@ class Streamer:
             return pa.array(chunk._located(parse, to_pandas(new), lambda: chunk.frame()[name]))
 
         def offsets(new: pa.Array) -> pa.Array:
-            return pa.array(subject_offsets(to_pandas(new), subject, self.key.secret, window))
+            subjects = to_pandas(_text(new))
+            return pa.array(subject_offsets(subjects, subject, self.key.secret, window))
 
         per_row = []
         for kind, column, fn in (("days", name, days), ("offsets", subject, offsets)):
@@ -430,7 +442,8 @@ class Streamer:
         """Dates shifted by their subject's offset: each distinct date is parsed, and each
         distinct subject's offset keyed, once per file; rows combine the two."""
         per_row = self._date_memos(chunk, name)
-        codes, iso = shifted(per_row[0], per_row[1])
+        with _rows_from(chunk.offset):
+            codes, iso = shifted(per_row[0], per_row[1], self.source, name)
         return _Out(iso, codes)
 
     def _sensitive_row_ids(self, chunk: _Chunk, name: str, ids: ValueIds) -> IntArray:
@@ -484,7 +497,7 @@ class Streamer:
                 ids.append(self._sensitive_row_ids(chunk, s, self.sens_ids[s]))
             self.combos.add(ids, chunk.rows)
             for name, seen in self.distinct_values.items():
-                seen.update(dict.fromkeys(chunk.dictionary(name).to_pylist()))
+                seen.update(dict.fromkeys(_text(chunk.dictionary(name)).to_pylist()))
             for name, sources in self.name_sources.items():
                 self.known_names[name] |= known_names(chunk.frame(), sources)
             for name in self.integral:
@@ -594,7 +607,7 @@ class Streamer:
                 outs[name] = _Out(gen.labels(result.levels[name]), codes)
             elif col.operator in WHOLE_COLUMN:
                 raw, mapped = whole[name]
-                pos = pc.index_in(chunk.dictionary(name).cast(pa.string()), value_set=raw)
+                pos = pc.index_in(_text(chunk.dictionary(name)), value_set=raw)
                 if pos.null_count:
                     raise input_changed(self.source)
                 outs[name] = _Out(mapped.take(pos), chunk.codes(name))

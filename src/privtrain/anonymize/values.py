@@ -25,8 +25,10 @@ def distinct_normalized(values: pd.Series) -> tuple[npt.NDArray[np.int64], list[
     """Factorize a column into codes over its normalized distinct values.
 
     Normalization: ``str``, Unicode NFC (so precomposed and decomposed "José" agree),
-    strip surrounding whitespace, casefold values that look like e-mail addresses.
-    A cell that is missing, or empty after stripping, is missing.
+    each run of whitespace (any Unicode space, tab or line break) made one space and
+    none kept at the ends, casefold values that look like e-mail addresses. Letter case
+    otherwise stays ("Rose" and "rose" can be different people). A cell that is
+    missing, or empty after this, is missing.
 
     Parameters
     ----------
@@ -49,8 +51,9 @@ def distinct_normalized(values: pd.Series) -> tuple[npt.NDArray[np.int64], list[
     nfc, email = unicodedata.normalize, _EMAIL.fullmatch
     for i, raw in enumerate(np.asarray(raw_uniques, dtype=object).tolist()):
         text = str(raw)
-        # ASCII text is already in NFC.
-        text = (text if text.isascii() else nfc("NFC", text)).strip()
+        # ASCII text is already in NFC. Runs of whitespace (tabs, no-break spaces, doubled
+        # spaces) are typing, not identity: one space, none at the ends.
+        text = " ".join((text if text.isascii() else nfc("NFC", text)).split())
         if not text:
             continue
         if "@" in text and email(text):

@@ -20,15 +20,16 @@ import pandas as pd
 import pyarrow as pa
 
 from privtrain.anonymize.dates import parse_dates
+from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.keyed import keyed_digests
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
-from privtrain.anonymize.values import distinct_normalized, expand
+from privtrain.anonymize.values import distinct_normalized, expand, first_row
 
 DOMAIN = b"privtrain/date_shift/v1\x00"
 
 
 NO_DAY = np.iinfo(np.int64).min
-# Day numbers of 0001-01-01 and 9999-12-31.
+# Day numbers of 0001-01-01 and 9999-12-31 (Arrow writes them as numpy does).
 _YEAR_1, _YEAR_9999 = -719_162, 2_932_896
 IntArray = npt.NDArray[np.int64]
 
@@ -66,23 +67,34 @@ def subject_offsets(subjects: pd.Series, column: str, secret: bytes, window: int
     return per[codes]
 
 
-def shifted(days: IntArray, offsets: IntArray) -> tuple[IntArray, pa.Array]:
+def shifted(
+    days: IntArray, offsets: IntArray, source: str, column: str
+) -> tuple[IntArray, pa.Array]:
     """Shift per row: codes (-1 = missing: no date or no subject) into ISO ``YYYY-MM-DD``.
 
     ``days`` and ``offsets`` are int64 of shape (n,) from :func:`day_numbers` and
     :func:`subject_offsets`. Returns the codes (int64, shape (n,)) and the distinct
     shifted dates as an Arrow ``string`` array.
+
+    Raises
+    ------
+    PolicyError
+        A shifted date falls outside the years 1 to 9999 (ISO dates, and this tool's
+        own reader, stop there); names file, row and column.
     """
     ok = (days != NO_DAY) & (offsets != NO_DAY)
+    moved = days + np.where(ok, offsets, 0)
+    outside = ok & ((moved < _YEAR_1) | (moved > _YEAR_9999))
+    if outside.any():
+        raise PolicyError(
+            f"{source}: row {first_row(outside)}, column {column!r}: the date shifted by its "
+            "subject's offset falls outside the years 1 to 9999"
+        )
     codes = np.full(len(days), -1, dtype=np.int64)
-    part, uniq = pd.factorize(days[ok] + offsets[ok])
+    part, uniq = pd.factorize(moved[ok])
     codes[ok] = part
     uniq = np.asarray(uniq, dtype=np.int64)
-    if len(uniq) == 0 or (uniq.min() >= _YEAR_1 and uniq.max() <= _YEAR_9999):
-        # Arrow writes the same text as numpy for years 1-9999, without a Python string each.
-        return codes, pa.array(uniq.astype(np.int32), pa.date32()).cast(pa.string())
-    iso = np.datetime_as_string(uniq.astype("datetime64[D]"), unit="D")
-    return codes, pa.array([str(d) for d in iso], pa.string())
+    return codes, pa.array(uniq.astype(np.int32), pa.date32()).cast(pa.string())
 
 
 @register_operator("date_shift")
@@ -98,7 +110,7 @@ class DateShift:
         offsets = subject_offsets(
             ctx.frame[col.subject], col.subject, ctx.key.secret, col.shift_days
         )
-        codes, iso = shifted(days, offsets)
+        codes, iso = shifted(days, offsets, ctx.source, col.name)
         return expand(codes, iso.to_pylist(), values.index)
 
     def output_domain(self, ctx: OperatorContext) -> dict[str, Any]:

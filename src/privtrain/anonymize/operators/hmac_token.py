@@ -4,10 +4,10 @@ token = hex(HMAC-SHA256(secret, b"privtrain/hmac/v1\\x00" + column + b"\\x00" + 
 
 The column name in the message keeps tokens of different columns unlinkable;
 the version prefix separates this use of the key from pseudonym seeds. Values
-are normalized first (NFC, strip, e-mails casefolded; phone numbers to E.164 with
-``normalize = "phone"``) so spelling variants of
-one value share a token. Same key, same value, same column -> same token in
-every file and run (case C-A01). 128 bits of output keep accidental collisions
+are normalized first (NFC, whitespace runs to one space, ends stripped, e-mails
+casefolded; phone numbers to E.164 with ``normalize = "phone"``) so spelling
+variants of one value share a token. Same key, same value, same column -> same
+token in every file and run (case C-A01). 128 bits of output keep accidental collisions
 negligible (~2^-64 at 2^32 distinct values).
 """
 

@@ -1,0 +1,246 @@
+"""Bad input and faults found by trying to break a run: one clear error line, nothing left.
+
+Each case here came out of a tester's report: a traceback, a wrong row number, raw cells
+echoed into an error, a temporary file left by SIGTERM, an output without its manifest.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from privtrain.anonymize import pipeline
+from privtrain.anonymize.chunks import ChunkWriter
+from privtrain.anonymize.errors import AnonymizationError, PolicyError
+from privtrain.anonymize.pipeline import anonymize_file
+from privtrain.anonymize.report import check_report_path
+from privtrain.anonymize.values import distinct_normalized
+from privtrain.platform.cli import main
+
+ID_POLICY = """
+k = 1
+
+[columns.id]
+operator = "{op}"
+role = "direct_identifier"
+type = "text"
+{extra}
+"""
+
+
+def _run(src: Path, policy: Path, out: Path, key: Path, signer: tuple[Path, Path]) -> Any:
+    return anonymize_file(src, policy, key, out, signing_key_path=signer[0],
+                          signing_cert_path=signer[1])
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_parquet_list_column_is_refused_by_name(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Was an ArrowNotImplementedError traceback from dictionary_encode in pass 2."""
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "note": pa.array([[1, 2], [3]])}), src)
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra="""
+        [columns.note]
+        operator = "keep"
+        role = "other"
+        type = "text"
+        """))
+    with pytest.raises(AnonymizationError, match=r"column 'note': type list<.*one value per cell"):
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+    assert not (tmp_path / "out.parquet").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("op", ["hmac", "pseudonym"])
+def test_parquet_numbers_are_keyed_as_the_csv_text_of_the_same_ids(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    op: str,
+) -> None:
+    """Whole-number floats (pandas' integer ids with gaps) were keyed as "1.0", and a
+    pseudonym column of them failed with a false "input changed between the passes"."""
+    extra = 'faker = "name"' if op == "pseudonym" else ""
+    policy = write("p.toml", ID_POLICY.format(op=op, extra=extra))
+    outputs = {}
+    ids = [1, 2, 3, 2]
+    for kind, column in {
+        "csv": None,
+        "int": pa.array(ids, pa.int64()),
+        "float": pa.array([float(i) for i in ids] + [float("nan")]),
+    }.items():
+        if column is None:
+            src = write("in.csv", "id\n" + "\n".join(map(str, ids)) + "\n")
+        else:
+            src = tmp_path / f"in_{kind}.parquet"
+            pq.write_table(pa.table({"id": column}), src)
+        out = tmp_path / f"out_{kind}.parquet"
+        _run(src, policy, out, key_path, signer)
+        outputs[kind] = pd.read_parquet(out)["id"].tolist()
+    assert outputs["csv"] == outputs["int"] == outputs["float"][:4]
+    assert outputs["csv"][1] == outputs["csv"][3] != outputs["csv"][0]
+    assert pd.isna(outputs["float"][4])  # NaN is missing, not the text "nan"
+
+
+def test_sigterm_mid_run_leaves_no_temporary_file(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM used to kill the process with the output's temporary file in place."""
+    src = write("in.csv", "id\n" + "".join(f"p{i}\n" for i in range(50)))
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    real = ChunkWriter.write_arrow
+
+    def terminated_while_writing(self: ChunkWriter, *args: Any) -> None:
+        real(self, *args)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ChunkWriter, "write_arrow", terminated_while_writing)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out.parquet"
+    with pytest.raises(SystemExit) as stop:
+        main(["anonymize", "run", str(src), "--policy", str(policy), "--key", str(key_path),
+              "--out", str(out), "--signing-key", str(signer[0]),
+              "--signing-cert", str(signer[1])])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert not out.exists() and _leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI puts the handler back
+
+
+def test_no_output_without_its_manifest_when_the_manifest_cannot_be_written(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The output was renamed into place before the manifest was written: a full disk
+    left an output with no manifest (or beside an older one)."""
+    src = write("in.csv", "id\na\nb\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    out = tmp_path / "out.parquet"
+    _run(src, policy, out, key_path, signer)
+    before = out.read_bytes(), pipeline.manifest_path_for(out).read_bytes()
+    write("in.csv", "id\nc\nd\ne\n")
+
+    def disk_full(path: Path, data: bytes, **_: Any) -> Any:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(pipeline, "staged_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _run(src, policy, out, key_path, signer)
+    assert (out.read_bytes(), pipeline.manifest_path_for(out).read_bytes()) == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_report_folder_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only report folder used to fail only after output and manifest were written."""
+
+    def read_only(*_: Any, **__: Any) -> Any:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.TemporaryFile", read_only)
+    with pytest.raises(AnonymizationError, match="not writable .Read-only file system"):
+        check_report_path(tmp_path / "r.html", [])
+
+
+def test_a_date_shifted_past_year_9999_names_row_and_column(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Was written as "10000-01-02", a date the tool itself refuses to read."""
+    src = tmp_path / "in.csv"
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra="""
+        [columns.visit]
+        operator = "date_shift"
+        role = "other"
+        subject = "id"
+        shift_days = 1
+        """))
+    # With a window of one day, some subject moves forward; find one that does.
+    for subject in (f"P{i}" for i in range(2, 200)):
+        src.write_text(f"id,visit\nP0,2000-01-01\nP1,2001-02-03\n{subject},9999-12-31\n")
+        try:
+            _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+        except PolicyError as exc:
+            assert "row 3, column 'visit'" in str(exc) and "years 1 to 9999" in str(exc)
+            assert "9999-12-31" not in str(exc)
+            break
+    else:
+        pytest.fail("no subject was shifted forward")
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_ragged_row_names_its_data_row_and_quotes_no_cell(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Arrow counts the header as row 1 and quotes the row's raw text (personal data)."""
+    rows = "".join(f"p{i},x\n" for i in range(1, 10))
+    src = write("in.csv", "id,city\n" + rows + "secret-person,x,EXTRA\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra="""
+        [columns.city]
+        operator = "keep"
+        role = "other"
+        type = "text"
+        """))
+    with pytest.raises(AnonymizationError) as err:
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+    assert "row 10: expected 2 fields as in the header, found 3" in str(err.value)
+    assert "secret-person" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\n"])
+def test_an_empty_file_is_called_empty(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    content: bytes,
+) -> None:
+    """Was "columns.id: declared but absent from in.csv"."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(content)
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    with pytest.raises(AnonymizationError, match="the file is empty"):
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+
+
+def test_invalid_utf8_late_in_a_file_names_its_line(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"id\n" + b"".join(b"p%d\n" % i for i in range(1, 5000)) + b"caf\xe9\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    with pytest.raises(AnonymizationError, match=r"line 5001 \(the header is line 1\), byte"):
+        anonymize_file(src, policy, key_path, tmp_path / "out.parquet", encoding="utf-8",
+                       signing_key_path=signer[0], signing_cert_path=signer[1])
+
+
+def test_whitespace_runs_do_not_make_another_person() -> None:
+    """Doubled spaces, tabs and no-break spaces are typing; letter case is kept apart."""
+    codes, uniques = distinct_normalized(pd.Series([
+        "José Müller", "José  Müller", "José\tMüller", "José\u00a0Müller", "  José Müller ",
+        "Jose\u0301 Mu\u0308ller", "JOSÉ MÜLLER", " \t ",
+    ]))
+    assert list(codes[:6]) == [0] * 6 and codes[6] == 1 and codes[7] == -1
+    assert uniques == ["José Müller", "JOSÉ MÜLLER"]
+
+
+def test_ctrl_c_while_the_command_loads_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was a KeyboardInterrupt traceback from the imports before main() ran."""
+    from privtrain import console
+
+    real_import = builtins.__import__
+
+    def interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "privtrain.platform.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert console.main() == 130
