@@ -278,3 +278,17 @@ def test_date_shift_reads_typed_parquet_subjects_and_dates(
     assert seen[3] is pd.NA and all(isinstance(d, str) for d in seen[:3])
     moved = [(dt.date.fromisoformat(s) - d).days for s, d in zip(seen[:3], days, strict=False)]
     assert moved[0] == moved[1] and all(abs(m) <= 30 for m in moved)
+
+
+def test_a_released_column_goes_to_the_writer_with_each_value_once() -> None:
+    """Labels that repeat (generalized values) are merged in the Arrow dictionary the
+    writer gets; the rows read the same."""
+    from privtrain.anonymize.stream import _Out
+
+    labels = pd.Series(["<40", "40+", "<40", "40+", "*"], dtype="string")
+    codes = np.array([0, 1, 2, 3, -1, 4, 2], dtype=np.int64)
+    rows = _Out(labels, codes).rows(None)
+    assert rows.dictionary.to_pylist() == ["<40", "40+", "*"]
+    assert rows.to_pylist() == ["<40", "40+", "<40", "40+", None, "*", "<40"]
+    kept = _Out(labels, codes).rows(np.array([1, 4, 6]))
+    assert kept.to_pylist() == ["40+", None, "<40"]

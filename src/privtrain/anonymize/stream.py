@@ -176,6 +176,12 @@ class _Out:
         if arr.null_count:
             # Parquet takes no dictionary holding a null: such a column goes row by row.
             return pc.take(arr, indices)
+        unique = pc.dictionary_encode(arr)
+        if len(unique.dictionary) < len(arr):
+            # Values repeat (generalized labels, numbers written two ways): Parquet's
+            # writer sizes its dictionary page by the entries, repeats included, and
+            # leaves the excess unwritten, so the file would hold stray memory bytes.
+            indices, arr = pc.take(unique.indices, indices), unique.dictionary
         return pa.DictionaryArray.from_arrays(indices, arr)
 
     def ids(
