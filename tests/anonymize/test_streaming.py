@@ -283,12 +283,12 @@ def test_date_shift_reads_typed_parquet_subjects_and_dates(
 def test_a_released_column_goes_to_the_writer_with_each_value_once() -> None:
     """Labels that repeat (generalized values) are merged in the Arrow dictionary the
     writer gets; the rows read the same."""
-    from privtrain.anonymize.stream import _Out
+    from privtrain.anonymize.chunk_view import Released
 
     labels = pd.Series(["<40", "40+", "<40", "40+", "*"], dtype="string")
     codes = np.array([0, 1, 2, 3, -1, 4, 2], dtype=np.int64)
-    rows = _Out(labels, codes).rows(None)
+    rows = Released(labels, codes).rows(None)
     assert rows.dictionary.to_pylist() == ["<40", "40+", "*"]
     assert rows.to_pylist() == ["<40", "40+", "<40", "40+", None, "*", "<40"]
-    kept = _Out(labels, codes).rows(np.array([1, 4, 6]))
+    kept = Released(labels, codes).rows(np.array([1, 4, 6]))
     assert kept.to_pylist() == ["40+", None, "<40"]

@@ -37,10 +37,8 @@ messages count from the start of the file.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,11 +53,17 @@ from privtrain.anonymize.aggregate import (
     LeveledIds,
     ValueIds,
     group_rows,
-    ids_of,
     input_changed,
     sensitive_from_ids,
     sensitive_key,
     unique_rows,
+)
+from privtrain.anonymize.chunk_view import (
+    Chunk,
+    Released,
+    encode_columns,
+    keyed_text,
+    rows_from,
 )
 from privtrain.anonymize.chunks import ChunkReader, ChunkWriter, to_pandas
 from privtrain.anonymize.errors import AnonymizationError
@@ -73,7 +77,6 @@ from privtrain.anonymize.operators.scrub import known_names
 from privtrain.anonymize.policy import Policy
 from privtrain.anonymize.privacy_models import ModelSpec, achieved
 from privtrain.anonymize.spool import Spool, read_ahead
-from privtrain.errors import InvalidInput
 
 # Operators whose output for a cell is a function of that cell's value alone.
 PER_VALUE = frozenset({"keep", "hmac", "generalize", "pseudonym"})
@@ -83,173 +86,6 @@ WHOLE_COLUMN = frozenset({"pseudonym"})
 
 Tick = Callable[[str, float], None]
 IntArray = npt.NDArray[np.int64]
-_ROW = re.compile(r"\brow (\d+)\b")
-
-
-@contextmanager
-def _rows_from(offset: int) -> Iterator[None]:
-    """Re-raise an operator's error with its chunk row number turned into the file's."""
-    try:
-        yield
-    except InvalidInput as exc:
-        if offset == 0 or not _ROW.search(str(exc)):
-            raise
-        text = _ROW.sub(lambda m: f"row {int(m[1]) + offset}", str(exc), count=1)
-        raise type(exc)(text) from None
-
-
-def _encoded(column: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
-    """A column of a chunk dictionary-encoded: distinct values in order of first appearance."""
-    if isinstance(column, pa.ChunkedArray):
-        if column.num_chunks == 1:
-            column = column.chunk(0)
-        else:
-            column = _decoded(column).combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        return column
-    return pc.dictionary_encode(column)
-
-
-def _decoded(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    if pa.types.is_dictionary(column.type):
-        return column.cast(column.type.value_type)
-    return column
-
-
-def encode_columns(table: pa.Table, names: frozenset[str]) -> pa.Table:
-    """``table`` with its columns in ``names`` dictionary-encoded (see :func:`_distinct`)."""
-    # Column by column in place: a table of no columns keeps its row count.
-    for i, name in enumerate(table.column_names):
-        if name in names:
-            table = table.set_column(i, name, _encoded(table.column(i)))
-    return table
-
-
-def _text(values: pa.Array) -> pa.Array:
-    """Keyed values as text: numbers and booleans as Arrow writes them, so an ID stored as
-    a Parquet float (``1.0``) is keyed as ``"1"``, like the same ID read from a CSV or
-    stored as an integer; NaN is missing. Other types are returned as they are."""
-    t = values.type
-    if pa.types.is_floating(t):
-        values = pc.if_else(pc.is_nan(values), pa.scalar(None, t), values)
-    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-    return values.cast(pa.string()) if numeric or pa.types.is_boolean(t) else values
-
-
-def _codes(column: pa.Array | pa.ChunkedArray) -> IntArray:
-    """Row codes (-1 = missing) of one column of a chunk into its distinct values
-    (:func:`_encoded`'s dictionary, which holds exactly the values of its rows)."""
-    enc = _encoded(column)
-    indices = enc.indices if enc.indices.null_count == 0 else pc.fill_null(enc.indices, -1)
-    return indices.to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class _Out:
-    """One column of a chunk as released: ``values`` per distinct value with each row's
-    ``codes`` into them (-1: missing), or per row (codes None). Values computed in Arrow
-    stay Arrow (no round trip through pandas on the way to the writer)."""
-
-    values: pd.Series | pa.Array
-    codes: IntArray | None
-
-    def series(self, positions: IntArray | None = None) -> pd.Series:
-        """The values (those at ``positions``) as pandas."""
-        values = self.values
-        if isinstance(values, pa.Array):
-            return to_pandas(values if positions is None else values.take(positions))
-        return values if positions is None else values.take(positions)
-
-    def rows(self, kept: IntArray | None) -> pa.Array | pa.ChunkedArray:
-        """The kept rows as an Arrow array: dictionary-encoded when per distinct value
-        (the writer stores the values once per chunk, not once per row)."""
-        if isinstance(self.values, pa.Array):
-            arr = self.values
-        else:
-            arr = pa.array(self.values.reset_index(drop=True), from_pandas=True)
-        if self.codes is None:
-            return arr if kept is None else pc.take(arr, pa.array(kept))
-        idx = (self.codes if kept is None else self.codes[kept]).astype(np.int32)
-        indices = pa.array(idx, mask=idx < 0) if len(idx) and idx.min() < 0 else pa.array(idx)
-        if isinstance(arr, pa.ChunkedArray):  # a pandas column built by concatenation
-            arr = arr.combine_chunks()
-        if arr.null_count:
-            # Parquet takes no dictionary holding a null: such a column goes row by row.
-            return pc.take(arr, indices)
-        unique = pc.dictionary_encode(arr)
-        if len(unique.dictionary) < len(arr):
-            # Values repeat (generalized labels, numbers written two ways): Parquet's
-            # writer sizes its dictionary page by the entries, repeats included, and
-            # leaves the excess unwritten, so the file would hold stray memory bytes.
-            indices, arr = pc.take(unique.indices, indices), unique.dictionary
-        return pa.DictionaryArray.from_arrays(indices, arr)
-
-    def ids(
-        self, ids: ValueIds, kept: IntArray | None, key: Callable[[pd.Series], Any]
-    ) -> IntArray:
-        """Ids of the kept rows' values, given in order of first appearance among them."""
-        if self.codes is None:
-            return ids_of(ids, self.series(kept).reset_index(drop=True), key)
-        codes = self.codes if kept is None else self.codes[kept]
-        order = pd.unique(codes)
-        order = order[order >= 0]
-        lookup = np.zeros(len(self.values) + 1, dtype=np.int64)
-        lookup[order] = ids.lookup(key(self.series(order)))[:-1]
-        return ids.note(lookup[codes])
-
-    def class_ids(self, ids: ValueIds, kept: IntArray | None) -> IntArray:
-        """Ids of the kept rows' quasi-identifier labels, for counting classes.
-
-        A generalized column has few labels: all are looked up at once, held by a kept
-        row or not, which spares :meth:`ids`' pass over the rows to find those present.
-        Ids then follow the labels' order; class sizes do not depend on it.
-        """
-        if self.codes is None or 8 * len(self.values) > len(self.codes):
-            return self.ids(ids, kept, _as_list)
-        codes = self.codes if kept is None else self.codes[kept]
-        return ids.note(ids.lookup(_as_list(self.series()))[codes])
-
-
-@dataclass
-class _Chunk:
-    """One chunk being processed: its Arrow table, offset, and lazily built views."""
-
-    table: pa.Table
-    offset: int
-    source: str
-    _codes: dict[str, IntArray] = field(default_factory=dict)
-    _frame: pd.DataFrame | None = None
-
-    @property
-    def rows(self) -> int:
-        return int(self.table.num_rows)
-
-    def codes(self, name: str) -> IntArray:
-        """Each row's code into :meth:`dictionary` (-1: missing)."""
-        if name not in self._codes:
-            self._codes[name] = _codes(self.table.column(name))
-        return self._codes[name]
-
-    def dictionary(self, name: str) -> pa.Array:
-        """The column's distinct values in this chunk (no missing)."""
-        return _encoded(self.table.column(name)).dictionary
-
-    def frame(self) -> pd.DataFrame:
-        if self._frame is None:
-            self._frame = to_pandas(
-                pa.table([_decoded(c) for c in self.table.columns], names=self.table.column_names)
-            )
-        return self._frame
-
-    def _located(self, fn: Callable[[Any], Any], small: Any, rows: Callable[[], Any]) -> Any:
-        # On an error, ``fn`` runs again on the rows so the message names the file's row.
-        with _rows_from(self.offset):
-            try:
-                return fn(small)
-            except InvalidInput:
-                fn(rows())
-                raise
-
 @dataclass
 class _Written:
     """What pass 2 carries from chunk to chunk: the whole-column maps, the ids and counts
@@ -340,14 +176,14 @@ class Streamer:
         return OperatorContext(col, self.key, self.policy.locale, self.source, level, frame,
                                known_names=names)
 
-    def _generalization(self, chunk: _Chunk, q: str) -> tuple[IntArray, Generalization]:
+    def _generalization(self, chunk: Chunk, q: str) -> tuple[IntArray, Generalization]:
         col = self.policy.columns[q]
         return self._per_file_value(
             chunk, "generalize", q, lambda v: Generalization(v, col, self.source)
         )
 
     def _per_file_value(
-        self, chunk: _Chunk, kind: str, name: str, fn: Callable[[pd.Series], Any]
+        self, chunk: Chunk, kind: str, name: str, fn: Callable[[pd.Series], Any]
     ) -> tuple[IntArray, Any]:
         """``fn`` on the column's distinct values of the file so far (both passes), run
         again only when the chunk brings new ones; the rows' codes into its result."""
@@ -357,7 +193,7 @@ class Streamer:
         if grown:
             assert seen.values is not None
             try:
-                seen.result = chunk._located(
+                seen.result = chunk.located(
                     fn, to_pandas(seen.values), lambda: chunk.frame()[name]
                 )
             except BaseException:
@@ -366,7 +202,7 @@ class Streamer:
         lookup = np.append(pos.to_numpy(zero_copy_only=False).astype(np.int64), -1)
         return lookup[codes], seen.result
 
-    def _released(self, chunk: _Chunk, name: str) -> _Out | None:
+    def _released(self, chunk: Chunk, name: str) -> Released | None:
         """A column's released values in the chunk (None for a dropped column)."""
         col = self.policy.columns[name]
         op = get_operator(col.operator)
@@ -377,34 +213,34 @@ class Streamer:
             codes, out = self._per_file_value(
                 chunk, "released", name, lambda v: op.transform(v, ctx)
             )
-            return None if out is None else _Out(out, codes)
+            return None if out is None else Released(out, codes)
         if col.operator == "date_shift":
             return self._date_shift(chunk, name)
         # Row-wise operators see the file's row numbers as the index (``noise`` keys its
         # draws by row, errors name the row), so any chunking gives the same output.
         frame = chunk.frame().set_axis(pd.RangeIndex(chunk.offset, chunk.offset + chunk.rows))
         rows = op.transform(frame[name], self._ctx(name, frame=frame))
-        return None if rows is None else _Out(rows.reset_index(drop=True), None)
+        return None if rows is None else Released(rows.reset_index(drop=True), None)
 
     def _memo(self, kind: str, name: str) -> Memo:
         return self._memos.setdefault((kind, name), Memo())
 
-    def _hmac(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> _Out:
+    def _hmac(self, chunk: Chunk, name: str, fn: Callable[[pd.Series], Any]) -> Released:
         """Keyed tokens per distinct value, each value's computed once per file."""
         codes = chunk.codes(name)
-        return _Out(self._hmac_tokens(chunk, name, fn), codes)
+        return Released(self._hmac_tokens(chunk, name, fn), codes)
 
-    def _hmac_tokens(self, chunk: _Chunk, name: str, fn: Callable[[pd.Series], Any]) -> pa.Array:
+    def _hmac_tokens(self, chunk: Chunk, name: str, fn: Callable[[pd.Series], Any]) -> pa.Array:
         """The token of each of the chunk's distinct values (new ones computed and kept)."""
 
         def tokens(new: pa.Array) -> pa.Array:
-            values = to_pandas(_text(new))
-            out = chunk._located(fn, values, lambda: chunk.frame()[name])
+            values = to_pandas(keyed_text(new))
+            out = chunk.located(fn, values, lambda: chunk.frame()[name])
             return pa.array(out, pa.large_string())
 
         return self._memo("hmac", name).results(chunk.dictionary(name), tokens)
 
-    def _warm(self, chunk: _Chunk) -> None:
+    def _warm(self, chunk: Chunk) -> None:
         """Pass 1: fill the per-value memos of the ``hmac`` and ``date_shift`` columns.
 
         Their results do not depend on the lattice search, and pass 1's main thread
@@ -421,7 +257,7 @@ class Streamer:
             elif col.subject in chunk.table.column_names:
                 self._date_memos(chunk, name)
 
-    def _date_memos(self, chunk: _Chunk, name: str) -> list[IntArray]:
+    def _date_memos(self, chunk: Chunk, name: str) -> list[IntArray]:
         """Per row: the day number of its date and its subject's offset (NO_DAY if missing)."""
         col = self.policy.columns[name]
         subject, window = col.subject, col.shift_days
@@ -431,10 +267,10 @@ class Streamer:
             return day_numbers(values, self.source, name, col.date_format, col.day_first)
 
         def days(new: pa.Array) -> pa.Array:
-            return pa.array(chunk._located(parse, to_pandas(new), lambda: chunk.frame()[name]))
+            return pa.array(chunk.located(parse, to_pandas(new), lambda: chunk.frame()[name]))
 
         def offsets(new: pa.Array) -> pa.Array:
-            subjects = to_pandas(_text(new))
+            subjects = to_pandas(keyed_text(new))
             return pa.array(subject_offsets(subjects, subject, self.key.secret, window))
 
         per_row = []
@@ -444,15 +280,15 @@ class Streamer:
             per_row.append(np.append(per, NO_DAY)[codes])
         return per_row
 
-    def _date_shift(self, chunk: _Chunk, name: str) -> _Out:
+    def _date_shift(self, chunk: Chunk, name: str) -> Released:
         """Dates shifted by their subject's offset: each distinct date is parsed, and each
         distinct subject's offset keyed, once per file; rows combine the two."""
         per_row = self._date_memos(chunk, name)
-        with _rows_from(chunk.offset):
+        with rows_from(chunk.offset):
             codes, iso = shifted(per_row[0], per_row[1], self.source, name)
-        return _Out(iso, codes)
+        return Released(iso, codes)
 
-    def _sensitive_row_ids(self, chunk: _Chunk, name: str, ids: ValueIds) -> IntArray:
+    def _sensitive_row_ids(self, chunk: Chunk, name: str, ids: ValueIds) -> IntArray:
         ordered = self.policy.columns[name].type == "numeric"
         out = self._released(chunk, name)
         assert out is not None
@@ -493,7 +329,7 @@ class Streamer:
 
     def _scan(self, read: list[str], position: list[int], size: int) -> None:
         for table in self._parsed(read, position):
-            chunk = _Chunk(table, self.rows, self.source)
+            chunk = Chunk(table, self.rows, self.source)
             ids: list[IntArray] = []
             for q in self.qis:
                 codes, gen = self._generalization(chunk, q)
@@ -503,7 +339,7 @@ class Streamer:
                 ids.append(self._sensitive_row_ids(chunk, s, self.sens_ids[s]))
             self.combos.add(ids, chunk.rows)
             for name, seen in self.distinct_values.items():
-                seen.update(dict.fromkeys(_text(chunk.dictionary(name)).to_pylist()))
+                seen.update(dict.fromkeys(keyed_text(chunk.dictionary(name)).to_pylist()))
             for name, sources in self.name_sources.items():
                 self.known_names[name] |= known_names(chunk.frame(), sources)
             for name in self.integral:
@@ -576,7 +412,7 @@ class Streamer:
             if spool is None:
                 tables = (encode_columns(t, self._encode) for t in tables)
             for table in read_ahead(tables):
-                self._write_chunk(writer, _Chunk(table, state.offset, self.source), state)
+                self._write_chunk(writer, Chunk(table, state.offset, self.source), state)
         finally:
             self._close_spool()
         self.reader.check_unchanged()
@@ -584,7 +420,7 @@ class Streamer:
             raise input_changed(self.source)
         return self._recheck(state.check, state.out_sens)
 
-    def _write_chunk(self, writer: ChunkWriter, chunk: _Chunk, state: _Written) -> None:
+    def _write_chunk(self, writer: ChunkWriter, chunk: Chunk, state: _Written) -> None:
         """Transform, filter and append one chunk."""
         policy, result, row_filter = self.policy, self.result, self.filter
         assert result is not None and row_filter is not None
@@ -603,26 +439,26 @@ class Streamer:
         keep = row_filter.keep(ids, chunk.rows)
         kept = None if bool(keep.all()) else np.flatnonzero(keep)
 
-        outs: dict[str, _Out] = {}
+        outs: dict[str, Released] = {}
         for name in self.columns:
             col = policy.columns[name]
             if col.operator == "drop":
                 continue
             if col.operator == "generalize":
                 codes, gen = gens[name]
-                outs[name] = _Out(gen.labels(result.levels[name]), codes)
+                outs[name] = Released(gen.labels(result.levels[name]), codes)
             elif col.operator in WHOLE_COLUMN:
                 raw, mapped = whole[name]
-                pos = pc.index_in(_text(chunk.dictionary(name)), value_set=raw)
+                pos = pc.index_in(keyed_text(chunk.dictionary(name)), value_set=raw)
                 if pos.null_count:
                     raise input_changed(self.source)
-                outs[name] = _Out(mapped.take(pos), chunk.codes(name))
+                outs[name] = Released(mapped.take(pos), chunk.codes(name))
             else:
                 released = self._released(chunk, name)
                 if released is None:
                     continue
                 if name in self.integral and not self.integral[name]:
-                    released = _Out(released.values.astype("Float64"), released.codes)
+                    released = Released(released.values.astype("Float64"), released.codes)
                 outs[name] = released
         if state.like is None:
             state.like = pd.DataFrame({n: o.series().iloc[:0] for n, o in outs.items()})
@@ -671,7 +507,3 @@ class Streamer:
             for j, s in enumerate(self.sensitive)
         ]
         return k_out, achieved(cls, sizes, self.spec, sens, counts)
-
-
-def _as_list(values: pd.Series) -> list[Any]:
-    return values.tolist()
