@@ -61,11 +61,12 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     keygen.set_defaults(func=_keygen)
 
     run = sub.add_parser("run", help="anonymize INPUT into Parquet + signed manifest")
-    run.add_argument("input", type=Path, metavar="INPUT", help="raw CSV or Parquet table")
+    run.add_argument("input", type=Path, metavar="INPUT", help="raw CSV, Parquet or JSON Lines")
     run.add_argument("--policy", type=Path, required=True, metavar="POLICY.toml")
     run.add_argument("--key", type=Path, required=True, metavar="KEYFILE")
     run.add_argument(
-        "--out", type=Path, required=True, metavar="OUTPUT", help="Parquet file to write"
+        "--out", type=Path, required=True, metavar="OUTPUT",
+        help="file to write: Parquet, or CSV / JSON Lines when it ends in .csv / .jsonl"
     )
     run.add_argument("--signing-key", type=Path, required=True, metavar="OWNER.key")
     run.add_argument("--signing-cert", type=Path, required=True, metavar="OWNER.pem")
@@ -215,7 +216,11 @@ def _verify(args: argparse.Namespace) -> int:
     problems = verify_output(args.output, args.manifest, args.raw, raw_encoding=args.encoding)
     if problems:
         raise AnonymizationError(f"{args.output}: verification failed: {'; '.join(problems)}")
-    checked = "manifest signature, data hash, domains and k verified"
+    from privtrain.anonymize.manifest import verify_manifest
+
+    models = verify_manifest(args.manifest.read_bytes()).manifest.get("privacy_models")
+    checked = "manifest signature, data hash, domains, k" + (", l and t" if models else "")
+    checked += " verified"
     if args.raw is not None:
         checked += f"; no direct-identifier value of {args.raw} appears in the output"
     print(f"{args.output}: {checked}")
