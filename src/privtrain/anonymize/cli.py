@@ -219,8 +219,8 @@ def _verify(args: argparse.Namespace) -> int:
     from privtrain.anonymize.manifest import verify_manifest
 
     models = verify_manifest(args.manifest.read_bytes()).manifest.get("privacy_models")
-    checked = "manifest signature, data hash, domains, k" + (", l and t" if models else "")
-    checked += " verified"
+    figures = "domains, k, l and t" if models else "domains and k"
+    checked = f"manifest signature, data hash, {figures} verified"
     if args.raw is not None:
         checked += f"; no direct-identifier value of {args.raw} appears in the output"
     print(f"{args.output}: {checked}")
