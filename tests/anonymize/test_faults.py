@@ -244,3 +244,31 @@ def test_ctrl_c_while_the_command_loads_exits_quietly(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert console.main() == 130
+
+
+def test_verify_says_l_and_t_were_checked_when_claimed(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said "domains and k verified" even where it had also checked l and t."""
+    rows = "".join(f"p{i},{30 + i % 2},{'flu' if i % 3 else 'cold'}\n" for i in range(40))
+    src = write("in.csv", "id,age,diagnosis\n" + rows)
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra="""
+        [columns.age]
+        operator = "generalize"
+        role = "quasi_identifier"
+        type = "numeric"
+        lower = 0
+        upper = 120
+        intervals = [10]
+
+        [columns.diagnosis]
+        operator = "keep"
+        role = "sensitive"
+        type = "categorical"
+        domain = ["flu", "cold"]
+        """).replace("k = 1\n", "k = 2\nl = 2\n"))
+    out = tmp_path / "out.parquet"
+    _run(src, policy, out, key_path, signer)
+    assert main(["anonymize", "verify", str(out), "--manifest", f"{out}.manifest.json"]) == 0
+    assert "domains, k, l and t verified" in capsys.readouterr().out
