@@ -71,14 +71,24 @@ def encode_columns(table: pa.Table, names: frozenset[str]) -> pa.Table:
 
 
 def keyed_text(values: pa.Array) -> pa.Array:
-    """Keyed values as text: numbers and booleans as Arrow writes them, so an ID stored as
-    a Parquet float (``1.0``) is keyed as ``"1"``, like the same ID read from a CSV or
-    stored as an integer; NaN is missing. Other types are returned as they are."""
+    """Keyed values as text, written the way a CSV holds the same number: a whole float
+    (below 2**53) as an integer (``1.0`` and ``13055550134.0`` as ``"1"`` and
+    ``"13055550134"``), other floats and booleans as Arrow writes them, decimals without
+    trailing zeros (``1.50`` as ``"1.5"``, ``1.00`` as ``"1"``); NaN is missing. So an id
+    stored as a Parquet float or decimal is keyed like the same id read from a CSV or
+    stored as an integer. Other types are returned as they are."""
     t = values.type
     if pa.types.is_floating(t):
         values = pc.if_else(pc.is_nan(values), pa.scalar(None, t), values)
-    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-    return values.cast(pa.string()) if numeric or pa.types.is_boolean(t) else values
+        whole = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), 2.0**53))
+        as_int = pc.cast(pc.if_else(whole, values, pa.scalar(0, t)), pa.int64())
+        return pc.if_else(whole, as_int.cast(pa.string()), values.cast(pa.string()))
+    if pa.types.is_decimal(t):
+        text = pc.replace_substring_regex(values.cast(pa.string()), r"(\.[0-9]*?)0+$", r"\1")
+        return pc.replace_substring_regex(text, r"\.$", "")
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return values.cast(pa.string())
+    return values
 
 
 def row_codes(column: pa.Array | pa.ChunkedArray) -> IntArray:

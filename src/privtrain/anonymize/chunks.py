@@ -56,6 +56,16 @@ def _string_types(t: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
     return None
 
 
+def _text_output_types(t: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+    """Nullable pandas types for CSV / JSON Lines output: an integer column with a
+    missing cell stays integers (``28``, not numpy's ``28.0``)."""
+    if pa.types.is_integer(t):
+        return pd.Int64Dtype()
+    if pa.types.is_boolean(t):
+        return pd.BooleanDtype()
+    return _string_types(t)
+
+
 def to_pandas(table: pa.Table | pa.Array | pa.ChunkedArray) -> Any:
     """A chunk (or one column of it) as pandas, strings as ``string`` dtype."""
     return table.to_pandas(types_mapper=_string_types)
@@ -79,6 +89,8 @@ class ChunkReader:
         Column names in file order.
     encoding : str | None
         The encoding a CSV is decoded with.
+    nested_columns : dict of str to pa.DataType
+        Parquet columns whose cells hold several values (lists, structs), with their type.
 
     Raises
     ------
@@ -94,6 +106,7 @@ class ChunkReader:
         self.format = table_format(self.path)
         self.missing = tuple(missing)
         self.encoding: str | None = None
+        self.nested_columns: dict[str, pa.DataType] = {}
         self._stat = self._signature()
         try:
             if self.format == "csv":
@@ -105,11 +118,11 @@ class ChunkReader:
             elif self.format == "parquet":
                 schema = pq.ParquetFile(self.path).schema_arrow
                 self.columns = [n for n in schema.names if not n.startswith("__index_level_")]
-                _check_cell_types(self.path, schema)
+                self.nested_columns = _nested_columns(schema)
             else:
                 self.columns = self._jsonl_columns()
         except UnicodeDecodeError as exc:
-            raise self._decode_error(exc.start) from None
+            raise self._decode_error() from None
         except (ValueError, OSError, pa.ArrowException) as exc:
             raise AnonymizationError(f"{self.path}: cannot read table ({_one_line(exc)})") from None
         if not self.columns:
@@ -168,12 +181,8 @@ class ChunkReader:
             else:
                 batches = self._jsonl_batches(read, chunk_rows)
             yield from _rechunk(batches, chunk_rows, cols)
-        except UnicodeDecodeError as exc:
-            raise (
-                self._decode_error()
-                if self.format == "csv"
-                else AnonymizationError(f"{self.path}: not valid UTF-8 text ({exc.reason})")
-            ) from None
+        except UnicodeDecodeError:
+            raise self._decode_error() from None
         except pa.ArrowInvalid as exc:
             if "UTF8" in str(exc) or "decode" in str(exc).lower():
                 raise self._decode_error() from None
@@ -321,23 +330,14 @@ def _parse_problem(exc: pa.ArrowInvalid) -> str:
     return "cannot parse the CSV (" + ": ".join(head[:2]).strip() + ")"
 
 
-def _check_cell_types(path: Path, schema: pa.Schema) -> None:
-    """Refuse columns whose cells are not single values (lists, structs, maps, unions).
-
-    Raises
-    ------
-    AnonymizationError
-        Names the first such column and its type.
-    """
+def _nested_columns(schema: pa.Schema) -> dict[str, pa.DataType]:
+    """Columns whose cells are not single values (lists, structs, maps, unions), by name."""
+    out = {}
     for field in schema:
-        t = field.type
-        if pa.types.is_dictionary(t):
-            t = t.value_type
+        t = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
         if pa.types.is_nested(t):
-            raise AnonymizationError(
-                f"{path}: column {field.name!r}: type {t} holds several values per cell; "
-                "the anonymizer takes one value per cell (flatten the column first)"
-            )
+            out[field.name] = t
+    return out
 
 
 class ChunkWriter:
@@ -428,7 +428,7 @@ class ChunkWriter:
                 assert self._pool is not None
                 self._pending = self._pool.submit(self._parquet.write_table, table)
         else:
-            self._write_text(_decoded(table).to_pandas())
+            self._write_text(_decoded(table).to_pandas(types_mapper=_text_output_types))
 
     def _write_text(self, frame: pd.DataFrame) -> None:
         assert self._fh is not None

@@ -92,8 +92,20 @@ def check_header(path: Path, encoding: str) -> list[str]:
     """
     with open(path, encoding=encoding, newline="") as fh:
         header = next(csv.reader(fh), [])
+        rest = fh.read(1 << 16)
+    if not header:
+        if rest.strip():
+            raise AnonymizationError(
+                f"{path}: row 1 (header) is empty; the first line must name the columns"
+            )
+        raise AnonymizationError(f"{path}: the file is empty (no header, no columns)")
     seen: set[str] = set()
     for i, name in enumerate(header, start=1):
+        if not name.strip():
+            raise AnonymizationError(
+                f"{path}: row 1 (header), column {i}: the column has no name; name every "
+                "column so each can have its own policy entry"
+            )
         if name in seen:
             raise AnonymizationError(
                 f"{path}: row 1 (header), column {i}: column name {name!r} appears twice; "
@@ -131,14 +143,16 @@ def _first_bad_byte(path: Path, encoding: str, block: int = 1 << 20) -> int:
 
 
 def decode_error(path: Path, encoding: str, start: int | None = None) -> AnonymizationError:
-    """The error for a text file that does not decode: its line (the header is line 1)
-    and byte offset, found by decoding the file again when ``start`` is not known."""
+    """The error for a text file that does not decode: its line (in a CSV the header is
+    line 1) and byte offset, found by decoding the file again when ``start`` (an offset in
+    the file) is not known."""
     if start is None:
         start = _first_bad_byte(path, encoding)
     shown = "utf-8" if codecs.lookup(encoding).name in {"utf-8", "utf-8-sig"} else encoding
+    header = " (the header is line 1)" if table_format(path) == "csv" else ""
+    hint = "; pass --encoding (e.g. cp1252)" if table_format(path) == "csv" else ""
     return AnonymizationError(
-        f"{path}: line {_line_of(path, start)} (the header is line 1), byte {start}: not "
-        f"valid {shown}; pass --encoding (e.g. cp1252)"
+        f"{path}: line {_line_of(path, start)}{header}, byte {start}: not valid {shown}{hint}"
     )
 
 
@@ -194,6 +208,8 @@ def read_table(
         raise decode_error(path, enc) from None
     except (ValueError, OSError, csv.Error) as exc:
         raise AnonymizationError(f"{path}: cannot read table ({exc})") from None
+    if len(df.columns) == 0:
+        raise AnonymizationError(f"{path}: the file is empty (no header, no columns)")
     if missing:
         for name in df.columns:
             if pd.api.types.is_string_dtype(df[name].dtype):
@@ -214,14 +230,33 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                obj = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_constant)
+            except ValueError as exc:
+                if not isinstance(exc, json.JSONDecodeError):
+                    raise AnonymizationError(f"{path}: row {number}: {exc}") from None
                 raise AnonymizationError(
                     f"{path}: row {number}: not a JSON object ({exc.msg})"
                 ) from None
             if not isinstance(obj, dict):
                 raise AnonymizationError(f"{path}: row {number}: not a JSON object")
             yield number, obj
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (json.loads would keep the last)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        obj[key] = value
+    return obj
+
+
+def _constant(name: str) -> None:
+    """JSON's non-standard constants: NaN is a missing value, infinities are refused."""
+    if name == "NaN":
+        return None
+    raise ValueError(f"{name} is not a finite number")
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -248,6 +283,9 @@ def jsonl_cell(value: object) -> str | None:
     """
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        # 1.0 and 1 are one JSON number: keyed alike, as in Parquet and CSV.
+        return str(int(value))
     return value if isinstance(value, str) else json.dumps(value)
 
 
