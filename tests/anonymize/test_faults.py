@@ -7,6 +7,7 @@ echoed into an error, a temporary file left by SIGTERM, an output without its ma
 from __future__ import annotations
 
 import builtins
+import decimal
 import os
 import signal
 from collections.abc import Callable
@@ -73,21 +74,26 @@ def test_parquet_numbers_are_keyed_as_the_csv_text_of_the_same_ids(
     extra = 'faker = "name"' if op == "pseudonym" else ""
     policy = write("p.toml", ID_POLICY.format(op=op, extra=extra))
     outputs = {}
-    ids = [1, 2, 3, 2]
+    ids = [1, 2, 13055550134, 2]
     for kind, column in {
         "csv": None,
+        "jsonl": None,
         "int": pa.array(ids, pa.int64()),
         "float": pa.array([float(i) for i in ids] + [float("nan")]),
+        "decimal": pa.array([decimal.Decimal(f"{i}.00") for i in ids], pa.decimal128(14, 2)),
     }.items():
-        if column is None:
+        if kind == "csv":
             src = write("in.csv", "id\n" + "\n".join(map(str, ids)) + "\n")
+        elif kind == "jsonl":
+            src = write("in.jsonl", "".join(f'{{"id": {float(i)}}}\n' for i in ids))
         else:
             src = tmp_path / f"in_{kind}.parquet"
             pq.write_table(pa.table({"id": column}), src)
         out = tmp_path / f"out_{kind}.parquet"
         _run(src, policy, out, key_path, signer)
         outputs[kind] = pd.read_parquet(out)["id"].tolist()
-    assert outputs["csv"] == outputs["int"] == outputs["float"][:4]
+    assert outputs["csv"] == outputs["jsonl"] == outputs["int"] == outputs["float"][:4]
+    assert outputs["csv"] == outputs["decimal"]
     assert outputs["csv"][1] == outputs["csv"][3] != outputs["csv"][0]
     assert pd.isna(outputs["float"][4])  # NaN is missing, not the text "nan"
 
@@ -272,3 +278,186 @@ def test_verify_says_l_and_t_were_checked_when_claimed(
     _run(src, policy, out, key_path, signer)
     assert main(["anonymize", "verify", str(out), "--manifest", f"{out}.manifest.json"]) == 0
     assert "domains, k, l and t verified" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_the_parser_is_built_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first fix covered only the import; building the parser imports more."""
+    from privtrain import console
+    from privtrain.platform import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert console.main() == 130
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "a", "id": "b"}', "row 2: key 'id' appears twice"),
+        ('{"id": Infinity}', "row 2: Infinity is not a finite number"),
+    ],
+)
+def test_jsonl_duplicate_keys_and_infinities_are_refused_by_row(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    line: str, message: str,
+) -> None:
+    """json.loads kept the last of two keys silently and read Infinity as a number."""
+    src = write("in.jsonl", '{"id": "x"}\n' + line + "\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    with pytest.raises(AnonymizationError, match=message):
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+
+
+def test_jsonl_nan_is_missing_and_bad_utf8_names_the_file_line(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    src = write("in.jsonl", '{"id": "x"}\n{"id": NaN}\n')
+    _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+    assert pd.read_parquet(tmp_path / "out.parquet")["id"].isna().tolist() == [False, True]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"id": "a"}\n' * 5000 + b'{"id": "b\xff"}\n')
+    with pytest.raises(AnonymizationError, match=r"bad\.jsonl: line 5001, byte 60009: not valid"):
+        _run(bad, policy, tmp_path / "out2.parquet", key_path, signer)
+
+
+def test_a_policy_that_drops_every_column_is_refused(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Was "internal check failed: output has k = 100 over 0 rows"."""
+    src = write("in.csv", "x\n" + "".join(f"{i}\n" for i in range(20)))
+    policy = write("p.toml", 'k = 1\n[columns.x]\noperator = "drop"\nrole = "other"\n')
+    with pytest.raises(AnonymizationError, match="every column is dropped"):
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+
+
+def test_a_dropped_list_column_is_never_read_and_inspect_drops_it(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    from privtrain.anonymize.inspect_table import inspect_table
+
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "tags": pa.array([[1, 2], [3]])}), src)
+    proposal = {p.name: p for p in inspect_table(src)}["tags"]
+    assert 'operator = "drop"' in proposal.lines and proposal.kind == "nested"
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra="""
+        [columns.tags]
+        operator = "drop"
+        role = "other"
+        """))
+    _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+    assert list(pd.read_parquet(tmp_path / "out.parquet").columns) == ["id"]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [("a,,b\n1,2,3\n", "column 2: the column has no name"), ("\n1,2\n", "row 1 .header. is empty")],
+)
+def test_a_header_with_a_blank_name_is_refused_by_inspect_and_run(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    header: str, message: str,
+) -> None:
+    """inspect named it "Unnamed: 1" (pandas) and wrote a policy run could not match."""
+    from privtrain.anonymize.inspect_table import inspect_table
+
+    src = tmp_path / "in.csv"
+    src.write_text(header)
+    with pytest.raises(AnonymizationError, match=message):
+        inspect_table(src)
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    with pytest.raises(AnonymizationError, match=message):
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+
+
+def test_a_report_that_cannot_be_written_leaves_no_half_and_says_what_was_written(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from privtrain.anonymize import report
+
+    src = write("in.csv", "id\na\nb\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    real = report.staged_bytes
+    calls = []
+
+    def full_on_the_second(path: Path, data: bytes, **kwargs: Any) -> Any:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(report, "staged_bytes", full_on_the_second)
+    out, html = tmp_path / "out.parquet", tmp_path / "r.html"
+    assert main(["anonymize", "run", str(src), "--policy", str(policy), "--key", str(key_path),
+                 "--out", str(out), "--signing-key", str(signer[0]),
+                 "--signing-cert", str(signer[1]), "--report", str(html)]) == 2
+    assert "were written, the report was not: No space left" in capsys.readouterr().err
+    assert out.exists() and not html.exists() and not html.with_suffix(".json").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_megabyte_cell_is_shortened_in_the_error(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """The error line used to repeat the whole 5 MiB value."""
+    src = write("in.csv", "id,city\na,Utrecht\nb," + "x" * 1_000_000 + "\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra="""
+        [columns.city]
+        operator = "keep"
+        role = "other"
+        type = "categorical"
+        domain = ["Utrecht"]
+        """))
+    with pytest.raises(PolicyError) as err:
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+    assert "row 2, column 'city'" in str(err.value) and "(1,000,000 chars)" in str(err.value)
+    assert len(str(err.value)) < 300
+
+
+def test_a_tampered_previous_manifest_is_named(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    src = write("in.csv", "id\na\nb\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    first = tmp_path / "first.parquet"
+    _run(src, policy, first, key_path, signer)
+    earlier = pipeline.manifest_path_for(first)
+    earlier.write_bytes(earlier.read_bytes().replace(b'"k_target": 1', b'"k_target": 2'))
+    with pytest.raises(Exception, match=r"first\.parquet\.manifest\.json: "):
+        anonymize_file(src, policy, key_path, tmp_path / "second.parquet",
+                       signing_key_path=signer[0], signing_cert_path=signer[1],
+                       previous_manifest=earlier)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_text_outputs_keep_integers_with_missing_cells_integral(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    suffix: str,
+) -> None:
+    """JSON Lines wrote 28.0 (numpy floats) when the column had a missing cell."""
+    src = write("in.csv", "id,age\na,28\nb,\nc,40\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra="""
+        [columns.age]
+        operator = "keep"
+        role = "other"
+        type = "numeric"
+        lower = 0
+        upper = 120
+        """))
+    out = tmp_path / f"out.{suffix}"
+    _run(src, policy, out, key_path, signer)
+    text = out.read_text()
+    assert "28" in text and "28.0" not in text and "40.0" not in text
+
+
+def test_inspect_does_not_publish_the_observed_extremes(tmp_path: Path) -> None:
+    """A kept number's lower/upper go into the manifest: the observed min and max were
+    proposed as they are."""
+    from privtrain.anonymize.inspect_table import inspect_table
+
+    src = tmp_path / "in.csv"
+    src.write_text("income\n" + "".join(f"{1037 + 170 * (i % 20)}\n" for i in range(200)))
+    lines = {p.name: p for p in inspect_table(src)}["income"].lines
+    assert "lower = 1000" in lines and "upper = 5000" in lines

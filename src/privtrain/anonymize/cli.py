@@ -9,6 +9,7 @@ print as one line.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -128,6 +129,9 @@ def _inspect(args: argparse.Namespace) -> int:
     detectors = sorted({p.detector for p in proposals if p.detector is not None})
     if detectors:
         print(f"info: free text judged by {', '.join(detectors)}")
+    if all('operator = "drop"' in p.lines for p in proposals):
+        print("warning: every column is proposed as drop; `run` refuses to release nothing "
+              "until you keep or transform at least one", file=sys.stderr)
     if args.out is not None:
         print(
             f"wrote {args.out}: review it, then `privtrain anonymize run ... --policy {args.out}`"
@@ -194,14 +198,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.report is not None:
         from privtrain.anonymize.report import write_run_report
 
-        figures = write_run_report(
-            args.input,
-            report.output_path,
-            report.manifest_path,
-            args.policy,
-            args.report,
-            encoding=args.encoding,
-        )
+        try:
+            figures = write_run_report(
+                args.input,
+                report.output_path,
+                report.manifest_path,
+                args.policy,
+                args.report,
+                encoding=args.encoding,
+            )
+        except OSError as exc:
+            raise AnonymizationError(
+                f"{report.output_path} and its manifest were written, the report was not: "
+                f"{exc.strerror or exc}: {exc.filename or args.report}"
+            ) from None
         risk = figures["risk"]["after"]
         print(
             f"wrote {args.report} and {args.report.with_suffix('.json')} (unique records "

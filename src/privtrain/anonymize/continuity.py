@@ -124,7 +124,10 @@ def continuity_fields(
         raise NotFound(
             f"{previous_manifest}: cannot read the earlier manifest ({exc.strerror})"
         ) from None
-    verified = verify_manifest(data)
+    try:
+        verified = verify_manifest(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{previous_manifest}: {exc}") from None
     earlier = verified.manifest
     kind = manifest_kind(earlier)
     if kind != TABLE_KIND:

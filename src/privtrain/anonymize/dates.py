@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from privtrain.anonymize.errors import PolicyError
-from privtrain.anonymize.values import distinct_normalized, first_row
+from privtrain.anonymize.values import distinct_normalized, first_row, shown
 
 _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
 _SLASH = re.compile(r"(\d{1,2})[/.](\d{1,2})[/.](\d{4})")
@@ -99,6 +99,6 @@ def parse_dates(
                 "policy; it is never guessed"
             )
             raise PolicyError(
-                f"{source}: row {row}, column {column!r}: value {uniques[i]!r} {problem}"
+                f"{source}: row {row}, column {column!r}: value {shown(uniques[i])} {problem}"
             )
     return codes, np.array(parsed, dtype="datetime64[D]")

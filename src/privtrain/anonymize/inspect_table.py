@@ -188,6 +188,18 @@ def _nice(width: float) -> int:
     return 10 ** math.ceil(math.log10(width))
 
 
+def _rounded_out(lo: float, hi: float) -> tuple[str, str]:
+    """[lo, hi] widened to multiples of the power of ten below its width (at least 1), so
+    the bounds a manifest publishes do not give away the smallest and largest values."""
+    step = 10.0 ** math.floor(math.log10(max(hi - lo, 1.0)))
+    low, high = math.floor(lo / step) * step, math.ceil(hi / step) * step
+    if high == hi:
+        high += step
+    if low == lo and lo != 0:
+        low -= step
+    return _num(low), _num(high)
+
+
 def _generalize_numeric(name: str, values: pd.Series) -> list[str] | None:
     num = _numeric(values)
     if num.empty or not bool((num % 1 == 0).all()):
@@ -288,8 +300,14 @@ def _free_text_lines(
     return "scrub", head, keys, found
 
 
+def _nested(values: pd.Series) -> bool:
+    """Whether the column's cells hold several values (Parquet lists, structs, maps)."""
+    present = values.dropna()
+    return len(present) > 0 and isinstance(present.iloc[0], (list, dict, tuple, np.ndarray))
+
+
 def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Table) -> Proposal:
-    role = _role(name, kind, f)
+    role = "other" if kind == "nested" else _role(name, kind, f)
     why = (
         f"# {name}: {kind.replace('_', ' ')}; {f.distinct} distinct of {f.rows - f.missing} "
         f"values (uniqueness {f.uniqueness:.2f}), {f.missing} missing."
@@ -297,7 +315,10 @@ def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Ta
     head = [why, f"[columns.{_key(name)}]"]
     body: list[str]
     detector: str | None = None
-    if role == "direct_identifier":
+    if kind == "nested":
+        body = ['operator = "drop"']
+        head.insert(1, "# Several values per cell (a list or a record): dropped; flatten it to keep it.")
+    elif role == "direct_identifier":
         if kind == "person_name" and _faker_provider(name) == "name":
             body = ['operator = "pseudonym"', 'faker = "name"', 'type = "text"']
             head.insert(
@@ -369,9 +390,10 @@ def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Ta
         head.insert(1, "# Kept as a category: two values (a 0/1 flag or label a model may predict).")
     elif kind == "number":
         num = _numeric(values)
-        lo, hi = _num(num.min()), _num(num.max())
+        lo, hi = _rounded_out(float(num.min()), float(num.max()))
         body = ['operator = "keep"', 'type = "numeric"', f"lower = {lo}", f"upper = {hi}"]
-        head.insert(1, "# Kept; lower/upper are the observed range: check them against the docs.")
+        head.insert(1, "# Kept; lower/upper are the observed range rounded outwards (the manifest\n"
+                       "# publishes them, the extremes must not show): set the public range.")
         if role == "sensitive" and f.distinct > MEASUREMENT_DISTINCT:
             head.insert(
                 2,
@@ -464,6 +486,12 @@ def inspect_table(
     df = read_table(Path(input_path), encoding)
     classified: list[tuple[str, str, str, ColumnFacts]] = []
     for name in df.columns:
+        if _nested(df[name]):
+            # Lists or records in a cell: dropped, and kept out of every detector.
+            df[name] = df[name].astype("string")
+            f = measure(df[name])
+            classified.append((str(name), "nested", "other", f))
+            continue
         f = measure(df[name])
         kind = _kind(str(name), f)
         classified.append((str(name), kind, _role(str(name), kind, f), f))

@@ -134,6 +134,17 @@ def _check_output_path(out_path: Path, inputs: list[Path]) -> None:
         raise AnonymizationError(f"output folder {out_path.resolve().parent} does not exist")
 
 
+def _check_cell_types(reader: ChunkReader, policy: Policy) -> None:
+    """Refuse a released column whose cells hold several values (Parquet lists, structs);
+    a dropped one is never read."""
+    for name, kind in reader.nested_columns.items():
+        if policy.columns[name].operator != "drop":
+            raise AnonymizationError(
+                f"{reader.path}: column {name!r}: type {kind} holds several values per "
+                'cell; the anonymizer takes one value per cell (flatten it, or operator = "drop")'
+            )
+
+
 @contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for the duration.
@@ -267,6 +278,11 @@ def anonymize_file(
     reader = ChunkReader(Path(input_path), encoding, policy.missing_values)
     source = str(input_path)
     _check_columns(reader.columns, policy, source)
+    if all(col.operator == "drop" for col in policy.columns.values()):
+        raise AnonymizationError(
+            f"{policy.source}: every column is dropped; nothing would be released"
+        )
+    _check_cell_types(reader, policy)
     streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick)
     with _cyclic_gc_paused(), _arrow_pool():
         streamer.scan()

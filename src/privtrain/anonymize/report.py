@@ -41,7 +41,7 @@ import pandas as pd
 
 from privtrain.anonymize.report_html import render_html
 from privtrain.anonymize.risk import class_sizes, combine_codes
-from privtrain.atomic_files import atomic_write_bytes
+from privtrain.atomic_files import staged_bytes
 
 if TYPE_CHECKING:
     from privtrain.anonymize.policy import Policy
@@ -240,11 +240,13 @@ def write_report(report: Mapping[str, Any], html_path: Path) -> tuple[Path, Path
     """
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
-    atomic_write_bytes(
-        json_path,
-        (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"),
-    )
-    atomic_write_bytes(html_path, render_html(report).encode("utf-8"))
+    figures = (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    # Both staged before either is renamed: a full disk leaves neither half of the report.
+    with staged_bytes(json_path, figures) as commit_json, staged_bytes(
+        html_path, render_html(report).encode("utf-8")
+    ) as commit_html:
+        commit_json()
+        commit_html()
     return html_path, json_path
 
 

@@ -74,6 +74,13 @@ def expand(codes: npt.NDArray[np.int64], results: list[str], index: pd.Index) ->
     return pd.Series(table[codes], index=index, dtype="string")
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: a cell can be
+    megabytes long, and an error line should stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(str(value)):,} chars)"
+
+
 def first_row(mask: npt.NDArray[np.bool_]) -> int:
     """1-based data row of the first True in ``mask`` (for error messages)."""
     return int(np.flatnonzero(mask)[0]) + 1
@@ -104,7 +111,7 @@ def to_numeric(values: pd.Series, source: str, column: str) -> pd.Series:
         row = first_row(bad)
         raise PolicyError(
             f"{source}: row {row}, column {column!r}: "
-            f"value {values.iloc[row - 1]!r} is not a finite number"
+            f"value {shown(values.iloc[row - 1])} is not a finite number"
         )
     filled = num.dropna()
     if bool(((filled % 1) == 0).all()):

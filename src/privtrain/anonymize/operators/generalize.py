@@ -27,7 +27,7 @@ from privtrain.anonymize.operators.generalize_forms import (
     zip_levels,
 )
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
-from privtrain.anonymize.values import check_bounds, expand, first_row, to_numeric
+from privtrain.anonymize.values import check_bounds, expand, first_row, shown, to_numeric
 
 if TYPE_CHECKING:
     from privtrain.anonymize.policy import ColumnPolicy
@@ -128,7 +128,7 @@ class Generalization:
                 row = first_row(np.asarray(codes) == unknown[0])
                 raise PolicyError(
                     f"{source}: row {row}, column {col.name!r}: "
-                    f"value {names[unknown[0]]!r} is missing "
+                    f"value {shown(names[unknown[0]])} is missing "
                     f"from the policy's hierarchy (columns.{col.name}.hierarchy); "
                     f"{len(unknown)} distinct value(s) missing in all"
                 )

@@ -8,7 +8,7 @@ import pandas as pd
 
 from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
-from privtrain.anonymize.values import check_bounds, first_row, to_numeric
+from privtrain.anonymize.values import check_bounds, first_row, shown, to_numeric
 
 
 @register_operator("keep")
@@ -32,8 +32,9 @@ class Keep:
             if bad.any():
                 row = first_row(bad)
                 raise PolicyError(
-                    f"{ctx.source}: row {row}, column {col.name!r}: value {text.iloc[row - 1]!r} "
-                    f"is not in the policy's domain (columns.{col.name}.domain)"
+                    f"{ctx.source}: row {row}, column {col.name!r}: value "
+                    f"{shown(text.iloc[row - 1])} is not in the policy's domain "
+                    f"(columns.{col.name}.domain)"
                 )
         return text
 
