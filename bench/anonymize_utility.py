@@ -96,14 +96,11 @@ def released_view(raw: pd.DataFrame, policy_path: Path, levels: dict[str, int]) 
 
 def accuracy_on(parameters: Path, table: pd.DataFrame) -> float:
     """Accuracy of a trained parameter file on ``table`` (its own feature encoding)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    from privtrain.trainer.checkpoints import load_parameters
     from privtrain.trainer.engine import accuracy, model_from_parameters
 
-    with safe_open(str(parameters), framework="pt") as handle:
-        metadata = handle.metadata()
-    model, encoder = model_from_parameters(load_file(str(parameters)), metadata)
+    tensors, metadata = load_parameters(parameters.read_bytes())
+    model, encoder = model_from_parameters(tensors, metadata)
     x, y = encoder.encode(table)
     import torch
 

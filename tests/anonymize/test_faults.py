@@ -59,7 +59,7 @@ def test_a_parquet_list_column_is_refused_by_name(
         role = "other"
         type = "text"
         """))
-    with pytest.raises(AnonymizationError, match=r"column 'note': type list<.*one value per cell"):
+    with pytest.raises(AnonymizationError, match=r"column .note.: type list<.*holds several values per cell"):
         _run(src, policy, tmp_path / "out.parquet", key_path, signer)
     assert not (tmp_path / "out.parquet").exists() and _leftovers(tmp_path) == []
 
@@ -295,16 +295,18 @@ def test_ctrl_c_while_the_parser_is_built_exits_quietly(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"id": "a", "id": "b"}', "row 2: key 'id' appears twice"),
-        ('{"id": Infinity}', "row 2: Infinity is not a finite number"),
+        ('{"id": "a", "id": "b"}', "line 3: key 'id' appears twice"),
+        ('{"id": Infinity}', "line 3: Infinity is not a finite number"),
+        ('{"id": 1e400}', "line 3: 1e400 is too large for a number"),
+        ('{"": "a"}', "line 3: a key has no name"),
     ],
 )
-def test_jsonl_duplicate_keys_and_infinities_are_refused_by_row(
+def test_jsonl_duplicate_keys_and_infinities_are_refused_by_line(
     tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
     line: str, message: str,
 ) -> None:
     """json.loads kept the last of two keys silently and read Infinity as a number."""
-    src = write("in.jsonl", '{"id": "x"}\n' + line + "\n")
+    src = write("in.jsonl", '{"id": "x"}\n\n' + line + "\n")  # a blank line counts
     policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
     with pytest.raises(AnonymizationError, match=message):
         _run(src, policy, tmp_path / "out.parquet", key_path, signer)
@@ -461,3 +463,115 @@ def test_inspect_does_not_publish_the_observed_extremes(tmp_path: Path) -> None:
     src.write_text("income\n" + "".join(f"{1037 + 170 * (i % 20)}\n" for i in range(200)))
     lines = {p.name: p for p in inspect_table(src)}["income"].lines
     assert "lower = 1000" in lines and "upper = 5000" in lines
+
+
+@pytest.mark.parametrize(
+    ("text", "closed"),
+    [
+        ('a,b\n1,2\n3,"x\n5,6\n7,8\n', False),
+        ('a,b\n1,2\n3,"x\n5,6\n7,8', False),
+        ('a,b\n1,2\n3,"x\ny"\n', True),
+        ('a,b\n1,"x\ny"\n3,4\n', True),
+    ],
+)
+def test_a_quote_never_closed_is_refused_not_merged(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    text: str, closed: bool,
+) -> None:
+    """Arrow read everything after an unclosed quote as one value: rows silently merged."""
+    src = tmp_path / "in.csv"
+    src.write_text(text)
+    policy = write("p.toml", """
+        k = 1
+        [columns.a]
+        operator = "keep"
+        role = "other"
+        type = "text"
+        [columns.b]
+        operator = "keep"
+        role = "other"
+        type = "text"
+        """)
+    out = tmp_path / "out.parquet"
+    if closed:
+        _run(src, policy, out, key_path, signer)
+        assert pd.read_parquet(out)["b"].str.contains("\n").sum() == 1
+    else:
+        with pytest.raises(AnonymizationError, match="row 2: a quoted value is never closed"):
+            _run(src, policy, out, key_path, signer)
+        assert not out.exists()
+
+
+def test_parquet_bytes_and_repeated_names_are_refused_by_name(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Both were tracebacks (UnicodeDecodeError; Arrow's "Field exists 2 times")."""
+    from privtrain.anonymize.inspect_table import inspect_table
+
+    raw = tmp_path / "bin.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "blob": pa.array([b"\x00\xff", b"ab"])}), raw)
+    assert {p.name: p for p in inspect_table(raw)}["blob"].kind == "bytes"
+    keep = ID_POLICY.format(op="hmac", extra="""
+        [columns.blob]
+        operator = "keep"
+        role = "other"
+        type = "text"
+        """)
+    with pytest.raises(AnonymizationError, match="column 'blob': type binary holds bytes"):
+        _run(raw, write("p.toml", keep), tmp_path / "out.parquet", key_path, signer)
+    _run(raw, write("p2.toml", keep.replace('operator = "keep"', 'operator = "hmac"')),
+         tmp_path / "out.parquet", key_path, signer)
+
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.table([pa.array(["a"]), pa.array(["b"])], names=["id", "id"]), twice)
+    with pytest.raises(AnonymizationError, match="column 2: column name 'id' appears twice"):
+        inspect_table(twice)
+    with pytest.raises(AnonymizationError, match="column 2: column name 'id' appears twice"):
+        _run(twice, write("p3.toml", ID_POLICY.format(op="hmac", extra="")),
+             tmp_path / "out2.parquet", key_path, signer)
+
+
+def test_an_interrupted_report_leaves_no_stale_report_and_says_so(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An earlier run's report stayed beside the new output when the new one failed."""
+    from privtrain.anonymize import report
+
+    src = write("in.csv", "id\na\nb\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    out, html = tmp_path / "out.parquet", tmp_path / "r.html"
+    argv = ["anonymize", "run", str(src), "--policy", str(policy), "--key", str(key_path),
+            "--out", str(out), "--signing-key", str(signer[0]),
+            "--signing-cert", str(signer[1]), "--report", str(html)]
+    assert main(argv) == 0 and html.exists()
+
+    def interrupted(*_: Any, **__: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "build_report", interrupted)
+    assert main(argv) == 130
+    assert "were written, the report was not (interrupted)" in capsys.readouterr().err
+    assert out.exists() and not html.exists() and not html.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("name", ["out.txt", "out"])
+def test_an_output_suffix_that_names_no_format_is_refused(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path],
+    name: str,
+) -> None:
+    """Was written as CSV without a word."""
+    src = write("in.csv", "id\na\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    with pytest.raises(AnonymizationError, match="its suffix chooses the format"):
+        _run(src, policy, tmp_path / name, key_path, signer)
+    assert not (tmp_path / name).exists()
+
+
+def test_a_header_only_file_names_itself(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path, signer: tuple[Path, Path]
+) -> None:
+    src = write("in.csv", "id\n")
+    policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
+    with pytest.raises(AnonymizationError, match=r"in\.csv: the input has no rows"):
+        _run(src, policy, tmp_path / "out.parquet", key_path, signer)

@@ -37,6 +37,7 @@ from privtrain.anonymize.errors import AnonymizationError
 from privtrain.anonymize.tableio import (
     check_header,
     check_input,
+    check_unique_names,
     decode_error,
     detect_encoding,
     jsonl_cell,
@@ -89,8 +90,9 @@ class ChunkReader:
         Column names in file order.
     encoding : str | None
         The encoding a CSV is decoded with.
-    nested_columns : dict of str to pa.DataType
-        Parquet columns whose cells hold several values (lists, structs), with their type.
+    unsupported_columns : dict of str to str
+        Parquet columns whose cells are not one text-like value (lists, structs: why
+        not; bytes: only ``hmac`` or ``drop``), with the reason.
 
     Raises
     ------
@@ -106,7 +108,7 @@ class ChunkReader:
         self.format = table_format(self.path)
         self.missing = tuple(missing)
         self.encoding: str | None = None
-        self.nested_columns: dict[str, pa.DataType] = {}
+        self.unsupported_columns: dict[str, str] = {}
         self._stat = self._signature()
         try:
             if self.format == "csv":
@@ -118,7 +120,8 @@ class ChunkReader:
             elif self.format == "parquet":
                 schema = pq.ParquetFile(self.path).schema_arrow
                 self.columns = [n for n in schema.names if not n.startswith("__index_level_")]
-                self.nested_columns = _nested_columns(schema)
+                check_unique_names(self.path, self.columns)
+                self.unsupported_columns = _unsupported_columns(schema)
             else:
                 self.columns = self._jsonl_columns()
         except UnicodeDecodeError as exc:
@@ -175,7 +178,9 @@ class ChunkReader:
         read = cols or self.columns[:1]
         try:
             if self.format == "csv":
-                batches = self._csv_batches(read, position)
+                # The last column is always read: it shows a quote never closed (below).
+                last = self.columns[-1]
+                batches = self._csv_batches(read if last in read else [*read, last], position)
             elif self.format == "parquet":
                 batches = self._parquet_batches(read, chunk_rows, position)
             else:
@@ -213,12 +218,48 @@ class ChunkReader:
         )
         # A native file: Arrow reads into its own (reused) buffers, without the GIL, where
         # a Python file object would allocate a fresh bytes object per block.
+        rows = 0
+        final: pa.RecordBatch | None = None
         with pa.OSFile(str(self.path), "rb") as fh:
             reader = pacsv.open_csv(fh, read, parse, convert)
             for batch in reader:
                 if position is not None:
                     position[0] = fh.tell()
+                rows += batch.num_rows
+                final = batch if batch.num_rows else final
                 yield batch
+        if final is not None:
+            self._check_quotes_closed(final, rows)
+
+    def _check_quotes_closed(self, final: pa.RecordBatch, rows: int) -> None:
+        """Refuse a file that ends inside a quoted value.
+
+        Arrow's reader takes everything after an unclosed quote, up to the end of the file,
+        as one value of the last column (rows silently merged). A value of the last row's
+        last column that holds a line break must have been quoted, so the file must then
+        end with a quote (before its final line break); if it does not, the quote was never
+        closed.
+
+        Raises
+        ------
+        AnonymizationError
+            Naming the file and its last data row.
+        """
+        assert self.encoding is not None
+        if codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32")):
+            return  # the byte check below reads ASCII-compatible text only
+        column = final.column(final.schema.get_field_index(self.columns[-1]))
+        value = column[final.num_rows - 1].as_py()
+        if not isinstance(value, str) or ("\n" not in value and "\r" not in value):
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(max(self.size_bytes - 64, 0))
+            tail = fh.read()
+        if not tail.rstrip(b"\r\n").endswith(b'"'):
+            raise AnonymizationError(
+                f"{self.path}: row {rows}: a quoted value is never closed, so the rest of the "
+                "file was read as one value; close the quote (or double it inside the value)"
+            )
 
     # Parquet ---------------------------------------------------------------------------
     def _parquet_batches(
@@ -330,13 +371,15 @@ def _parse_problem(exc: pa.ArrowInvalid) -> str:
     return "cannot parse the CSV (" + ": ".join(head[:2]).strip() + ")"
 
 
-def _nested_columns(schema: pa.Schema) -> dict[str, pa.DataType]:
-    """Columns whose cells are not single values (lists, structs, maps, unions), by name."""
+def _unsupported_columns(schema: pa.Schema) -> dict[str, str]:
+    """Columns whose cells are not one text-like value, by name, with the reason."""
     out = {}
     for field in schema:
         t = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
         if pa.types.is_nested(t):
-            out[field.name] = t
+            out[field.name] = f"type {t} holds several values per cell"
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+            out[field.name] = f"type {t} holds bytes, not text"
     return out
 
 

@@ -207,11 +207,17 @@ def _run(args: argparse.Namespace) -> int:
                 args.report,
                 encoding=args.encoding,
             )
-        except OSError as exc:
-            raise AnonymizationError(
-                f"{report.output_path} and its manifest were written, the report was not: "
-                f"{exc.strerror or exc}: {exc.filename or args.report}"
-            ) from None
+        except BaseException as exc:
+            # An earlier run's report there describes another release: it goes too.
+            for stale in (args.report, args.report.with_suffix(".json")):
+                stale.unlink(missing_ok=True)
+            written = f"{report.output_path} and its manifest were written, the report was not"
+            if isinstance(exc, OSError):
+                raise AnonymizationError(
+                    f"{written}: {exc.strerror or exc}: {exc.filename or args.report}"
+                ) from None
+            print(f"{written} (interrupted)", file=sys.stderr)
+            raise
         risk = figures["risk"]["after"]
         print(
             f"wrote {args.report} and {args.report.with_suffix('.json')} (unique records "

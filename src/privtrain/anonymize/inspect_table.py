@@ -300,14 +300,20 @@ def _free_text_lines(
     return "scrub", head, keys, found
 
 
-def _nested(values: pd.Series) -> bool:
-    """Whether the column's cells hold several values (Parquet lists, structs, maps)."""
+def _odd_cells(values: pd.Series) -> str | None:
+    """``"nested"`` for cells of several values (Parquet lists, structs, maps), ``"bytes"``
+    for binary cells, None for one text or number per cell."""
     present = values.dropna()
-    return len(present) > 0 and isinstance(present.iloc[0], (list, dict, tuple, np.ndarray))
+    if len(present) == 0:
+        return None
+    first = present.iloc[0]
+    if isinstance(first, (list, dict, tuple, np.ndarray)):
+        return "nested"
+    return "bytes" if isinstance(first, (bytes, bytearray)) else None
 
 
 def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Table) -> Proposal:
-    role = "other" if kind == "nested" else _role(name, kind, f)
+    role = "other" if kind in ("nested", "bytes") else _role(name, kind, f)
     why = (
         f"# {name}: {kind.replace('_', ' ')}; {f.distinct} distinct of {f.rows - f.missing} "
         f"values (uniqueness {f.uniqueness:.2f}), {f.missing} missing."
@@ -318,6 +324,9 @@ def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Ta
     if kind == "nested":
         body = ['operator = "drop"']
         head.insert(1, "# Several values per cell (a list or a record): dropped; flatten it to keep it.")
+    elif kind == "bytes":
+        body = ['operator = "drop"']
+        head.insert(1, '# Bytes, not text: dropped (operator = "hmac" would key them as they are).')
     elif role == "direct_identifier":
         if kind == "person_name" and _faker_provider(name) == "name":
             body = ['operator = "pseudonym"', 'faker = "name"', 'type = "text"']
@@ -486,11 +495,12 @@ def inspect_table(
     df = read_table(Path(input_path), encoding)
     classified: list[tuple[str, str, str, ColumnFacts]] = []
     for name in df.columns:
-        if _nested(df[name]):
-            # Lists or records in a cell: dropped, and kept out of every detector.
-            df[name] = df[name].astype("string")
+        odd = _odd_cells(df[name])
+        if odd is not None:
+            # Lists, records or bytes in a cell: dropped, and kept out of every detector.
+            df[name] = df[name].map(repr, na_action="ignore").astype("string")
             f = measure(df[name])
-            classified.append((str(name), "nested", "other", f))
+            classified.append((str(name), odd, "other", f))
             continue
         f = measure(df[name])
         kind = _kind(str(name), f)

@@ -33,7 +33,7 @@ from privtrain.anonymize.operators import pseudonym
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
 from privtrain.anonymize.stream import Streamer
-from privtrain.anonymize.tableio import read_table
+from privtrain.anonymize.tableio import JSONL, PARQUET, read_table
 from privtrain.anonymize.verify import verify_output
 from privtrain.atomic_files import staged_bytes
 from privtrain.errors import NotFound
@@ -115,7 +115,7 @@ def _check_output_path(out_path: Path, inputs: list[Path]) -> None:
     Raises
     ------
     AnonymizationError
-        Naming the clash.
+        Naming the clash, or a suffix that names no output format.
     """
     targets = {
         out_path.resolve(): str(out_path),
@@ -132,17 +132,27 @@ def _check_output_path(out_path: Path, inputs: list[Path]) -> None:
             raise AnonymizationError(f"output {target} is a folder; --out needs a file name")
     if not out_path.resolve().parent.is_dir():
         raise AnonymizationError(f"output folder {out_path.resolve().parent} does not exist")
+    known = sorted({*PARQUET, *JSONL, ".csv"})
+    if out_path.suffix.lower() not in known:
+        raise AnonymizationError(
+            f"output {out_path}: its suffix chooses the format; end the name in "
+            f"{', '.join(known)}"
+        )
 
 
 def _check_cell_types(reader: ChunkReader, policy: Policy) -> None:
-    """Refuse a released column whose cells hold several values (Parquet lists, structs);
-    a dropped one is never read."""
-    for name, kind in reader.nested_columns.items():
-        if policy.columns[name].operator != "drop":
-            raise AnonymizationError(
-                f"{reader.path}: column {name!r}: type {kind} holds several values per "
-                'cell; the anonymizer takes one value per cell (flatten it, or operator = "drop")'
-            )
+    """Refuse a released column whose cells are not one text-like value: lists and
+    structs only as ``drop``, bytes only as ``hmac`` or ``drop`` (a dropped column is never
+    read)."""
+    for name, why in reader.unsupported_columns.items():
+        operator = policy.columns[name].operator
+        if operator == "drop" or (operator == "hmac" and "bytes" in why):
+            continue
+        allowed = '"hmac" or "drop"' if "bytes" in why else '"drop"'
+        raise AnonymizationError(
+            f"{reader.path}: column {name!r}: {why}; use operator = {allowed}, or store it "
+            "as one text or number per cell"
+        )
 
 
 @contextmanager
@@ -287,6 +297,8 @@ def anonymize_file(
     with _cyclic_gc_paused(), _arrow_pool():
         streamer.scan()
         n = streamer.rows
+        if n == 0:
+            raise AnonymizationError(f"{source}: the input has no rows: nothing to anonymize")
         result = streamer.search()
 
     domains: dict[str, dict[str, Any]] = {}

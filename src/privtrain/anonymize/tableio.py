@@ -16,11 +16,13 @@ import codecs
 import csv
 import io
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from privtrain.anonymize.errors import AnonymizationError
 from privtrain.errors import NotFound
@@ -156,6 +158,24 @@ def decode_error(path: Path, encoding: str, start: int | None = None) -> Anonymi
     )
 
 
+def check_unique_names(path: Path, names: list[str]) -> None:
+    """Refuse a table naming one column twice (Parquet allows it).
+
+    Raises
+    ------
+    AnonymizationError
+        Naming the column's position and name.
+    """
+    seen: set[str] = set()
+    for i, name in enumerate(names, start=1):
+        if name in seen:
+            raise AnonymizationError(
+                f"{path}: column {i}: column name {name!r} appears twice; rename one so each "
+                "column can have its own policy entry"
+            )
+        seen.add(name)
+
+
 def read_table(
     path: Path,
     encoding: str | None = None,
@@ -191,6 +211,7 @@ def read_table(
     fmt = table_format(path)
     try:
         if fmt == "parquet":
+            check_unique_names(path, pq.ParquetFile(path).schema_arrow.names)
             df = pd.read_parquet(path).reset_index(drop=True)
         elif fmt == "jsonl":
             df = _read_jsonl(path)
@@ -220,25 +241,39 @@ def read_table(
 def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) of every non-blank line of a JSON Lines file.
 
+    Errors name the file's line (blank lines count); errors about values name the data
+    row, as for every format.
+
     Raises
     ------
     AnonymizationError
-        A line that is not a JSON object, naming the file and the line.
+        A line that is not a JSON object, has a key twice or a blank key, or holds a
+        number too large for a float or a NaN-like constant other than NaN.
     """
     with open(path, encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_constant)
+                obj = json.loads(
+                    line,
+                    object_pairs_hook=_unique_keys,
+                    parse_constant=_constant,
+                    parse_float=_finite_float,
+                )
             except ValueError as exc:
                 if not isinstance(exc, json.JSONDecodeError):
-                    raise AnonymizationError(f"{path}: row {number}: {exc}") from None
+                    raise AnonymizationError(f"{path}: line {number}: {exc}") from None
                 raise AnonymizationError(
-                    f"{path}: row {number}: not a JSON object ({exc.msg})"
+                    f"{path}: line {number}: not a JSON object ({exc.msg})"
                 ) from None
             if not isinstance(obj, dict):
-                raise AnonymizationError(f"{path}: row {number}: not a JSON object")
+                raise AnonymizationError(f"{path}: line {number}: not a JSON object")
+            if any(not key.strip() for key in obj):
+                raise AnonymizationError(
+                    f"{path}: line {number}: a key has no name; name every field so each "
+                    "column can have its own policy entry"
+                )
             yield number, obj
 
 
@@ -250,6 +285,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"key {key!r} appears twice in one object")
         obj[key] = value
     return obj
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, refusing one too large to hold (1e400 is not infinity)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large for a number")
+    return value
 
 
 def _constant(name: str) -> None:
