@@ -575,3 +575,12 @@ def test_a_header_only_file_names_itself(
     policy = write("p.toml", ID_POLICY.format(op="hmac", extra=""))
     with pytest.raises(AnonymizationError, match=r"in\.csv: the input has no rows"):
         _run(src, policy, tmp_path / "out.parquet", key_path, signer)
+
+
+def test_a_tiny_cp1252_file_is_read_as_cp1252(tmp_path: Path) -> None:
+    """charset-normalizer took three lines with one "é" for cp1006 (Urdu): "cafﻠ"."""
+    from privtrain.anonymize.tableio import read_table
+
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"a,b\n1,2\n3,caf\xe9\n")
+    assert read_table(src)["b"].tolist() == ["2", "café"]

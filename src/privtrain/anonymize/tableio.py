@@ -55,9 +55,21 @@ def table_format(path: Path) -> str:
     return "csv"
 
 
+_SMALL_SAMPLE = 4096
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def detect_encoding(path: Path, sample_bytes: int = 1 << 20) -> str:
     """The text encoding of a CSV: ``utf-8-sig`` when its first MiB decodes as UTF-8, else
-    the charset-normalizer guess (``cp1252``, ``latin-1``...).
+    ``cp1252`` for a file under 4 KiB that decodes as it, else the charset-normalizer
+    guess (``cp1252``, ``latin-1``...).
 
     Raises
     ------
@@ -74,6 +86,10 @@ def detect_encoding(path: Path, sample_bytes: int = 1 << 20) -> str:
         return "utf-8-sig"
     except UnicodeDecodeError:
         pass
+    if len(sample) < _SMALL_SAMPLE and _decodes(sample, "cp1252"):
+        # A few accented bytes say too little for a statistical guess (one such file was
+        # taken for Urdu's cp1006); Windows-1252 is what spreadsheets write in the West.
+        return "cp1252"
     from charset_normalizer import from_bytes
 
     best = from_bytes(sample).best()
