@@ -179,10 +179,10 @@ def _arrow_pool() -> Iterator[None]:
     Arrow's default pool on Linux (mimalloc) backs its arenas with transparent huge pages
     and hands freed memory back to the system after a second; the passes allocate and
     free some hundred megabytes per chunk, so the kernel zeroed fresh 2 MiB pages over
-    and over (a fifth of the CPU time of the bench run, with large run-to-run swings).
-    jemalloc reuses freed memory and its peak stays flat with the file's size (``malloc``'s
-    grew by half from 1 to 5 million rows). Buffers remember their pool, so switching
-    back afterwards is safe.
+    and over, and run times swung widely. jemalloc reuses freed memory, and its peak
+    stays flat with the file's size (``bench/anonymize.py`` prints both peaks);
+    ``malloc``'s grew with it. Buffers remember their pool, so switching back afterwards
+    is safe.
     """
     previous = pa.default_memory_pool()
     try:

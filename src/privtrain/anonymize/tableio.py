@@ -117,19 +117,13 @@ def check_header(path: Path, encoding: str) -> list[str]:
                 f"{path}: row 1 (header) is empty; the first line must name the columns"
             )
         raise AnonymizationError(f"{path}: the file is empty (no header, no columns)")
-    seen: set[str] = set()
     for i, name in enumerate(header, start=1):
         if not name.strip():
             raise AnonymizationError(
                 f"{path}: row 1 (header), column {i}: the column has no name; name every "
                 "column so each can have its own policy entry"
             )
-        if name in seen:
-            raise AnonymizationError(
-                f"{path}: row 1 (header), column {i}: column name {name!r} appears twice; "
-                "rename one so each column can have its own policy entry"
-            )
-        seen.add(name)
+    check_unique_names(path, header, where="row 1 (header), ")
     return list(header)
 
 
@@ -174,8 +168,10 @@ def decode_error(path: Path, encoding: str, start: int | None = None) -> Anonymi
     )
 
 
-def check_unique_names(path: Path, names: list[str]) -> None:
-    """Refuse a table naming one column twice (Parquet allows it).
+def check_unique_names(path: Path, names: list[str], where: str = "") -> None:
+    """Refuse a table naming one column twice (a CSV header, a Parquet schema).
+
+    ``where`` prefixes the column's position in the message (``"row 1 (header), "``).
 
     Raises
     ------
@@ -186,8 +182,8 @@ def check_unique_names(path: Path, names: list[str]) -> None:
     for i, name in enumerate(names, start=1):
         if name in seen:
             raise AnonymizationError(
-                f"{path}: column {i}: column name {name!r} appears twice; rename one so each "
-                "column can have its own policy entry"
+                f"{path}: {where}column {i}: column name {name!r} appears twice; "
+                "rename one so each column can have its own policy entry"
             )
         seen.add(name)
 

@@ -43,8 +43,8 @@ def distinct_normalized(values: pd.Series) -> tuple[npt.NDArray[np.int64], list[
         Distinct normalized values (non-empty), in order of first appearance.
     """
     raw_codes, raw_uniques = pd.factorize(values, use_na_sentinel=True)
-    # One plain loop over the distinct values: pandas' string methods cost a few
-    # microseconds a value in overhead, several times the work itself.
+    # One plain loop over the distinct values: pandas' string methods pay their own
+    # overhead per call and per value, more than the normalizing itself.
     index: dict[str, int] = {}
     # The extra last slot maps a raw code of -1 (missing) to -1.
     lookup = np.full(len(raw_uniques) + 1, -1, dtype=np.int64)
