@@ -65,7 +65,8 @@ def check_image_manifest_fields(manifest: Mapping[str, Any]) -> None:
     most :data:`MAX_FEATURE_VALUES` values an image, ``feature_dtype`` is ``float32``,
     ``label_values`` are ``n_classes`` (2..:data:`MAX_CLASSES`) distinct int64 integers in
     ascending order, ``output_rows`` ≥ 1 and ``output_bytes`` ≥ 0 are int64, and
-    ``output_sha256`` is lower-case hex.
+    ``output_sha256`` is lower-case hex, and ``split`` (the owner's hold-out, optional
+    in older manifests) names the ``split`` tensor and its test share.
     """
     # Imported here: the anonymizer package loads its manifest module, which dispatches to this one.
     from privtrain.anonymize.errors import ManifestError
@@ -106,3 +107,11 @@ def check_image_manifest_fields(manifest: Mapping[str, Any]) -> None:
         raise ManifestError("image manifest output_rows must be in 1..2**63-1 and output_bytes in 0..2**63-1")
     if not _SHA256_HEX.fullmatch(manifest["output_sha256"]):
         raise ManifestError("image manifest output_sha256 is not a lower-case hex SHA-256")
+    split = manifest.get("split")
+    if split is not None and not (
+        isinstance(split, dict) and split.get("method") == "random_holdout"
+        and split.get("tensor") == "split" and isinstance(split.get("test_share"), float)
+        and 0 < split["test_share"] < 1 and set(split) == {"method", "tensor", "test_share"}
+    ):
+        raise ManifestError('image manifest split must be {"method": "random_holdout", "tensor": '
+                            '"split", "test_share": a number in (0, 1)}')

@@ -22,7 +22,13 @@ from privtrain import __version__
 from privtrain.anonymize.manifest import sign_manifest
 from privtrain.atomic_files import atomic_write_bytes
 from privtrain.datasets.digits import fetch_digits
-from privtrain.datasets.image_arrays import encode_image_arrays, read_image_arrays
+from privtrain.datasets.image_arrays import (
+    SPLIT,
+    TEST_FRACTION,
+    draw_split,
+    encode_image_arrays,
+    read_image_arrays,
+)
 from privtrain.datasets.image_manifest import (
     FEATURE_DTYPE,
     IMAGE_KIND,
@@ -65,8 +71,9 @@ def manifest_path_for(out: Path) -> Path:
 
 
 def image_manifest(source: str, data: bytes, rows: int, feature_shape: tuple[int, ...],
-                   label_values: tuple[int, ...]) -> dict[str, Any]:
-    """The (unsigned) manifest describing the packed bytes ``data``."""
+                   label_values: tuple[int, ...], test_fraction: float = TEST_FRACTION) -> dict[str, Any]:
+    """The (unsigned) manifest describing the packed bytes ``data``; ``split`` declares the
+    owner's random hold-out (the file's ``split`` tensor, ``test_fraction`` of the rows)."""
     return {
         "kind": IMAGE_KIND,
         "format": IMAGE_MANIFEST_FORMAT,
@@ -81,6 +88,7 @@ def image_manifest(source: str, data: bytes, rows: int, feature_shape: tuple[int
         "feature_dtype": FEATURE_DTYPE,
         "n_classes": len(label_values),
         "label_values": list(label_values),
+        "split": {"method": "random_holdout", "tensor": SPLIT, "test_share": test_fraction},
     }
 
 
@@ -101,7 +109,8 @@ def _check_outputs(out: Path, manifest_path: Path, overwrite: bool) -> None:
 
 
 def pack_images(source: str, out: Path, *, signing_key_path: Path,
-                signing_cert_path: Path, overwrite: bool = False) -> PackReport:
+                signing_cert_path: Path, overwrite: bool = False,
+                test_fraction: float = TEST_FRACTION) -> PackReport:
     """Pack a named image source into ``out`` (safetensors) and its signed manifest.
 
     Parameters
@@ -114,6 +123,9 @@ def pack_images(source: str, out: Path, *, signing_key_path: Path,
         The data owner's PEM private key and certificate (the uploader's mTLS pair).
     overwrite : bool
         Replace ``out`` and its manifest when they exist; without it an existing one is refused.
+    test_fraction : float
+        The owner's test share: each image is held out with this probability, on its own
+        (:func:`privtrain.datasets.image_arrays.draw_split`).
 
     Raises
     ------
@@ -140,8 +152,9 @@ def pack_images(source: str, out: Path, *, signing_key_path: Path,
     except OSError as exc:
         raise NotFound(f"{exc.filename}: cannot read signing key/certificate ({exc.strerror})") from None
     features, labels = SOURCES[source].fetch()
-    data = encode_image_arrays(features, labels)
-    manifest = image_manifest(source, data, len(labels), features.shape[1:], SOURCES[source].label_values)
+    data = encode_image_arrays(features, labels, draw_split(len(labels), test_fraction))
+    manifest = image_manifest(source, data, len(labels), features.shape[1:], SOURCES[source].label_values,
+                              test_fraction)
     read_image_arrays(data, manifest)  # the file must pass the trainer's own checks before it is signed
     signed = sign_manifest(manifest, key_pem, cert_pem)
     atomic_write_bytes(out, data)

@@ -89,8 +89,11 @@ def _get_epsilon(acc: IAccountant, delta: float) -> float:
     """
     with warnings.catch_warnings():
         # RDP warns when the optimal order is at the edge of its grid; the bound
-        # it returns is still valid (just not the tightest).
+        # it returns is still valid (just not the tightest). PRV takes log(1 - q) of an
+        # unsampled Gaussian (q = 1, a released statistic) = -inf, which it handles.
         warnings.filterwarnings("ignore", message="Optimal order")
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
+                                category=RuntimeWarning)
         coarse = float(acc.get_epsilon(delta=delta))
         if acc.mechanism() != "prv":
             return coarse

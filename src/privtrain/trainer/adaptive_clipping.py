@@ -32,12 +32,15 @@ import math
 
 import torch
 from opacus.optimizers import AdaClipDPOptimizer
-from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 
 from privtrain.errors import InvalidInput
+from privtrain.trainer.dp_randomness import DPRandomness, Stream
 from privtrain.trainer.fast_clipping.bookkeeping import BookKeepingModule
 from privtrain.trainer.fast_clipping.optimizer import BookKeepingDPOptimizer
+from privtrain.trainer.secure_noise import add_step_noise, attach_randomness, zero_nonfinite_samples
+
 
 def gradient_noise(noise_multiplier: float, unclipped_num_std: float) -> float:
     """σ_g with σ^-2 = σ_g^-2 + (2σ_b)^-2 (Andrew et al. 2021, Theorem 1).
@@ -95,13 +98,12 @@ class ClipBoundEstimator:
         """Add Σ (1[‖g_i‖ ≤ C] − ½) over a physical batch's ``(batch,)`` float32 norms."""
         self.centred_count += float((norms <= bound).sum()) - 0.5 * len(norms)
 
-    def update(self, bound: float, generator: torch.Generator | None, secure_mode: bool) -> float:
-        """The new clip bound after one logical step; resets the count."""
-        # The noise is drawn where the generator lives (a CUDA generator cannot fill a CPU tensor).
-        device = generator.device if generator is not None else torch.device("cpu")
-        noise = _generate_noise(std=self.unclipped_num_std, reference=torch.zeros((), device=device),
-                                generator=generator, secure_mode=secure_mode)
-        unclipped_fraction = (self.centred_count + float(noise)) / self.expected_batch_size + 0.5
+    def update(self, bound: float, randomness: DPRandomness) -> float:
+        """The new clip bound after one logical step (count noise from the job's randomness);
+        resets the count."""
+        noise = float(randomness.standard_normal(Stream.COUNT, randomness.take(Stream.COUNT), 1)[0])
+        unclipped_fraction = (self.centred_count + self.unclipped_num_std * noise) \
+            / self.expected_batch_size + 0.5
         self.centred_count = 0.0
         new = bound * math.exp(-self.clipbound_learning_rate
                                * (unclipped_fraction - self.target_unclipped_quantile))
@@ -118,16 +120,17 @@ class AdaptiveClipDPOptimizer(AdaClipDPOptimizer):
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, estimator: ClipBoundEstimator,
                  noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
-                 generator: torch.Generator | None = None) -> None:
+                 randomness: DPRandomness) -> None:
         super().__init__(
             optimizer, noise_multiplier=noise_multiplier,
             target_unclipped_quantile=estimator.target_unclipped_quantile,
             clipbound_learning_rate=estimator.clipbound_learning_rate,
             max_clipbound=estimator.max_clipbound, min_clipbound=estimator.min_clipbound,
             unclipped_num_std=estimator.unclipped_num_std, max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator,
+            expected_batch_size=expected_batch_size, loss_reduction="mean",
         )
         self.estimator = estimator
+        attach_randomness(self, randomness)
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Clear per-sample gradients; the count survives until its logical step ends."""
@@ -135,6 +138,7 @@ class AdaptiveClipDPOptimizer(AdaClipDPOptimizer):
 
     def clip_and_accumulate(self) -> None:
         """Flat clipping at the current bound in float32, counting unclipped samples."""
+        zero_nonfinite_samples(self)
         samples = [self._get_flat_grad_sample(p).float() for p in self.params]
         batch = len(samples[0])
         if batch:
@@ -152,16 +156,11 @@ class AdaptiveClipDPOptimizer(AdaClipDPOptimizer):
     def add_noise(self) -> None:
         """Gradient noise σ_g·C (Theorem 1); the count noise is added in :meth:`update_max_grad_norm`."""
         sigma_g = gradient_noise(self.noise_multiplier, self.estimator.unclipped_num_std)
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            noise = _generate_noise(std=sigma_g * self.max_grad_norm, reference=p.summed_grad,
-                                    generator=self.generator, secure_mode=self.secure_mode)
-            p.grad = (p.summed_grad + noise).view_as(p)
-            _mark_as_processed(p.summed_grad)
+        add_step_noise(self, sigma_g * self.max_grad_norm)
 
     def update_max_grad_norm(self) -> None:
         """Move the clip bound with the noised count (called once per logical step)."""
-        self.max_grad_norm = self.estimator.update(self.max_grad_norm, self.generator, self.secure_mode)
+        self.max_grad_norm = self.estimator.update(self.max_grad_norm, self.randomness)
 
 
 class AdaptiveBookKeepingDPOptimizer(BookKeepingDPOptimizer):
@@ -173,12 +172,12 @@ class AdaptiveBookKeepingDPOptimizer(BookKeepingDPOptimizer):
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, module: nn.Module,
                  estimator: ClipBoundEstimator, noise_multiplier: float, max_grad_norm: float,
-                 expected_batch_size: int, generator: torch.Generator | None = None) -> None:
+                 expected_batch_size: int, randomness: DPRandomness) -> None:
         if not isinstance(module, BookKeepingModule):
             raise InvalidInput("adaptive ghost clipping needs a BookKeepingModule")
         super().__init__(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                         expected_batch_size=expected_batch_size, loss_reduction="mean",
-                         generator=generator)
+                         expected_batch_size=expected_batch_size, loss_reduction="mean")
+        attach_randomness(self, randomness)
         self.module = module
         self.estimator = estimator
         module.max_grad_norm = max_grad_norm
@@ -201,7 +200,6 @@ class AdaptiveBookKeepingDPOptimizer(BookKeepingDPOptimizer):
         """Noise and scale as usual; at the end of a logical step, move the clip bound."""
         done = bool(super().pre_step())
         if done:  # the last physical batch of a logical step
-            self.max_grad_norm = self.estimator.update(self.max_grad_norm, self.generator,
-                                                       self.secure_mode)
+            self.max_grad_norm = self.estimator.update(self.max_grad_norm, self.randomness)
             self.module.max_grad_norm = self.max_grad_norm
         return done

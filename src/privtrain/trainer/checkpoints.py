@@ -2,7 +2,8 @@
 
 Never pickle: a checkpoint or a parameter file is data, and loading it runs no
 code. Files are written to a temporary name and renamed, so a crash leaves the
-previous checkpoint intact.
+previous checkpoint intact. They hold what the server keeps from everyone else
+(parameters, the randomness' stream counters): files are 0600, folders 0700.
 """
 
 from __future__ import annotations
@@ -49,11 +50,19 @@ def save_checkpoint(
             else:
                 scalars.setdefault(str(index), {})[name] = value
     full_state = {**state, "optimizer": {"scalars": scalars, "param_groups": opt["param_groups"]}}
-    directory.mkdir(parents=True, exist_ok=True)
+    private_folder(directory)
     stem = directory / f"epoch-{epoch:04d}"
-    atomic_write_bytes(stem.with_suffix(".safetensors"), save(tensors))
-    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(full_state, sort_keys=True).encode())
+    atomic_write_bytes(stem.with_suffix(".safetensors"), save(tensors), mode=0o600)
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(full_state, sort_keys=True).encode(),
+                       mode=0o600)
     return stem.with_suffix(".safetensors")
+
+
+def private_folder(directory: Path) -> Path:
+    """Create ``directory`` (and missing parents) and make it 0700."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return directory
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -73,8 +82,8 @@ def save_parameters(path: Path, state_dict: Mapping[str, torch.Tensor], metadata
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     packed = json.dumps({"format": PARAMETERS_FORMAT, **metadata}, sort_keys=True)
     data = save(tensors, metadata={METADATA_KEY: packed})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
+    private_folder(path.parent)
+    atomic_write_bytes(path, data, mode=0o600)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -10,19 +10,20 @@ of one process. Each rank divides by the expected local batch ``B / world_size``
 and the all-reduce averages over ranks: the update is (Σ clipped + N(0, σ²C²)) / B,
 exactly that of :func:`privtrain.trainer.dp_sgd.run_dp_sgd`.
 
-Sampling: the rows are split across ranks and each rank keeps each of its rows
-with probability q = B / n, independently (its own generator), so the union of
+Sampling: the rows are split across ranks (rank r takes rows r, r + N, ...) and
+each rank keeps each of its rows with probability q, independently (its own lane
+of the job's secret randomness, :mod:`privtrain.trainer.sampling`), so the union of
 the local batches is one Poisson sample of rate q over all rows. Unlike Opacus'
 ``DistributedUniformWithReplacementSampler``, an empty local batch is yielded
 too: it is a real step, and skipping it would leave the ranks out of step. The
 privacy analysis is therefore the single-process one: one accountant, on rank 0,
-with the same q, σ and number of steps.
+with the same q, σ and number of steps; rank 0 alone draws the noise.
 
 The parent process keeps the caller's ``evaluate`` and ``reporter``: rank 0
 sends its progress through a queue and writes a checkpoint after every epoch;
-the parent loads it to evaluate and report. Cancellation: the parent polls
-``should_stop`` and sets an event; the ranks agree on it after every logical
-step (one all-reduce) and stop together.
+the parent loads it to evaluate, releases the noisy accuracy the plan calls for,
+and reports. Cancellation: the parent polls ``should_stop`` and sets an event;
+the ranks agree on it after every logical step (one all-reduce) and stop together.
 """
 
 from __future__ import annotations
@@ -45,31 +46,33 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 from opacus.accountants import create_accountant
-from opacus.data_loader import DPDataLoader
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
+from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
-from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from privtrain.errors import FailedPrecondition, InvalidInput, PrivtrainError
 from privtrain.parent_watchdog import exit_with_parent
-from privtrain.trainer.accounting import EpsilonTracker, accountant_epsilon, accountant_state
+from privtrain.trainer.accounting import EpsilonTracker, accountant_state, epsilon_for_history
 from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from privtrain.trainer.dp_randomness import DPRandomness
 from privtrain.trainer.dp_sgd import (
+    Evaluate,
     JobCancelled,
     LoopResult,
     Reporter,
     StepReport,
     _lr_scheduler,
     _optimizer,
-    noise_for,
     physical_step,
-    schedule,
+    release_accuracy,
 )
+from privtrain.trainer.plan import JobPlan
+from privtrain.trainer.sampling import poisson_loader
+from privtrain.trainer.secure_noise import SecureDistributedDPOptimizer, attach_randomness
 from privtrain.trainer.spec import TrainingSpec
 
 # Messages from the ranks to the parent.
@@ -85,40 +88,16 @@ ERROR_GRACE_S = 10.0
 RANKS_DIR = "ranks"
 
 
-class LockstepPoissonSampler(DistributedUniformWithReplacementSampler):
-    """Poisson sampling over this rank's share of the rows, empty batches included.
-
-    Opacus' sampler skips a step whose local batch is empty; with several ranks
-    that step is still taken by the others, whose all-reduce would then wait
-    forever (and the step would be missing from the accounting). Here every
-    rank yields exactly ``num_batches`` batches per epoch, some possibly empty.
-    """
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.shuffle_seed + self.epoch)
-            indices = torch.randperm(self.total_size, generator=g)
-        else:
-            indices = torch.arange(self.total_size)
-        indices = indices[self.rank : self.total_size : self.num_replicas]
-        for _ in range(self.num_batches):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            yield indices[mask.nonzero(as_tuple=False).reshape(-1)].tolist()
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """Independent 63-bit seed of ``rank``'s sampling generator, derived from the job's seed."""
-    return int(np.random.SeedSequence(seed, spawn_key=(rank,)).generate_state(2, np.uint64)[0] >> 1)
-
-
 def run_distributed(
     spec: TrainingSpec,
     model: nn.Module,
     train_data: TensorDataset,
-    evaluate: Callable[[nn.Module], float],
+    evaluate: Evaluate,
     out_dir: Path,
     reporter: Reporter,
     *,
+    plan: JobPlan,
+    randomness: DPRandomness,
     should_stop: Callable[[], bool] = lambda: False,
     resume: bool = False,
     device: torch.device | None = None,
@@ -135,13 +114,18 @@ def run_distributed(
         Opacus-compatible model; inputs ``(batch, ...)``, outputs ``(batch, classes)``
         logits. Its (picklable) copy goes to every rank; it receives the final parameters.
     train_data : TensorDataset
-        ``(features, labels)``; its length is the n in q = batch_size / n.
+        ``(features, labels)``, the training rows.
     evaluate : callable
-        Held-out accuracy of the model, called in this process after every epoch.
+        ``model -> (correct, rows)`` on the held-out rows, called in this process after
+        every epoch.
     out_dir : Path
         Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}``.
     reporter : Reporter
         Gets rank 0's steps (loss and batch size over all ranks) and every epoch.
+    plan : JobPlan
+        The admitted plan (q, steps, σ, releases).
+    randomness : DPRandomness
+        The job's secret randomness; every rank gets a copy (key and counters).
     should_stop : callable
         Polled here every 0.1 s; True stops every rank after its current step and
         raises :class:`JobCancelled`.
@@ -169,14 +153,13 @@ def run_distributed(
     device = device or torch.device("cpu")
     world_size = spec.world_size
     n_train = len(train_data)
-    sample_rate, _, total_steps = schedule(spec, n_train)
     if n_train < world_size:
-        raise InvalidInput(f"{n_train} training rows cannot be split across {world_size} processes")
+        raise InvalidInput(f"the training rows cannot be split across {world_size} processes")
     if device.type == "cuda" and torch.cuda.device_count() < world_size:
         raise InvalidInput(
             f"world_size {world_size} needs {world_size} GPUs; {torch.cuda.device_count()} present"
         )
-    sigma = noise_for(spec, sample_rate, total_steps)
+    sigma = plan.noise.scale
     physical = min(spec.max_physical_batch_size,
                    max_physical_batch_size or spec.max_physical_batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +168,8 @@ def run_distributed(
     messages = ctx.Queue()
     stop = ctx.Event()
     config = {
-        "spec": spec.to_dict(), "sigma": sigma, "physical": physical, "store": str(Path(store).resolve()),
+        "spec": spec.to_dict(), "plan": plan.to_dict(), "randomness": randomness,
+        "physical": physical, "store": str(Path(store).resolve()),
         "device": device.type, "out_dir": str(out_dir), "keep_rank_states": keep_rank_states,
         "threads": max(1, (os.cpu_count() or 1) // world_size),
     }
@@ -196,7 +180,7 @@ def run_distributed(
             nprocs=world_size, join=False, start_method="spawn",
         )
     try:
-        done = _relay(procs, messages, stop, model, evaluate, reporter, should_stop)
+        done = _relay(procs, messages, stop, model, evaluate, reporter, should_stop, plan, randomness)
     finally:
         for process in procs.processes:
             if process.is_alive():
@@ -209,9 +193,18 @@ def run_distributed(
         raise FailedPrecondition("rank 0 finished without a checkpoint")
     tensors, _ = load_checkpoint(path)
     _load_model_state(model, tensors)
+    # Rank 0 accounted the steps; the accuracy releases made here compose with them.
+    history = [*map(tuple, done["history"]), *plan.history(0, done["releases"])]
+    epsilon = epsilon_for_history(plan.accountant, history, plan.delta)
+    if done["steps"] != plan.total_steps or epsilon > spec.target_epsilon:
+        raise FailedPrecondition(
+            f"accounting check failed: {done['steps']}/{plan.total_steps} steps, ε={epsilon:.6f} "
+            f"(target {spec.target_epsilon})"
+        )
     return LoopResult(
-        epsilon=done["epsilon"], noise_multiplier=sigma, sample_rate=sample_rate, steps=done["steps"],
-        test_accuracy=done["test_accuracy"], final_loss=done["final_loss"], model=model,
+        epsilon=epsilon, noise_multiplier=sigma, sample_rate=plan.sample_rate, steps=done["steps"],
+        test_accuracy=done["test_accuracy"], exact_test_accuracy=done["exact_test_accuracy"],
+        final_loss=done["final_loss"], model=model,
     )
 
 
@@ -234,13 +227,17 @@ def _children_allowed() -> Iterator[None]:
 
 def _relay(
     procs: torch_mp.ProcessContext, messages: Any, stop: Any, model: nn.Module,
-    evaluate: Callable[[nn.Module], float], reporter: Reporter, should_stop: Callable[[], bool],
+    evaluate: Evaluate, reporter: Reporter, should_stop: Callable[[], bool], plan: JobPlan,
+    randomness: DPRandomness,
 ) -> dict[str, Any]:
-    """Forward rank 0's progress to ``reporter`` until every rank has ended; rank 0's result."""
+    """Forward rank 0's progress to ``reporter`` until every rank has ended; rank 0's result,
+    with the last released and exact accuracies and the number of releases made here."""
     done: dict[str, Any] | None = None
     error: tuple[str, str] | None = None
     error_at = 0.0
-    test_accuracy = float("nan")
+    released: float | None = None
+    exact = float("nan")
+    releases = 0
     while True:
         if not stop.is_set() and should_stop():
             stop.set()
@@ -260,10 +257,16 @@ def _relay(
         elif kind == _EPOCH:
             tensors, _ = load_checkpoint(Path(payload["checkpoint"]))
             _load_model_state(model, tensors)
-            test_accuracy = evaluate(model)
-            reporter.on_epoch(payload["epoch"], test_accuracy, payload["epsilon"])
+            correct, rows = evaluate(model)
+            exact = correct / max(1, rows)
+            this_release = None
+            if payload["epoch"] in plan.release_epochs:
+                this_release = release_accuracy(correct, plan, randomness, releases)
+                released, releases = this_release, releases + 1
+            reporter.on_epoch(payload["epoch"], this_release, exact, payload["epsilon"])
         elif kind == _DONE:
-            done = {**payload, "test_accuracy": test_accuracy}
+            done = {**payload, "test_accuracy": released, "exact_test_accuracy": exact,
+                    "releases": releases}
         elif kind == _ERROR and error is None:
             error, error_at = (payload["type"], payload["message"]), time.monotonic()
     if error is not None:
@@ -308,24 +311,24 @@ def _train_rank(
     train_data: TensorDataset, messages: Any, stop: Any,
 ) -> None:
     spec = TrainingSpec.from_dict(config["spec"])
-    sigma: float = config["sigma"]
+    plan = JobPlan.from_dict(config["plan"])
+    randomness: DPRandomness = config["randomness"]
+    sigma = plan.noise.scale
     device = torch.device("cuda", rank) if config["device"] == "cuda" else torch.device("cpu")
     out_dir = Path(config["out_dir"])
-    n_train = len(train_data)
-    sample_rate, steps_per_epoch, total_steps = schedule(spec, n_train)
+    sample_rate, steps_per_epoch, total_steps = plan.sample_rate, plan.steps_per_epoch, plan.total_steps
     torch.manual_seed(spec.seed)
 
     model = model.to(device)
     gsm = GradSampleModule(DPDDP(model), loss_reduction="mean")
-    noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
-    optimizer = DistributedDPOptimizer(
+    optimizer = attach_randomness(SecureDistributedDPOptimizer(
         _optimizer(spec, gsm.parameters()), noise_multiplier=sigma,
-        max_grad_norm=spec.max_grad_norm, loss_reduction="mean", generator=noise_gen,
+        max_grad_norm=spec.max_grad_norm, loss_reduction="mean",
         # The local share of the logical batch; the all-reduce then averages over ranks.
         expected_batch_size=spec.batch_size / world_size,  # type: ignore[arg-type]
-    )
+    ), randomness)
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
-    accountant = create_accountant(mechanism=spec.accountant) if rank == 0 else None
+    accountant = create_accountant(mechanism=plan.accountant) if rank == 0 else None
     accountant_hook = (accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
                       if accountant is not None else None)
     logical_steps = [0]
@@ -336,20 +339,19 @@ def _train_rank(
         logical_steps[0] += 1
 
     optimizer.attach_step_hook(on_logical_step)
-    sampling_gen = torch.Generator().manual_seed(rank_seed(spec.seed, rank))
-    collate = DPDataLoader(train_data, sample_rate=sample_rate, distributed=True).collate_fn
-    sampler = LockstepPoissonSampler(total_size=n_train, sample_rate=sample_rate,
-                                     shuffle_seed=spec.seed, steps=steps_per_epoch,
-                                     generator=sampling_gen)
-    loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=collate)
-    tracker = (EpsilonTracker(spec.accountant, sigma, sample_rate, total_steps, spec.target_delta,
-                              steps_per_epoch=steps_per_epoch) if rank == 0 else None)
+    loader = poisson_loader(train_data, sample_rate=sample_rate, steps=steps_per_epoch,
+                            randomness=randomness, rows=np.arange(rank, len(train_data), world_size),
+                            lane=rank)
+    tracker = (EpsilonTracker(plan.accountant, sigma, sample_rate, total_steps, plan.delta,
+                              steps_per_epoch=steps_per_epoch,
+                              history=lambda steps: plan.history(steps, plan.releases_by(steps)))
+               if rank == 0 else None)
     criterion = nn.CrossEntropyLoss()
     if rank == 0:
         messages.put((_START, {
             "max_physical_batch_size": config["physical"], "clipping_mode": "hooks",
             "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch, "train_rows": n_train, "device": str(device),
+            "steps_per_epoch": steps_per_epoch, "train_rows": len(train_data), "device": str(device),
             "resumed_at_step": 0, "world_size": world_size,
         }))
 
@@ -363,7 +365,6 @@ def _train_rank(
     if agreed([float(stop.is_set())])[0]:
         raise JobCancelled("cancelled before step 1")
     for epoch in range(1, spec.epochs + 1):
-        sampler.set_epoch(epoch)
         with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config["physical"],
                                 optimizer=optimizer) as batches:
             loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
@@ -397,16 +398,16 @@ def _train_rank(
                 out_dir / "checkpoints", epoch=epoch, model_state=model.state_dict(),
                 optimizer=optimizer.original_optimizer,
                 state={
-                    "epoch": epoch, "step": step, "epsilon": epsilon_now, "delta": spec.target_delta,
+                    "epoch": epoch, "step": step, "epsilon": epsilon_now, "delta": plan.delta,
                     "noise_multiplier": sigma, "sample_rate": sample_rate,
                     "accountant": accountant_state(accountant), "spec": spec.to_dict(),
-                    "sampling_rng": sampling_gen.get_state().tolist(),
-                    "noise_rng": noise_gen.get_state().tolist(),
+                    "plan": plan.to_dict(), "randomness": randomness.state(),
                     "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "world_size": world_size,
                 },
             )
             messages.put((_EPOCH, {"epoch": epoch, "epsilon": epsilon_now, "checkpoint": str(path)}))
+    randomness.close()
 
     _check_ranks_agree(model, world_size)
     if config["keep_rank_states"]:
@@ -414,13 +415,8 @@ def _train_rank(
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(out_dir / RANKS_DIR / f"rank-{rank}.safetensors"))
     if accountant is not None:
-        epsilon = accountant_epsilon(accountant, spec.target_delta)
-        if step != total_steps or epsilon > spec.target_epsilon:
-            raise FailedPrecondition(
-                f"accounting check failed: {step}/{total_steps} steps, ε={epsilon:.6f} "
-                f"(target {spec.target_epsilon})"
-            )
-        messages.put((_DONE, {"epsilon": epsilon, "steps": step, "final_loss": last_loss}))
+        messages.put((_DONE, {"history": accountant_state(accountant)["history"], "steps": step,
+                              "final_loss": last_loss}))
 
 
 def _check_ranks_agree(model: nn.Module, world_size: int) -> None:

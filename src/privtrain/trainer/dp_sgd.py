@@ -1,12 +1,17 @@
 """The DP-SGD loop on tensors (Abadi et al. 2016, "Deep Learning with Differential Privacy").
 
-Built from Opacus' parts so the sample rate is ours: q = logical batch / training
-rows, Poisson sampling through ``DPDataLoader``, per-sample gradients through
-``GradSampleModule``, clipping and Gaussian noise through ``DPOptimizer`` over
-SGD (momentum, Nesterov) or Adam, physical batches through
+Built from Opacus' parts so the sample rate is ours: q = logical batch / published
+training rows (the job's :class:`~privtrain.trainer.plan.JobPlan`), Poisson sampling
+and Gaussian noise from the job's secret randomness
+(:mod:`privtrain.trainer.dp_randomness`), per-sample gradients through
+``GradSampleModule`` or ghost clipping, clipping and noise through a DP optimizer
+over SGD (momentum, Nesterov) or Adam, physical batches through
 ``BatchMemoryManager``, and ε through the chosen accountant hooked to every
-logical step. Checkpoints after every epoch hold everything a new process needs
-to resume: parameters, optimizer state, accountant history, RNG states, and
+logical step. After each epoch the test accuracy is computed; where the plan
+releases it, the count of correct predictions gets Gaussian noise (sensitivity 1)
+and the release enters the accountant. Checkpoints after every epoch hold
+everything a new process needs to resume: parameters, optimizer state, accountant
+history, the randomness' stream counters (the key stays in its own 0600 file), and
 the adaptive clip bound. σ may follow a noise schedule
 (:mod:`privtrain.trainer.noise_schedule`), C an adaptive one
 (:mod:`privtrain.trainer.adaptive_clipping`); forward and loss may run under
@@ -26,13 +31,12 @@ from typing import Any, Protocol
 
 import torch
 from opacus.accountants import create_accountant
-from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from privtrain.errors import FailedPrecondition, InvalidInput, PrivtrainError
+from privtrain.errors import FailedPrecondition, PrivtrainError
 from privtrain.trainer.accounting import (
     EpsilonTracker,
     accountant_epsilon,
@@ -40,9 +44,15 @@ from privtrain.trainer.accounting import (
     restore_accountant,
 )
 from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from privtrain.trainer.noise_schedule import NoiseSchedule, epoch_shape, plan_noise
+from privtrain.trainer.dp_randomness import DPRandomness, Stream
+from privtrain.trainer.plan import JobPlan
 from privtrain.trainer.private_wrapping import set_clip_bound, wrap_for_dp
+from privtrain.trainer.sampling import poisson_loader
+from privtrain.trainer.secure_noise import NoiseObserver
 from privtrain.trainer.spec import TrainingSpec
+
+# Evaluation: (model) -> (correct predictions, test rows), both exact.
+Evaluate = Callable[[nn.Module], tuple[int, int]]
 
 
 class JobCancelled(PrivtrainError):
@@ -78,76 +88,40 @@ class Reporter(Protocol):
 
     def on_step(self, report: StepReport) -> None: ...
 
-    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None: ...
+    def on_epoch(self, epoch: int, released_accuracy: float | None, exact_accuracy: float,
+                 epsilon: float) -> None:
+        """``released_accuracy`` is the DP release (None when this epoch releases none);
+        ``exact_accuracy`` is for the operator only."""
 
 
 @dataclass(frozen=True)
 class LoopResult:
-    """What the loop achieved: ε at ``delta`` after ``steps`` steps, last test accuracy.
+    """What the loop achieved: ε at the plan's δ after ``steps`` steps and the releases.
 
     ``noise_multiplier`` is σ of the first step (the largest of a decaying schedule).
+    ``test_accuracy`` is the last DP release (None if the job released none);
+    ``exact_test_accuracy`` and ``final_loss`` are exact, for the operator only.
     """
 
     epsilon: float
     noise_multiplier: float
     sample_rate: float
     steps: int
-    test_accuracy: float
+    test_accuracy: float | None
+    exact_test_accuracy: float
     final_loss: float
     model: nn.Module
 
 
-MAX_STEPS = 1_000_000
+def release_accuracy(correct: int, plan: JobPlan, randomness: DPRandomness, release: int) -> float:
+    """The DP test accuracy: (correct + N(0, σ²)) / published test rows, clipped to [0, 1].
 
-
-def schedule(spec: TrainingSpec, train_rows: int) -> tuple[float, int, int]:
-    """(sample_rate, steps_per_epoch, total_steps) of ``spec`` on ``train_rows`` rows.
-
-    Raises
-    ------
-    InvalidInput
-        The logical batch exceeds the training rows, or the job would take more
-        than :data:`MAX_STEPS` steps.
+    Gaussian mechanism on a count of sensitivity 1 (one row changes it by at most 1);
+    dividing by the public count and clipping are post-processing. ``release`` numbers
+    the job's releases (stream RELEASE), so a resumed job repeats a repeated release.
     """
-    if spec.batch_size > train_rows:
-        raise InvalidInput(f"batch_size {spec.batch_size} exceeds the {train_rows} training rows")
-    sample_rate = spec.batch_size / train_rows
-    steps_per_epoch = int(1 / sample_rate)
-    total_steps = spec.epochs * steps_per_epoch
-    if total_steps > MAX_STEPS:
-        raise InvalidInput(
-            f"{spec.epochs} epochs of {steps_per_epoch} steps make {total_steps:,} steps; "
-            f"the limit is {MAX_STEPS:,}"
-        )
-    return sample_rate, steps_per_epoch, total_steps
-
-
-def preflight(spec: TrainingSpec, train_rows: int) -> None:
-    """Checks made at submission, before any ε is reserved: schedule and reachable ε.
-
-    A calibration is checked with the RDP accountant, which is fast and never
-    tighter than PRV: a target RDP can reach, PRV reaches too.
-
-    Raises
-    ------
-    InvalidInput
-        Bad schedule, no noise multiplier reaches the target ε, or adaptive
-        clipping's count noise is too small for the calibrated σ.
-    """
-    sample_rate, steps_per_epoch, _ = schedule(spec, train_rows)
-    plan_noise(spec, sample_rate, steps_per_epoch,
-               accountant="rdp" if spec.noise_multiplier is None else None)
-
-
-def noise_for(spec: TrainingSpec, sample_rate: float, total_steps: int) -> float:
-    """σ of the job's first step: the spec's own (checked against the target) or calibrated to it.
-
-    Raises
-    ------
-    InvalidInput
-        A given ``noise_multiplier`` whose ε after ``total_steps`` exceeds the target.
-    """
-    return plan_noise(spec, sample_rate, total_steps // spec.epochs).scale
+    noise = float(randomness.standard_normal(Stream.RELEASE, release, 1, dtype=torch.float64)[0])
+    return min(1.0, max(0.0, (correct + plan.accuracy_noise * noise) / max(1, plan.test_rows)))
 
 
 def _optimizer(spec: TrainingSpec, params: Any) -> torch.optim.Optimizer:
@@ -204,15 +178,19 @@ def run_dp_sgd(
     spec: TrainingSpec,
     model: nn.Module,
     train_data: TensorDataset,
-    evaluate: Callable[[nn.Module], float],
+    evaluate: Evaluate,
     out_dir: Path,
     reporter: Reporter,
     *,
+    plan: JobPlan,
+    randomness: DPRandomness | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     resume: bool = False,
     device: torch.device | None = None,
     max_physical_batch_size: int | None = None,
     clipping_mode: str | None = None,
+    noise_observer: NoiseObserver | None = None,
+    private: bool = True,
 ) -> LoopResult:
     """Train ``model`` on ``train_data`` with DP-SGD for ``spec.epochs`` epochs.
 
@@ -224,35 +202,47 @@ def run_dp_sgd(
         Opacus-compatible model, already on ``device``; inputs ``(batch, ...)``,
         outputs ``(batch, classes)`` logits.
     train_data : TensorDataset
-        ``(features, labels)``; its length is the n in q = batch_size / n.
+        ``(features, labels)``, the training rows.
     evaluate : callable
-        Held-out accuracy of the (unwrapped) model, called after every epoch.
+        ``model -> (correct, rows)`` on the held-out rows, called after every epoch.
     out_dir : Path
-        Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}``.
+        Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}``, the
+        randomness key to ``out_dir/dp-randomness.json`` (0600).
     reporter : Reporter
+    plan : JobPlan
+        The admitted plan (:func:`privtrain.trainer.plan.plan_job`): q and steps from
+        the published row counts, σ of every step, the accuracy releases.
+    randomness : DPRandomness, optional
+        The job's secret randomness; default: the key saved in ``out_dir``, or a fresh
+        one saved there.
     should_stop : callable
         Polled before every physical batch; True raises :class:`JobCancelled`.
     resume : bool
-        Continue from the latest checkpoint in ``out_dir`` (same spec required).
+        Continue from the latest checkpoint in ``out_dir`` (same spec and plan required).
     max_physical_batch_size : int, optional
         Cap below the spec's (from the memory estimate); the logical batch is unchanged.
     clipping_mode : {"ghost", "hooks"}, optional
         Per-sample clipping implementation of flat and adaptive clipping; default: the
         fastest correct one for the model (per_layer clipping always runs in hooks mode).
+    noise_observer : NoiseObserver, optional
+        Sees every step's clipped sums before and after the noise (the privacy audit).
+    private : bool
+        False only for the privacy audit's check of itself (no noise; the caller
+        disables clipping): nothing is accounted and the result's ε is infinite.
 
     Raises
     ------
     InvalidInput
         Batch larger than the data, or a noise multiplier above the target ε.
     FailedPrecondition
-        Resume asked without a checkpoint or with another spec; the final
+        Resume asked without a checkpoint or with another spec or plan; the final
         accounting check failed.
     JobCancelled
         ``should_stop`` returned True.
     """
     device = device or torch.device("cpu")
-    n_train = len(train_data)
-    sample_rate, steps_per_epoch, total_steps = schedule(spec, n_train)
+    randomness = randomness or DPRandomness.load_or_create(out_dir)
+    sample_rate, steps_per_epoch, total_steps = plan.sample_rate, plan.steps_per_epoch, plan.total_steps
     checkpoints = out_dir / "checkpoints"
     state: dict[str, Any] | None = None
     if resume:
@@ -260,34 +250,29 @@ def run_dp_sgd(
         if path is None:
             raise FailedPrecondition(f"no checkpoint to resume from in {checkpoints}")
         tensors, state = load_checkpoint(path)
-        if state["spec"] != spec.to_dict():
-            raise FailedPrecondition("the checkpoint was written for another job spec")
+        if state["spec"] != spec.to_dict() or state.get("plan") != plan.to_dict():
+            raise FailedPrecondition("the checkpoint was written for another job spec or plan")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        shape = epoch_shape(spec.noise_schedule, spec.noise_gamma, spec.noise_step_epochs, spec.epochs)
-        plan = NoiseSchedule(float(state["noise_multiplier"]), shape, sample_rate, steps_per_epoch)
-    else:
-        plan = plan_noise(spec, sample_rate, steps_per_epoch)
-    sigma = plan.scale
+    schedule = plan.noise
+    sigma = schedule.scale if private else 0.0
     autocast_dtype = _autocast_dtype(spec, device)
 
-    sampling_gen = torch.Generator().manual_seed(spec.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
     # Default: the fastest correct per-sample clipping for this model (book-keeping ghost
     # clipping when every trainable layer has a norm kernel, Opacus hooks otherwise).
     params = ([p for p in model.parameters() if p.requires_grad] if spec.clipping == "per_layer"
               else model.parameters())
     gsm, optimizer, clipping_mode = wrap_for_dp(
-        spec, model, _optimizer(spec, params), noise_multiplier=sigma, generator=noise_gen,
+        spec, model, _optimizer(spec, params), noise_multiplier=sigma, randomness=randomness,
         mode=clipping_mode,
     )
+    optimizer.noise_observer = noise_observer  # type: ignore[attr-defined]
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
-    accountant = create_accountant(mechanism=spec.accountant)
+    accountant = create_accountant(mechanism=plan.accountant)
     step, first_epoch = 0, 1
     if state is not None:
         optimizer.original_optimizer.load_state_dict(_optimizer_state(state, tensors, gsm))
         accountant = restore_accountant(state["accountant"])
-        sampling_gen.set_state(torch.tensor(state["sampling_rng"], dtype=torch.uint8))
-        noise_gen.set_state(torch.tensor(state["noise_rng"], dtype=torch.uint8))
+        randomness.restore(state["randomness"])
         if scheduler is not None:
             scheduler.load_state_dict(state["lr_scheduler"])
         step, first_epoch = int(state["step"]), int(state["epoch"]) + 1
@@ -297,23 +282,31 @@ def run_dp_sgd(
     # (adaptive clipping noises the gradient with σ_g derived from it, not with σ itself).
     accountant_hook = accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
     logical_steps = [step]
-    optimizer.noise_multiplier = plan.sigma_at(step + 1)
+
+    def sigma_at(index: int) -> float:
+        return schedule.sigma_at(index) if private else 0.0
+
+    optimizer.noise_multiplier = sigma_at(step + 1)
 
     def on_logical_step(opt: DPOptimizer) -> None:
-        accountant_hook(opt)
+        if private:
+            accountant_hook(opt)
         logical_steps[0] += 1
-        opt.noise_multiplier = plan.sigma_at(logical_steps[0] + 1)
+        opt.noise_multiplier = sigma_at(logical_steps[0] + 1)
 
     optimizer.attach_step_hook(on_logical_step)
-    loader = DPDataLoader(train_data, sample_rate=sample_rate, generator=sampling_gen)
-    tracker = EpsilonTracker(spec.accountant, sigma, sample_rate, total_steps, spec.target_delta,
-                             steps_per_epoch=steps_per_epoch, history=plan.history)
+    loader = poisson_loader(train_data, sample_rate=sample_rate, steps=steps_per_epoch,
+                            randomness=randomness)
+    tracker = EpsilonTracker(plan.accountant, sigma, sample_rate, total_steps, plan.delta,
+                             steps_per_epoch=steps_per_epoch,
+                             history=lambda steps: plan.history(steps, plan.releases_by(steps))) \
+        if private else None
     criterion = nn.CrossEntropyLoss()
     physical = min(spec.max_physical_batch_size, max_physical_batch_size or spec.max_physical_batch_size)
     reporter.on_start({
         "max_physical_batch_size": physical, "clipping_mode": clipping_mode,
         "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch, "train_rows": n_train, "device": str(device),
+        "steps_per_epoch": steps_per_epoch, "train_rows": len(train_data), "device": str(device),
         "resumed_at_step": step, "noise_schedule": spec.noise_schedule,
         "precision": spec.precision,
     })
@@ -321,58 +314,75 @@ def run_dp_sgd(
     # showed no consistent gain (bench/compile_speed.py).
     eval_model = torch.compile(gsm._module) if spec.compile else gsm._module
 
-    last_loss, test_acc = float("nan"), float("nan")
-    for epoch in range(first_epoch, spec.epochs + 1):
-        with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
-                                optimizer=optimizer) as batches:
-            loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
-            for xb, yb in batches:
-                if should_stop():
-                    raise JobCancelled(f"cancelled before step {step + 1}")
-                batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device,
-                                                          autocast_dtype=autocast_dtype)
-                loss_sum += batch_loss
-                samples += batch_samples
-                if logical_steps[0] == step:
-                    continue  # a physical batch inside a larger logical one
-                step = logical_steps[0]
-                if scheduler is not None:
-                    scheduler.step()
-                elapsed = max(time.perf_counter() - step_start, 1e-9)
-                mean_loss = loss_sum / samples if samples else None
-                if mean_loss is not None and math.isfinite(mean_loss):
-                    last_loss = mean_loss
-                reporter.on_step(StepReport(
-                    step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
-                    batch_size=samples, samples_per_s=samples / elapsed, epsilon=tracker.after(step),
-                ))
+    last_loss, exact = float("nan"), float("nan")
+    last_release: float | None = None if state is None else state.get("last_released_accuracy")
+    try:
+        for epoch in range(first_epoch, spec.epochs + 1):
+            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
+                                    optimizer=optimizer) as batches:
                 loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
-        test_acc = evaluate(eval_model)
-        epsilon_now = tracker.after(step)
-        reporter.on_epoch(epoch, test_acc, epsilon_now)
-        save_checkpoint(
-            checkpoints, epoch=epoch, model_state=gsm._module.state_dict(),
-            optimizer=optimizer.original_optimizer,
-            state={
-                "epoch": epoch, "step": step, "epsilon": epsilon_now, "delta": spec.target_delta,
-                "noise_multiplier": sigma, "sample_rate": sample_rate,
-                "max_grad_norm": float(optimizer.max_grad_norm)
-                if spec.clipping == "adaptive" else spec.max_grad_norm,
-                "accountant": accountant_state(accountant), "spec": spec.to_dict(),
-                "sampling_rng": sampling_gen.get_state().tolist(),
-                "noise_rng": noise_gen.get_state().tolist(),
-                "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-            },
-        )
+                for xb, yb in batches:
+                    if should_stop():
+                        raise JobCancelled(f"cancelled before step {step + 1}")
+                    batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device,
+                                                              autocast_dtype=autocast_dtype)
+                    loss_sum += batch_loss
+                    samples += batch_samples
+                    if logical_steps[0] == step:
+                        continue  # a physical batch inside a larger logical one
+                    step = logical_steps[0]
+                    if scheduler is not None:
+                        scheduler.step()
+                    elapsed = max(time.perf_counter() - step_start, 1e-9)
+                    mean_loss = loss_sum / samples if samples else None
+                    if mean_loss is not None and math.isfinite(mean_loss):
+                        last_loss = mean_loss
+                    reporter.on_step(StepReport(
+                        step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
+                        batch_size=samples, samples_per_s=samples / elapsed,
+                        epsilon=tracker.after(step) if tracker is not None else math.inf,
+                    ))
+                    loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
+            correct, rows = evaluate(eval_model)
+            exact = correct / max(1, rows)
+            released = None
+            if epoch in plan.release_epochs:
+                released = release_accuracy(correct, plan, randomness, plan.release_epochs.index(epoch))
+                last_release = released
+                if private:
+                    accountant.history.append((plan.accuracy_noise, 1.0, 1))
+            epsilon_now = tracker.after(step) if tracker is not None else math.inf
+            reporter.on_epoch(epoch, released, exact, epsilon_now)
+            save_checkpoint(
+                checkpoints, epoch=epoch, model_state=gsm._module.state_dict(),
+                optimizer=optimizer.original_optimizer,
+                state={
+                    "epoch": epoch, "step": step, "epsilon": epsilon_now if private else None,
+                    "delta": plan.delta, "noise_multiplier": sigma, "sample_rate": sample_rate,
+                    "max_grad_norm": float(optimizer.max_grad_norm)
+                    if spec.clipping == "adaptive" else spec.max_grad_norm,
+                    "accountant": accountant_state(accountant), "spec": spec.to_dict(),
+                    "plan": plan.to_dict(), "randomness": randomness.state(),
+                    "last_released_accuracy": last_release,
+                    "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+                },
+            )
+    finally:
+        randomness.close()
 
-    epsilon = accountant_epsilon(accountant, spec.target_delta)
+    if not private:
+        return LoopResult(epsilon=math.inf, noise_multiplier=0.0, sample_rate=sample_rate, steps=step,
+                          test_accuracy=None, exact_test_accuracy=exact, final_loss=last_loss,
+                          model=gsm._module)
+    epsilon = accountant_epsilon(accountant, plan.delta)
     if step != total_steps or epsilon > spec.target_epsilon:
         raise FailedPrecondition(
             f"accounting check failed: {step}/{total_steps} steps, ε={epsilon:.6f} "
             f"(target {spec.target_epsilon})"
         )
     return LoopResult(epsilon=epsilon, noise_multiplier=sigma, sample_rate=sample_rate, steps=step,
-                      test_accuracy=test_acc, final_loss=last_loss, model=gsm._module)
+                      test_accuracy=last_release, exact_test_accuracy=exact, final_loss=last_loss,
+                      model=gsm._module)
 
 
 def _grad_samples_to_param_dtype(optimizer: DPOptimizer) -> None:

@@ -1,18 +1,20 @@
 """DP training of a dataset and its manifest, to released parameters.
 
 Two kinds of dataset reach the engine. An anonymized table: features are encoded
-from the manifest's public domains (:func:`train`). A packed image array
-(:mod:`privtrain.datasets.image_arrays`): images go to the model as they are,
-test rows are a share drawn by the spec's seed (:func:`train_images`). Both build
-the registered model, run :func:`privtrain.trainer.dp_sgd.run_dp_sgd` (or, for
-``world_size`` > 1, :func:`privtrain.trainer.distributed.run_distributed`), and
-write the final parameters with the metadata a client needs to rebuild the model,
-its inputs and the test rows.
+from the manifest's public domains, and the rows are split into training and test
+rows by the data owner's declared split column (:func:`train`). A packed image
+array (:mod:`privtrain.datasets.image_arrays`): images go to the model as they are,
+test rows are those the owner marked in the file's ``split`` tensor
+(:func:`train_images`). Both build the registered model, run
+:func:`privtrain.trainer.dp_sgd.run_dp_sgd` (or, for ``world_size`` > 1,
+:func:`privtrain.trainer.distributed.run_distributed`) on the job's admitted
+:class:`~privtrain.trainer.plan.JobPlan`, optionally with the privacy audit's
+canaries (:mod:`privtrain.trainer.audit`), and write the final parameters with the
+metadata a client needs to rebuild the model and its inputs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -26,21 +28,24 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from privtrain.datasets.image_arrays import LABEL, TEST_FRACTION, read_image_arrays, split_indices
+from privtrain.datasets.image_arrays import LABEL, read_image_arrays
 from privtrain.datasets.image_manifest import IMAGE_KIND
 from privtrain.errors import InvalidInput
+from privtrain.trainer.audit import AuditSettings, CanaryAudit
 from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
 from privtrain.trainer.distributed import run_distributed
+from privtrain.trainer.dp_randomness import DPRandomness
 from privtrain.trainer.dp_sgd import JobCancelled, Reporter, StepReport, run_dp_sgd
 from privtrain.trainer.features import FeatureEncoder
 from privtrain.trainer.models import build_model
+from privtrain.trainer.plan import JobPlan
 from privtrain.trainer.spec import TrainingSpec
 from privtrain.trainer.validation import PreparedModel, prepare_model, validate_modules
 
 __all__ = [
-    "IMAGE_MODELS", "JobCancelled", "Reporter", "StepReport", "TrainingResult", "accuracy",
-    "build_encoder", "check_image_model_spec", "check_model_spec",
+    "IMAGE_MODELS", "JobCancelled", "Reporter", "StepReport", "TableSplit", "TrainingResult",
+    "build_encoder", "check_image_model_spec", "check_model_spec", "count_correct",
     "image_model_from_parameters", "image_parameter_metadata", "model_from_parameters",
     "parameter_metadata", "split_rows", "train", "train_images", "validate_model",
 ]
@@ -51,8 +56,29 @@ IMAGE_MODELS = frozenset({"cnn", "resnet", "sequential"})
 
 
 @dataclass(frozen=True)
+class TableSplit:
+    """The data owner's train/test split of a table: rows with ``column == train`` are
+    trained on, rows with ``column == test`` held out (any other value: neither)."""
+
+    column: str
+    train: str
+    test: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-able form (parameter metadata)."""
+        return {"column": self.column, "train": self.train, "test": self.test}
+
+
+@dataclass(frozen=True)
 class TrainingResult:
-    """Outcome of :func:`train`; ε at ``delta`` by ``accountant``."""
+    """Outcome of :func:`train`; ε at ``delta`` by ``accountant``.
+
+    Who may see what (see ``docs/privacy.md``): ``test_accuracy`` is a DP release (None
+    when the job released none); ``train_rows``/``test_rows`` are the published
+    (noisy) counts the plan used. ``exact_*``, ``final_loss`` and ``train_seconds``
+    are computed from the private rows without noise: for the operator only.
+    ``audit`` holds the privacy audit's figures when the job ran one.
+    """
 
     epsilon: float
     delta: float
@@ -60,15 +86,19 @@ class TrainingResult:
     noise_multiplier: float
     sample_rate: float
     steps: int
-    test_accuracy: float
+    test_accuracy: float | None
     test_rows: int
     train_rows: int
+    exact_test_accuracy: float
+    exact_test_rows: int
+    exact_train_rows: int
     final_loss: float
     parameters_path: Path
     parameters_sha256: str
     parameters_bytes: int
     device: str
     train_seconds: float
+    audit: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -77,31 +107,25 @@ class TrainingResult:
         return data
 
 
-def split_rows(table: pd.DataFrame, spec: TrainingSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, test rows) by ``spec.split_column``.
+def split_rows(table: pd.DataFrame, split: TableSplit) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, test rows) by the owner's declared split.
 
     Raises
     ------
     InvalidInput
-        The split column is missing or either split is empty.
+        The split column is missing.
     """
-    if spec.split_column not in table.columns:
-        raise InvalidInput(f"split_column {spec.split_column!r} is not a column of the dataset")
-    split = table[spec.split_column].astype("string")
-    train = table[(split == spec.train_split).fillna(False)]
-    test = table[(split == spec.test_split).fillna(False)]
-    if train.empty:
-        raise InvalidInput(f"no rows with {spec.split_column} == {spec.train_split!r}")
-    if test.empty:
-        raise InvalidInput(f"no rows with {spec.split_column} == {spec.test_split!r}")
-    return train, test
+    if split.column not in table.columns:
+        raise InvalidInput(f"the declared split column {split.column!r} is not a column of the dataset")
+    values = table[split.column].astype("string")
+    return (table[(values == split.train).fillna(False)],
+            table[(values == split.test).fillna(False)])
 
 
-def build_encoder(spec: TrainingSpec, domains: dict[str, Any]) -> FeatureEncoder:
-    """Feature encoder for ``spec`` from the manifest's column domains."""
+def build_encoder(spec: TrainingSpec, domains: dict[str, Any], split: TableSplit) -> FeatureEncoder:
+    """Feature encoder for ``spec`` from the manifest's column domains (never the split column)."""
     return FeatureEncoder.from_manifest(
-        domains, target=spec.target_column, features=spec.feature_columns,
-        exclude=(spec.split_column,),
+        domains, target=spec.target_column, features=spec.feature_columns, exclude=(split.column,),
     )
 
 
@@ -125,11 +149,9 @@ def check_image_model_spec(spec: TrainingSpec, manifest: dict[str, Any]) -> Prep
     Raises
     ------
     InvalidInput
-        A table model, a target other than ``label``, feature columns or split
-        options given for an image dataset, or see
-        :func:`privtrain.trainer.validation.prepare_model`.
+        A table model, a target other than ``label``, or feature columns given for
+        an image dataset, or see :func:`privtrain.trainer.validation.prepare_model`.
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainingSpec)}
     problems = []
     if spec.model not in IMAGE_MODELS:
         problems.append(f"model {spec.model!r} does not take images; an image dataset trains "
@@ -139,10 +161,6 @@ def check_image_model_spec(spec: TrainingSpec, manifest: dict[str, Any]) -> Prep
                         f"the tensor {LABEL!r}")
     if spec.feature_columns:
         problems.append("feature_columns do not apply to an image dataset (its features are one tensor)")
-    split = [n for n in ("split_column", "train_split", "test_split") if getattr(spec, n) != defaults[n]]
-    if split:
-        problems.append(f"{', '.join(split)} {'does' if len(split) == 1 else 'do'} not apply to an "
-                        f"image dataset: its test rows are a {TEST_FRACTION:.0%} share drawn by the seed")
     if problems:
         raise InvalidInput("invalid job for image dataset: " + "; ".join(problems))
     shape = tuple(int(d) for d in manifest["feature_shape"])
@@ -164,9 +182,9 @@ def validate_model(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device,
-             progress: Callable[[int, int], None] | None = None) -> float:
-    """Share of rows whose arg-max logit equals the label.
+def count_correct(model: nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+    """Rows whose arg-max logit equals the label.
 
     ``features`` is (rows, width) or (rows, C, H, W) float32, ``labels`` (rows,) int64 class indices.
     ``progress(rows_done, rows_total)`` is called after every batch of ``EVAL_BATCH`` rows.
@@ -180,19 +198,23 @@ def accuracy(model: nn.Module, features: np.ndarray, labels: np.ndarray, device:
         if progress is not None:
             progress(min(start + EVAL_BATCH, len(labels)), len(labels))
     model.train()
-    return correct / max(1, len(labels))
+    return correct
 
 
 def train(
     spec: TrainingSpec,
     table: pd.DataFrame,
     domains: dict[str, Any],
+    split: TableSplit,
     out_dir: Path,
     reporter: Reporter,
-    should_stop: Callable[[], bool] = lambda: False,
     *,
+    plan: JobPlan,
+    should_stop: Callable[[], bool] = lambda: False,
     resume: bool = False,
     on_evaluation: Callable[[int, int], None] | None = None,
+    randomness: DPRandomness | None = None,
+    audit: AuditSettings | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on ``table`` with DP-SGD and write checkpoints and parameters.
 
@@ -200,13 +222,19 @@ def train(
     ----------
     spec : TrainingSpec
     table : DataFrame
-        The anonymized dataset (train and test rows, told apart by the split column).
+        The anonymized dataset (train and test rows, told apart by the owner's split).
     domains : dict
         The manifest's ``columns`` (public domains) that fix the feature encoding.
+    split : TableSplit
+        The owner's declared split. Rows whose label is missing or undeclared are left
+        out (each on its own; see :meth:`FeatureEncoder.encode_labelled`).
     out_dir : Path
-        Receives ``checkpoints/epoch-NNNN.*`` and ``parameters.safetensors``.
+        Receives ``checkpoints/epoch-NNNN.*``, the randomness key (0600) and
+        ``parameters.safetensors``.
     reporter : Reporter
         Gets every logical step and every epoch's test accuracy.
+    plan : JobPlan
+        The admitted plan (published row counts, σ, releases).
     should_stop : callable
         Polled before every physical batch; True raises :class:`JobCancelled`.
     resume : bool
@@ -214,6 +242,10 @@ def train(
     on_evaluation : callable, optional
         ``(rows_done, rows_total)`` after every batch of a test-set evaluation, so a
         monitor can tell a long evaluation from a stall.
+    randomness : DPRandomness, optional
+        The job's secret randomness (default: saved in / created for ``out_dir``).
+    audit : AuditSettings, optional
+        Run the privacy audit's canaries with this training (see :mod:`privtrain.trainer.audit`).
 
     Raises
     ------
@@ -225,15 +257,15 @@ def train(
     started = time.perf_counter()
     device = resolve_device(spec.device)
     torch.manual_seed(spec.seed)
-    train_rows, test_rows = split_rows(table, spec)
-    encoder = build_encoder(spec, domains)
-    x_train, y_train = encoder.encode(train_rows)
-    x_test, y_test = encoder.encode(test_rows)
+    train_rows, test_rows = split_rows(table, split)
+    encoder = build_encoder(spec, domains, split)
+    x_train, y_train = encoder.encode_labelled(train_rows)
+    x_test, y_test = encoder.encode_labelled(test_rows)
     prepared = check_model_spec(spec, encoder)
     return _fit(spec, prepared, (x_train, y_train), (x_test, y_test), out_dir, reporter,
-                lambda epsilon: parameter_metadata(spec, encoder, epsilon),
+                lambda epsilon: parameter_metadata(spec, encoder, split, epsilon), plan=plan,
                 should_stop=should_stop, resume=resume, device=device, started=started,
-                on_evaluation=on_evaluation)
+                on_evaluation=on_evaluation, randomness=randomness, audit=audit)
 
 
 def train_images(
@@ -242,22 +274,24 @@ def train_images(
     manifest: dict[str, Any],
     out_dir: Path,
     reporter: Reporter,
-    should_stop: Callable[[], bool] = lambda: False,
     *,
+    plan: JobPlan,
+    should_stop: Callable[[], bool] = lambda: False,
     resume: bool = False,
     on_evaluation: Callable[[int, int], None] | None = None,
+    randomness: DPRandomness | None = None,
+    audit: AuditSettings | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on a packed image dataset with DP-SGD; as :func:`train` otherwise.
 
     Parameters
     ----------
     data : bytes
-        The packed safetensors file (``features`` (N, C, H, W) float32, ``label`` (N,) int64),
-        already checked against the manifest's ``output_sha256``.
+        The packed safetensors file (``features`` (N, C, H, W) float32, ``label`` (N,) int64,
+        ``split`` (N,) uint8, 1 for a test row), already checked against the manifest's
+        ``output_sha256``.
     manifest : dict
         The verified image manifest (``feature_shape``, ``n_classes``, ``label_values``).
-
-    Test rows are :func:`privtrain.datasets.image_arrays.split_indices` of ``spec.seed``.
 
     Raises
     ------
@@ -269,14 +303,13 @@ def train_images(
     started = time.perf_counter()
     device = resolve_device(spec.device)
     torch.manual_seed(spec.seed)
-    features, classes = read_image_arrays(data, manifest)
-    train_idx, test_idx = split_indices(len(classes), spec.seed)
+    features, classes, is_test = read_image_arrays(data, manifest)
     prepared = check_image_model_spec(spec, manifest)
-    return _fit(spec, prepared, (features[train_idx], classes[train_idx]),
-                (features[test_idx], classes[test_idx]), out_dir, reporter,
-                lambda epsilon: image_parameter_metadata(spec, manifest, epsilon),
+    return _fit(spec, prepared, (features[~is_test], classes[~is_test]),
+                (features[is_test], classes[is_test]), out_dir, reporter,
+                lambda epsilon: image_parameter_metadata(spec, manifest, epsilon), plan=plan,
                 should_stop=should_stop, resume=resume, device=device, started=started,
-                on_evaluation=on_evaluation)
+                on_evaluation=on_evaluation, randomness=randomness, audit=audit)
 
 
 def _fit(
@@ -288,61 +321,82 @@ def _fit(
     reporter: Reporter,
     metadata: Callable[[float], dict[str, str]],
     *,
+    plan: JobPlan,
     should_stop: Callable[[], bool],
     resume: bool,
     device: torch.device,
     started: float,
     on_evaluation: Callable[[int, int], None] | None = None,
+    randomness: DPRandomness | None = None,
+    audit: AuditSettings | None = None,
 ) -> TrainingResult:
     """Run DP-SGD on prepared inputs and write ``parameters.safetensors`` with ``metadata(ε)``."""
     x_test, y_test = test_arrays
     train_data = TensorDataset(torch.from_numpy(train_arrays[0]), torch.from_numpy(train_arrays[1]))
+    if len(train_data) == 0:
+        # Decided by the owner's split alone, so saying it releases nothing about the rows' values.
+        raise InvalidInput("the dataset has no training rows with a declared label")
 
-    def evaluate(model: nn.Module) -> float:
-        return accuracy(model, x_test, y_test, device, progress=on_evaluation)
+    def evaluate(model: nn.Module) -> tuple[int, int]:
+        return count_correct(model, x_test, y_test, device, progress=on_evaluation), len(y_test)
 
+    randomness = randomness or DPRandomness.load_or_create(out_dir)
+    canaries = None
+    if audit is not None:
+        canaries = CanaryAudit(prepared.model, audit, randomness, sample_rate=plan.sample_rate,
+                               delta=plan.delta)
     if spec.world_size > 1:
+        if audit is not None:
+            raise InvalidInput("the privacy audit runs in one process (world_size 1)")
         outcome = run_distributed(
-            spec, prepared.model.to(device), train_data, evaluate, out_dir, reporter,
-            should_stop=should_stop, resume=resume, device=device,
+            spec, prepared.model.to(device), train_data, evaluate, out_dir, reporter, plan=plan,
+            randomness=randomness, should_stop=should_stop, resume=resume, device=device,
             max_physical_batch_size=prepared.max_physical_batch_size,
         )
     else:
         outcome = run_dp_sgd(
-            spec, prepared.model.to(device), train_data, evaluate, out_dir, reporter,
+            spec if canaries is None else canaries.training_spec(spec), prepared.model.to(device),
+            train_data, evaluate, out_dir, reporter, plan=plan, randomness=randomness,
             should_stop=should_stop, resume=resume, device=device,
             max_physical_batch_size=prepared.max_physical_batch_size,
-            clipping_mode=prepared.clipping_mode,
+            clipping_mode=prepared.clipping_mode, noise_observer=canaries,
+            private=audit is None or audit.mechanism == "dp",
         )
     params_path = out_dir / "parameters.safetensors"
     sha = save_parameters(params_path, outcome.model.state_dict(), metadata(outcome.epsilon))
     return TrainingResult(
-        epsilon=outcome.epsilon, delta=spec.target_delta, accountant=spec.accountant,
+        epsilon=outcome.epsilon, delta=plan.delta, accountant=plan.accountant,
         noise_multiplier=outcome.noise_multiplier, sample_rate=outcome.sample_rate,
-        steps=outcome.steps, test_accuracy=outcome.test_accuracy, test_rows=len(y_test),
-        train_rows=len(train_data), final_loss=outcome.final_loss, parameters_path=params_path,
-        parameters_sha256=sha, parameters_bytes=params_path.stat().st_size, device=str(device),
+        steps=outcome.steps, test_accuracy=outcome.test_accuracy, test_rows=plan.test_rows,
+        train_rows=plan.train_rows, exact_test_accuracy=outcome.exact_test_accuracy,
+        exact_test_rows=len(y_test), exact_train_rows=len(train_data), final_loss=outcome.final_loss,
+        parameters_path=params_path, parameters_sha256=sha,
+        parameters_bytes=params_path.stat().st_size, device=str(device),
         train_seconds=time.perf_counter() - started,
+        audit=None if canaries is None else canaries.result().to_dict(),
     )
 
 
-def parameter_metadata(spec: TrainingSpec, encoder: FeatureEncoder, epsilon: float) -> dict[str, str]:
-    """safetensors metadata that lets a client rebuild the model and its feature encoding."""
+def parameter_metadata(spec: TrainingSpec, encoder: FeatureEncoder, split: TableSplit,
+                       epsilon: float) -> dict[str, str]:
+    """safetensors metadata that lets a client rebuild the model and its feature encoding.
+
+    ``split`` is the owner's declaration (column and values), which is public; nothing
+    here is computed from the rows.
+    """
     return {
         "model": _model_json(spec),
         "features": encoder.to_json(),
-        "split": json.dumps({
-            "column": spec.split_column, "train": spec.train_split, "test": spec.test_split,
-        }),
+        "split": json.dumps(split.to_dict()),
         "privacy": _privacy_json(spec, epsilon),
     }
 
 
 def image_parameter_metadata(spec: TrainingSpec, manifest: dict[str, Any], epsilon: float) -> dict[str, str]:
-    """safetensors metadata that lets a client rebuild the model and draw the same test rows.
+    """safetensors metadata that lets a client rebuild the model and find the test rows.
 
-    ``features`` holds the image shape and label values; ``split`` the seed, test share,
-    row count and SHA-256 of the packed file trained on.
+    ``features`` holds the image shape and label values; ``split`` says that the test
+    rows are those marked in the packed file's ``split`` tensor.
     """
     return {
         "model": _model_json(spec),
@@ -350,10 +404,7 @@ def image_parameter_metadata(spec: TrainingSpec, manifest: dict[str, Any], epsil
             "kind": IMAGE_KIND, "feature_shape": list(manifest["feature_shape"]),
             "label_values": list(manifest["label_values"]),
         }),
-        "split": json.dumps({
-            "kind": "seeded", "seed": spec.seed, "test_fraction": TEST_FRACTION,
-            "rows": int(manifest["output_rows"]), "dataset_sha256": manifest["output_sha256"],
-        }),
+        "split": json.dumps({"kind": "tensor", "tensor": "split"}),
         "privacy": _privacy_json(spec, epsilon),
     }
 

@@ -1,25 +1,37 @@
-"""Client-side re-evaluation of downloaded parameters, on a table or on packed images."""
+"""Client-side re-evaluation of downloaded parameters, on a table or on packed images.
+
+For whoever holds the data (the data owner, or the operator): the server releases
+only a noisy test accuracy to the trainer; this computes the exact one.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pandas as pd
+import safetensors.numpy
 import torch
+from safetensors import SafetensorError
 
-from privtrain.datasets.image_arrays import read_image_arrays, split_indices
+from privtrain.datasets.image_arrays import LABEL, read_image_arrays
 from privtrain.datasets.image_manifest import TABLE_KIND
 from privtrain.errors import InvalidInput
 from privtrain.trainer.checkpoints import load_parameters
-from privtrain.trainer.engine import accuracy, image_model_from_parameters, model_from_parameters
+from privtrain.trainer.engine import (
+    TableSplit,
+    count_correct,
+    image_model_from_parameters,
+    model_from_parameters,
+    split_rows,
+)
 
 
 def evaluate_parameters(data: bytes, table: pd.DataFrame) -> tuple[float, int]:
     """Accuracy of a parameter file on the held-out rows of ``table``.
 
-    The model, the feature encoding and the split come from the file's
-    metadata, so the figure is computed exactly as the server computed it.
+    The model, the feature encoding and the owner's split come from the file's
+    metadata, and rows are selected as the server selects them (rows whose label is
+    not a declared class are left out), so the figure is the server's exact one.
 
     Returns
     -------
@@ -32,14 +44,12 @@ def evaluate_parameters(data: bytes, table: pd.DataFrame) -> tuple[float, int]:
     """
     tensors, metadata = load_parameters(data)
     model, encoder = model_from_parameters(tensors, metadata)
-    split = json.loads(metadata["split"])
-    if split["column"] not in table.columns:
-        raise InvalidInput(f"table has no split column {split['column']!r}")
-    rows = table[(table[split["column"]].astype("string") == split["test"]).fillna(False)]
-    if rows.empty:
-        raise InvalidInput(f"table has no rows with {split['column']} == {split['test']!r}")
-    features, labels = encoder.encode(rows)
-    return accuracy(model, features, labels, torch.device("cpu")), len(labels)
+    split = TableSplit(**json.loads(metadata["split"]))
+    _, test = split_rows(table, split)
+    features, labels = encoder.encode_labelled(test)
+    if not len(labels):
+        raise InvalidInput(f"table has no labelled rows with {split.column} == {split.test!r}")
+    return count_correct(model, features, labels, torch.device("cpu")) / len(labels), len(labels)
 
 
 def parameters_dataset_kind(parameters: bytes) -> str:
@@ -58,10 +68,7 @@ def parameters_dataset_kind(parameters: bytes) -> str:
 
 
 def evaluate_image_parameters(parameters: bytes, data: bytes) -> tuple[float, int]:
-    """Accuracy of a parameter file on the test rows of the packed image file it was trained on.
-
-    The model, the label values and the seeded split come from the parameters'
-    metadata, so the figure is computed exactly as the server computed it.
+    """Accuracy of a parameter file on the test rows of a packed image file (its ``split`` tensor).
 
     Returns
     -------
@@ -70,19 +77,20 @@ def evaluate_image_parameters(parameters: bytes, data: bytes) -> tuple[float, in
     Raises
     ------
     InvalidInput
-        Not a privtrain parameter file of an image job, or ``data`` is not the packed
-        file the job trained on (its SHA-256 differs).
+        Not a privtrain parameter file of an image job, or ``data`` is not a packed file
+        of the images it was trained on (shape, labels or layout differ).
     """
     tensors, metadata = load_parameters(parameters)
     model, info = image_model_from_parameters(tensors, metadata)
-    split = json.loads(metadata["split"])
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != split["dataset_sha256"]:
-        raise InvalidInput(f"the packed file has sha256 {digest}; the job trained on "
-                           f"{split['dataset_sha256']}")
-    features, classes = read_image_arrays(data, {
-        "output_rows": split["rows"], "feature_shape": info["feature_shape"],
+    try:
+        rows = len(safetensors.numpy.load(data)[LABEL])
+    except (SafetensorError, KeyError):
+        raise InvalidInput("the packed file is not a privtrain image dataset") from None
+    features, classes, is_test = read_image_arrays(data, {
+        "output_rows": rows, "feature_shape": info["feature_shape"],
         "label_values": info["label_values"],
     })
-    _, test = split_indices(int(split["rows"]), int(split["seed"]), float(split["test_fraction"]))
-    return accuracy(model, features[test], classes[test], torch.device("cpu")), len(test)
+    if not is_test.any():
+        raise InvalidInput("the packed file marks no test rows")
+    correct = count_correct(model, features[is_test], classes[is_test], torch.device("cpu"))
+    return correct / int(is_test.sum()), int(is_test.sum())

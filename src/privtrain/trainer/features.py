@@ -104,6 +104,10 @@ class FeatureEncoder:
             unknown = [f for f in features if f not in domains]
             if unknown:
                 raise InvalidInput(f"feature column(s) {unknown} are not declared in the manifest")
+            excluded = [f for f in features if f in exclude]
+            if excluded:
+                raise InvalidInput(f"feature column(s) {excluded} cannot be features (the data "
+                                   "owner's train/test split)")
             names = list(features)
         else:
             names = [
@@ -148,6 +152,23 @@ class FeatureEncoder:
                 f"classes {list(self.classes)}"
             )
         return features, np.array(labels.to_numpy(dtype=np.int64), dtype=np.int64)
+
+    def encode_labelled(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Encode the rows whose label is one of the declared classes; drop the others.
+
+        For training and the released evaluation: whether some row's label is missing
+        or undeclared must not decide whether a job fails (that would be a release of
+        its own), so such rows are left out, each on its own. Shapes as :meth:`encode`.
+
+        Raises
+        ------
+        InvalidInput
+            A column is missing.
+        """
+        if self.target not in table.columns:
+            raise InvalidInput(f"dataset lacks column(s) {[self.target]}")
+        known = table[self.target].astype("string").isin(self.classes).fillna(False).to_numpy(dtype=bool)
+        return self.encode(table[known])
 
     def to_json(self) -> str:
         """Canonical JSON of the encoding."""

@@ -64,12 +64,17 @@ class NoiseSchedule:
     sample_rate : float
         q of every step.
     steps_per_epoch : int
+    releases : tuple of (σ, q, count)
+        Other Gaussian mechanisms of the job composed with its steps (the noisy
+        test-accuracy releases: σ in units of their sensitivity, q = 1), counted in
+        :meth:`epsilon` and so in the calibration.
     """
 
     scale: float
     shape: tuple[float, ...]
     sample_rate: float
     steps_per_epoch: int
+    releases: tuple[tuple[float, float, int], ...] = ()
 
     @property
     def total_steps(self) -> int:
@@ -96,31 +101,34 @@ class NoiseSchedule:
         return out
 
     def epsilon(self, accountant: str, delta: float, steps: int | None = None) -> float:
-        """ε after ``steps`` steps (default: all of them) at ``delta``."""
-        return epsilon_for_history(accountant, self.history(self.total_steps if steps is None else steps),
-                                   delta)
+        """ε after ``steps`` steps (default: all of them) and every release, at ``delta``."""
+        steps = self.total_steps if steps is None else steps
+        return epsilon_for_history(accountant, [*self.history(steps), *self.releases], delta)
 
 
 def calibrate_schedule(
     shape: tuple[float, ...], *, target_epsilon: float, target_delta: float, sample_rate: float,
-    steps_per_epoch: int, accountant: str,
+    steps_per_epoch: int, accountant: str, releases: tuple[tuple[float, float, int], ...] = (),
 ) -> NoiseSchedule:
     """The smallest scale (to :data:`SCALE_TOLERANCE`) whose schedule spends ε ≤ ``target_epsilon``.
 
-    For a shape within [:data:`~privtrain.trainer.spec.MIN_NOISE_FACTOR`, 1], the
-    constant σ₀ calibrated for the same steps is a lower bound of the scale (every
-    step is at most as noisy as σ₀) and σ₀ / min(shape) an upper bound (every step at
-    least as noisy); a geometric binary search of at most :data:`MAX_SEARCH_STEPS`
-    halvings between them keeps a feasible upper end, which is returned. Under PRV a
-    candidate is first judged by its RDP bound (never below PRV's ε), so PRV only sees
-    schedules near the target, never one whose late epochs carry almost no noise (whose
-    privacy-loss domain PRV cannot hold in memory).
+    For a shape within [:data:`~privtrain.trainer.spec.MIN_NOISE_FACTOR`, 1] and no
+    other releases, the constant σ₀ calibrated for the same steps is a lower bound of
+    the scale (every step is at most as noisy as σ₀) and σ₀ / min(shape) an upper
+    bound (every step at least as noisy). Releases composed with the steps only raise
+    the scale needed: the upper end then doubles until feasible. A geometric binary
+    search of at most :data:`MAX_SEARCH_STEPS` halvings between the ends keeps a
+    feasible upper end, which is returned. Under PRV a candidate is first judged by
+    its RDP bound (never below PRV's ε), so PRV only sees schedules near the target,
+    never one whose late epochs carry almost no noise (whose privacy-loss domain PRV
+    cannot hold in memory).
 
     Raises
     ------
     InvalidInput
         A shape outside [MIN_NOISE_FACTOR, 1], no σ reaching the target (see
-        :func:`calibrate_noise_multiplier`), or an accountant failing on a candidate.
+        :func:`calibrate_noise_multiplier`; also when the releases alone spend the
+        target), or an accountant failing on a candidate.
     """
     if not shape or min(shape) < MIN_NOISE_FACTOR or max(shape) > 1.0:
         raise InvalidInput(f"noise schedule factors must lie in [{MIN_NOISE_FACTOR:g}, 1], "
@@ -130,11 +138,22 @@ def calibrate_schedule(
                                       sample_rate=sample_rate, steps=steps, accountant=accountant)
 
     def make(scale: float) -> NoiseSchedule:
-        return NoiseSchedule(scale, shape, sample_rate, steps_per_epoch)
+        return NoiseSchedule(scale, shape, sample_rate, steps_per_epoch, releases)
 
-    if min(shape) == 1.0:
+    if min(shape) == 1.0 and not releases:
         return make(base)
     low, high = base, base / min(shape)
+    if releases:
+        if epsilon_for_history(accountant, list(releases), target_delta) >= target_epsilon:
+            raise InvalidInput(
+                f"the job's test-accuracy releases alone spend ε ≥ {target_epsilon} at "
+                f"δ={target_delta}; raise test_accuracy_noise or release fewer"
+            )
+        while not _within_target(make(high), accountant, target_epsilon, target_delta):
+            low, high = high, high * 2
+            if high > MAX_NOISE_MULTIPLIER:
+                raise InvalidInput(f"no noise_multiplier up to {MAX_NOISE_MULTIPLIER:g} reaches "
+                                   f"ε ≤ {target_epsilon} at δ={target_delta} with these releases")
     for _ in range(MAX_SEARCH_STEPS):
         if high / low <= 1 + SCALE_TOLERANCE:
             break
@@ -144,7 +163,7 @@ def calibrate_schedule(
         else:
             low = middle
     schedule = make(high)
-    # σ₀ / min(shape) is feasible by monotonicity; the re-check guards the numerics.
+    # The upper end is feasible by monotonicity; the re-check guards the numerics.
     if schedule.epsilon(accountant, target_delta) > target_epsilon:
         raise InvalidInput(f"no noise schedule scale reaches ε ≤ {target_epsilon} at δ={target_delta}")
     return schedule
@@ -161,7 +180,8 @@ def _within_target(plan: NoiseSchedule, accountant: str, target_epsilon: float,
 
 
 def plan_noise(spec: TrainingSpec, sample_rate: float, steps_per_epoch: int, *,
-               accountant: str | None = None) -> NoiseSchedule:
+               accountant: str | None = None,
+               releases: tuple[tuple[float, float, int], ...] = ()) -> NoiseSchedule:
     """σ of every step of ``spec``'s job: the spec's own σ (checked) or a calibrated scale.
 
     ``accountant`` overrides the spec's for calibration (RDP at submission: fast,
@@ -180,13 +200,15 @@ def plan_noise(spec: TrainingSpec, sample_rate: float, steps_per_epoch: int, *,
     accountant = accountant or spec.accountant
     try:
         if spec.noise_multiplier is not None:
-            plan = NoiseSchedule(float(spec.noise_multiplier), shape, sample_rate, steps_per_epoch)
+            plan = NoiseSchedule(float(spec.noise_multiplier), shape, sample_rate, steps_per_epoch,
+                                 releases)
             _check_sigma_range(plan, "noise_multiplier")
             _check_fixed(plan, spec, accountant)
         else:
             plan = calibrate_schedule(shape, target_epsilon=spec.target_epsilon,
                                       target_delta=spec.target_delta, sample_rate=sample_rate,
-                                      steps_per_epoch=steps_per_epoch, accountant=accountant)
+                                      steps_per_epoch=steps_per_epoch, accountant=accountant,
+                                      releases=releases)
             _check_sigma_range(plan, "the calibrated")
     except InvalidInput as exc:
         if spec.noise_schedule == "constant":

@@ -17,7 +17,7 @@ import math
 
 import torch
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
+from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from privtrain.trainer.adaptive_clipping import (
@@ -25,13 +25,19 @@ from privtrain.trainer.adaptive_clipping import (
     AdaptiveClipDPOptimizer,
     ClipBoundEstimator,
 )
-from privtrain.trainer.fast_clipping import BookKeepingModule, pick_clipping_mode, prepare_private_training
+from privtrain.trainer.dp_randomness import DPRandomness
+from privtrain.trainer.fast_clipping import (
+    BookKeepingModule,
+    pick_clipping_mode,
+    prepare_private_training,
+)
+from privtrain.trainer.secure_noise import SecureDPPerLayerOptimizer, attach_randomness
 from privtrain.trainer.spec import TrainingSpec
 
 
 def wrap_for_dp(
     spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optimizer, *,
-    noise_multiplier: float, generator: torch.Generator, mode: str | None,
+    noise_multiplier: float, randomness: DPRandomness, mode: str | None,
 ) -> tuple[nn.Module, DPOptimizer, str]:
     """``(module, dp_optimizer, clipping_mode)`` for ``spec.clipping``.
 
@@ -41,8 +47,9 @@ def wrap_for_dp(
         Over the model's trainable parameters.
     noise_multiplier : float
         σ of the first step (an effective σ for adaptive clipping).
-    generator : torch.Generator
-        Source of the gradient noise (and of the count noise of adaptive clipping).
+    randomness : DPRandomness
+        The job's secret randomness: source of the gradient noise (and of the count
+        noise of adaptive clipping).
     mode : {"ghost", "hooks"}, optional
         Per-sample clipping implementation for ``flat`` and ``adaptive``; default
         the fastest correct one. ``per_layer`` always runs in hooks mode.
@@ -50,22 +57,22 @@ def wrap_for_dp(
     if spec.clipping == "per_layer":
         trainable = [p for p in model.parameters() if p.requires_grad]
         per_tensor = spec.max_grad_norm / math.sqrt(len(trainable))
-        return GradSampleModule(model, loss_reduction="mean"), DPPerLayerOptimizer(
+        return GradSampleModule(model, loss_reduction="mean"), attach_randomness(SecureDPPerLayerOptimizer(
             optimizer, noise_multiplier=noise_multiplier,
             max_grad_norm=[per_tensor] * len(trainable), expected_batch_size=spec.batch_size,
-            loss_reduction="mean", generator=generator,
-        ), "hooks"
+            loss_reduction="mean",
+        ), randomness), "hooks"
     if spec.clipping == "adaptive":
-        return _adaptive(spec, model, optimizer, noise_multiplier, generator, mode)
+        return _adaptive(spec, model, optimizer, noise_multiplier, randomness, mode)
     return prepare_private_training(
         model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=spec.max_grad_norm,
-        expected_batch_size=spec.batch_size, loss_reduction="mean", generator=generator,
+        expected_batch_size=spec.batch_size, loss_reduction="mean", randomness=randomness,
         mode=mode,  # type: ignore[arg-type]
     )
 
 
 def _adaptive(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
-              noise_multiplier: float, generator: torch.Generator,
+              noise_multiplier: float, randomness: DPRandomness,
               mode: str | None) -> tuple[nn.Module, DPOptimizer, str]:
     estimator = ClipBoundEstimator(
         target_unclipped_quantile=spec.target_unclipped_quantile,
@@ -79,11 +86,11 @@ def _adaptive(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optim
         return module, AdaptiveBookKeepingDPOptimizer(
             optimizer, module=module, estimator=estimator, noise_multiplier=noise_multiplier,
             max_grad_norm=spec.max_grad_norm, expected_batch_size=spec.batch_size,
-            generator=generator,
+            randomness=randomness,
         ), chosen
     return GradSampleModule(model, loss_reduction="mean"), AdaptiveClipDPOptimizer(
         optimizer, estimator=estimator, noise_multiplier=noise_multiplier,
-        max_grad_norm=spec.max_grad_norm, expected_batch_size=spec.batch_size, generator=generator,
+        max_grad_norm=spec.max_grad_norm, expected_batch_size=spec.batch_size, randomness=randomness,
     ), "hooks"
 
 

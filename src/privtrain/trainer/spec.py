@@ -21,6 +21,7 @@ CLIPPING = ("flat", "per_layer", "adaptive")
 NOISE_SCHEDULES = ("constant", "exponential", "step")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+TEST_ACCURACY_RELEASES = ("every_epoch", "final", "none")
 MAX_WORLD_SIZE = 16
 # Lowest last-epoch σ factor of a decaying noise schedule (σ_last / σ_first). Below it
 # the early epochs carry almost all the noise (a 1000x fall within one job) and the
@@ -48,16 +49,17 @@ class TrainingSpec:
     target_column : str
         Label column; its manifest domain gives the classes.
     feature_columns : tuple of str
-        Columns to use; empty means every usable column the manifest declares.
-    split_column, train_split, test_split : str
-        Rows with ``split_column == train_split`` are trained on, ``test_split`` held out.
+        Columns to use; empty means every usable column the manifest declares. Which
+        rows are trained on and which held out is the data owner's declaration, not
+        the trainer's.
     target_epsilon, target_delta : float
         (ε, δ) the whole job may spend; the noise multiplier σ is calibrated so
         that the achieved ε is at most ``target_epsilon``.
     epochs : int
         Expected passes over the training rows; steps = epochs × ⌊1/q⌋.
     batch_size : int
-        Logical (expected) batch size B; sample_rate q = B / training rows (Poisson sampling).
+        Logical (expected) batch size B; sample_rate q = B / published training rows
+        (Poisson sampling).
     max_physical_batch_size : int
         Largest batch put through the model at once (memory bound).
     max_grad_norm : float
@@ -65,7 +67,8 @@ class TrainingSpec:
     learning_rate, momentum, weight_decay : float
         SGD hyper-parameters.
     seed : int
-        Seeds sampling, noise and initialisation.
+        Fixes the model's initialisation only. Poisson sampling and noise come from a
+        per-job secret (:mod:`privtrain.trainer.dp_randomness`).
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     accountant : str
@@ -123,6 +126,13 @@ class TrainingSpec:
     compile : bool
         ``torch.compile`` the evaluation forward (the training step stays eager: compiling it
         with the clipping hooks showed no consistent gain, see ``bench/compile_speed.py``).
+    release_test_accuracy : str
+        When a test accuracy is released: ``every_epoch``, ``final`` or ``none``. Each
+        release is the count of correct test predictions plus Gaussian noise of std
+        ``test_accuracy_noise`` rows (sensitivity 1), over the published test rows; its
+        cost is part of the job's ε (the calibration includes it).
+    test_accuracy_noise : float
+        Std, in rows, of the noise on each released count of correct test predictions.
     """
 
     dataset_id: str
@@ -130,9 +140,6 @@ class TrainingSpec:
     model: str = "mlp"
     hidden_sizes: tuple[int, ...] = (64,)
     feature_columns: tuple[str, ...] = ()
-    split_column: str = "split"
-    train_split: str = "train"
-    test_split: str = "test"
     target_epsilon: float = 3.0
     target_delta: float = 1e-5
     epochs: int = 5
@@ -164,6 +171,8 @@ class TrainingSpec:
     noise_step_epochs: int = 1
     precision: str = "fp32"
     compile: bool = False
+    release_test_accuracy: str = "every_epoch"
+    test_accuracy_noise: float = 20.0
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -218,6 +227,10 @@ class TrainingSpec:
             out.append(f"precision {self.precision!r} runs in one process; use world_size 1")
         if self.compile and self.world_size > 1:
             out.append("compile runs in one process; use world_size 1")
+        if self.release_test_accuracy not in TEST_ACCURACY_RELEASES:
+            out.append(f"release_test_accuracy must be one of {TEST_ACCURACY_RELEASES}, got "
+                       f"{self.release_test_accuracy!r}")
+        positive("test_accuracy_noise", self.test_accuracy_noise)
         if self.lr_schedule not in LR_SCHEDULES:
             out.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):

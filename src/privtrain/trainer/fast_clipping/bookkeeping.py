@@ -98,6 +98,12 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     return problems
 
 
+def _zero_rows(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(batch, ...)`` with the rows where ``keep`` ``(batch,)`` is False set to 0."""
+    mask = keep.to(values.device).view(-1, *([1] * (values.dim() - 1)))
+    return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
 @dataclass
 class _Record:
     """What one layer saw in the current forward and backward pass."""
@@ -233,6 +239,18 @@ class BookKeepingModule(nn.Module):
         else:
             norms_total = squared.sqrt() * scale
             coef = (self.max_grad_norm / (norms_total + 1e-6)).clamp(max=1.0) * scale
+            finite = norms_total.isfinite()
+            if not bool(finite.all()):
+                # A sample whose gradient is NaN or infinite contributes nothing (norm 0 ≤ C):
+                # otherwise the sum, and the released parameters, would say it was there.
+                coef = torch.where(finite, coef, torch.zeros_like(coef))
+                norms_total = torch.where(finite, norms_total, torch.zeros_like(norms_total))
+                for layer, rec in seen:
+                    assert rec.backprops is not None
+                    rec.activation = _zero_rows(rec.activation, finite)
+                    rec.backprops = _zero_rows(rec.backprops, finite)
+                    _, rec.state = kernel_for(layer).norms(  # type: ignore[union-attr]
+                        layer, [rec.activation], rec.backprops)
         self.per_sample_gradient_norms = norms_total
         for layer, rec in seen:
             kernel = kernel_for(layer)

@@ -9,8 +9,10 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from privtrain.trainer.dp_randomness import DPRandomness
 from privtrain.trainer.fast_clipping.bookkeeping import BookKeepingModule, unsupported_layers
 from privtrain.trainer.fast_clipping.optimizer import BookKeepingDPOptimizer
+from privtrain.trainer.secure_noise import SecureDPOptimizer, attach_randomness
 
 ClippingMode = Literal["ghost", "hooks"]
 
@@ -48,7 +50,7 @@ def prepare_private_training(
     max_grad_norm: float,
     expected_batch_size: int,
     loss_reduction: str = "mean",
-    generator: torch.Generator | None = None,
+    randomness: DPRandomness,
     mode: ClippingMode | None = None,
 ) -> tuple[nn.Module, DPOptimizer, ClippingMode]:
     """Wrap ``model`` and ``optimizer`` for DP-SGD in ``mode`` (default :func:`pick_clipping_mode`).
@@ -69,15 +71,16 @@ def prepare_private_training(
     expected_batch_size : int
         Logical batch size the noised sum is divided by (``loss_reduction="mean"``).
     loss_reduction : {"mean", "sum"}
-    generator : torch.Generator, optional
-        Source of the noise.
+    randomness : DPRandomness
+        The job's secret randomness, source of the noise.
     mode : {"ghost", "hooks"}, optional
 
     Returns
     -------
     (module, dp_optimizer, mode)
         A ``BookKeepingModule`` and ``BookKeepingDPOptimizer`` for ``"ghost"``; an
-        Opacus ``GradSampleModule`` and ``DPOptimizer`` for ``"hooks"``.
+        Opacus ``GradSampleModule`` and a :class:`~privtrain.trainer.secure_noise.SecureDPOptimizer`
+        for ``"hooks"``.
     """
     chosen: ClippingMode = mode or pick_clipping_mode(model)
     module: nn.Module
@@ -86,13 +89,11 @@ def prepare_private_training(
         dp_optimizer: DPOptimizer = BookKeepingDPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
             expected_batch_size=expected_batch_size, loss_reduction=loss_reduction,
-            generator=generator,
         )
     else:
         module = GradSampleModule(model, loss_reduction=loss_reduction)
-        dp_optimizer = DPOptimizer(
+        dp_optimizer = SecureDPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
             expected_batch_size=expected_batch_size, loss_reduction=loss_reduction,
-            generator=generator,
         )
-    return module, dp_optimizer, chosen
+    return module, attach_randomness(dp_optimizer, randomness), chosen

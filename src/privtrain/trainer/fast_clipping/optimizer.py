@@ -3,16 +3,17 @@
 Opacus' ``DPOptimizerFastGradientClipping`` copies every gradient into
 ``summed_grad`` and builds ``summed_grad + noise`` as a third tensor, so a step
 holds about three gradient-sized buffers besides the parameters and momentum.
-:class:`BookKeepingDPOptimizer` does the same arithmetic (same noise draw
-through Opacus' ``_generate_noise``, same scaling) with ``summed_grad``
-aliasing the first physical batch's gradient and the noise added in place: one
-gradient buffer, plus one noise tensor of the largest parameter at a time.
+:class:`BookKeepingDPOptimizer` does the same arithmetic (same scaling) with
+``summed_grad`` aliasing the first physical batch's gradient and the noise, drawn
+from the job's secret randomness (:func:`privtrain.trainer.secure_noise.add_step_noise`),
+added in place: one gradient buffer, plus the step's noise.
 """
 
 from __future__ import annotations
 
 from opacus.optimizers import DPOptimizerFastGradientClipping
-from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
+
+from privtrain.trainer.secure_noise import add_step_noise
 
 
 class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
@@ -47,13 +48,4 @@ class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
     def add_noise(self) -> None:
         """``p.grad = p.summed_grad + N(0, (sigma * C)^2)``, in place on ``summed_grad``."""
         multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            noise = _generate_noise(
-                std=multiplier * self.max_grad_norm, reference=p.summed_grad,
-                generator=self.generator, secure_mode=self.secure_mode,
-            )
-            p.summed_grad.add_(noise)
-            del noise
-            p.grad = p.summed_grad.view_as(p)
-            _mark_as_processed(p.summed_grad)
+        add_step_noise(self, multiplier * self.max_grad_norm)
