@@ -7,6 +7,7 @@ it was found.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from privtrain.platform.db import Database, DatasetRecord, upgrade
+from privtrain.platform.db import Database, DatasetRecord, NewDataset, upgrade
 from privtrain.platform.db.engine import sqlite_url
 
 # Overridable so CI can point the suite at another server.
@@ -86,40 +87,42 @@ def make_dataset() -> Callable[..., DatasetRecord]:
 
 @pytest.fixture
 def submit() -> Callable[..., str]:
-    """Return a function that submits a job and returns its id."""
+    """Return a function that submits a job (PENDING, not yet admitted) and returns its id."""
     return _submit
 
 
 def _make_dataset(
-    db: Database, *, name: str = "census", epsilon: float = 3.0, delta: float = 1e-5
+    db: Database, *, name: str = "census", epsilon: float = 3.0, delta: float = 1e-5,
+    input_sha256: str | None = None, previous_manifest_sha256: str | None = None,
+    owner: str = "owner.example.test", sha256: str | None = None,
 ) -> DatasetRecord:
-    return db.datasets.create(
-        name=name,
-        owner_common_name="owner.example.test",
-        storage_path=f"/srv/privtrain/datasets/{name}.parquet",
-        sha256="ab" * 32,
-        size_bytes=5 * 2**30,
-        rows=20,
-        manifest_json='{"k_anonymity": 5}',
+    record, _ = db.datasets.create(
+        NewDataset(
+            name=name,
+            owner_common_name=owner,
+            storage_path=f"/srv/privtrain/datasets/{name}.parquet",
+            sha256=sha256 or hashlib.sha256(name.encode()).hexdigest(),
+            size_bytes=5 * 2**30,
+            rows=20,
+            manifest_json='{"k_target": 5}',
+            manifest_sha256=hashlib.sha256(f"manifest of {name}".encode()).hexdigest(),
+            input_sha256=input_sha256,
+            previous_manifest_sha256=previous_manifest_sha256,
+            split_json='{"column": "split", "test": "test", "train": "train"}',
+            published_train_rows=16,
+            published_test_rows=4,
+        ),
         epsilon_budget=epsilon,
         delta_budget=delta,
     )
+    return record
 
 
-def _submit(
-    db: Database,
-    dataset_id: str,
-    *,
-    epsilon: float = 1.0,
-    delta: float = 1e-6,
-    request_id: str | None = None,
-) -> str:
+def _submit(db: Database, dataset_id: str, *, request_id: str | None = None) -> str:
     job, _ = db.jobs.submit(
         request_id=request_id,
         dataset_id=dataset_id,
         submitter_common_name="trainer.example.test",
         spec_json='{"model": "linear", "epochs": 3}',
-        epsilon=epsilon,
-        delta=delta,
     )
     return job.id

@@ -95,7 +95,7 @@ def test_cancel_racing_start_has_exactly_one_winner(
 ) -> None:
     dataset = make_dataset(db, epsilon=100.0)
     for _ in range(5):
-        job_id = submit(db, dataset.id, epsilon=1.0)
+        job_id = submit(db, dataset.id)
         barrier = threading.Barrier(2)
         won: dict[JobState, bool] = {}
 
@@ -162,8 +162,6 @@ def test_malformed_spec_is_invalid_input(
             dataset_id=dataset.id,
             submitter_common_name="t",
             spec_json="[1, 2]",
-            epsilon=1.0,
-            delta=0.0,
         )
     with pytest.raises(NotFound):
         db.jobs.submit(
@@ -171,6 +169,4 @@ def test_malformed_spec_is_invalid_input(
             dataset_id="missing",
             submitter_common_name="t",
             spec_json="{}",
-            epsilon=1.0,
-            delta=0.0,
         )

@@ -23,7 +23,7 @@ from privtrain.platform.db.migrate import (
 )
 from privtrain.platform.db.models import metadata
 
-TABLES = {"datasets", "jobs", "privacy_spend", "job_events", "job_metrics", "alerts"}
+TABLES = {"datasets", "jobs", "privacy_ledgers", "ledger_entries", "job_events", "job_metrics", "alerts"}
 
 
 def _tables(url: str) -> set[str]:
@@ -42,7 +42,7 @@ def test_upgrade_head_on_empty_database_creates_tables(
     assert _tables(db_url) == set()
     upgrade(db_url)
     assert _tables(db_url) == TABLES
-    assert current_revision(db_url) == head_revision() == "0001"
+    assert current_revision(db_url) == head_revision() == "0002"
 
 
 def test_upgrade_downgrade_upgrade_is_green(db_url: str) -> None:
@@ -71,6 +71,52 @@ def test_migrations_are_shipped_inside_the_package() -> None:
     assert (ALEMBIC_DIR / "env.py").is_file()
     assert (ALEMBIC_DIR / "script.py.mako").is_file()
     assert (ALEMBIC_DIR / "versions" / "0001_initial.py").is_file()
+    assert (ALEMBIC_DIR / "versions" / "0002_privacy_ledgers.py").is_file()
+
+
+def test_summing_ledger_rows_become_fixed_entries_and_come_back(db_url: str) -> None:
+    """C-D01 for 0002: a dataset and its reservations made under basic composition keep their
+    budget and their charges (as ``fixed`` entries), up and down again."""
+    upgrade(db_url, "0001")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO datasets (id, name, owner_common_name, storage_path, sha256, size_bytes, "
+                "rows, manifest_json, epsilon_budget, delta_budget, created_at) VALUES ('d1', 'adult', "
+                "'owner', '/x', :sha, 10, 20, '{}', 5.0, 1e-4, CURRENT_TIMESTAMP)"), {"sha": "ab" * 32})
+            for job, reserved, spent, settled in (("j1", 1.0, 0.8, True), ("j2", 2.0, 0.5, False)):
+                connection.execute(text(
+                    "INSERT INTO jobs (id, dataset_id, submitter_common_name, spec_json, state, "
+                    "created_at) VALUES (:id, 'd1', 't', '{}', 'PENDING', CURRENT_TIMESTAMP)"),
+                    {"id": job})
+                connection.execute(text(
+                    "INSERT INTO privacy_spend (job_id, dataset_id, epsilon_reserved, delta_reserved, "
+                    "epsilon_spent, settled) VALUES (:id, 'd1', :r, 1e-6, :s, :settled)"),
+                    {"id": job, "r": reserved, "s": spent, "settled": settled})
+    finally:
+        engine.dispose()
+    upgrade(db_url)
+    with Database(db_url) as db:
+        ledger = db.budget.of_dataset("d1")
+        assert (ledger.epsilon_budget, ledger.delta_budget) == (5.0, 1e-4)
+        # Charged as before: the spend once settled (0.8), the reservation before (2.0).
+        assert ledger.epsilon_committed == pytest.approx(2.8)
+        assert db.budget.refresh(ledger.id) == pytest.approx(2.8)
+        assert {e.kind for e in db.budget.entries(ledger.id)} == {"fixed"}
+    downgrade(db_url, "0001")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            rows = connection.execute(text(
+                "SELECT job_id, epsilon_reserved, epsilon_spent, settled FROM privacy_spend "
+                "ORDER BY job_id")).all()
+            budget = connection.execute(text("SELECT epsilon_budget FROM datasets")).scalar_one()
+    finally:
+        engine.dispose()
+    assert [(r[0], r[1], r[2], bool(r[3])) for r in rows] == [("j1", 0.8, 0.8, True),
+                                                                ("j2", 2.0, 0.5, False)]
+    assert budget == 5.0
 
 
 _LATER_REVISION = '''
@@ -78,8 +124,8 @@ _LATER_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -127,7 +173,7 @@ def test_batch_migration_keeps_rows_and_foreign_keys(
     adds a job state runs up, down and up again with every existing row kept."""
     script_dir = tmp_path / "alembic"
     shutil.copytree(ALEMBIC_DIR, script_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    (script_dir / "versions" / "0002_test.py").write_text(_LATER_REVISION)
+    (script_dir / "versions" / "0003_test.py").write_text(_LATER_REVISION)
 
     upgrade(db_url)
     with Database(db_url) as db:
@@ -150,14 +196,14 @@ def test_batch_migration_keeps_rows_and_foreign_keys(
     finally:
         engine.dispose()
 
-    _migrate(db_url, script_dir, "downgrade", "0001")
+    _migrate(db_url, script_dir, "downgrade", "0002")
     _migrate(db_url, script_dir, "upgrade", "head")
-    _migrate(db_url, script_dir, "downgrade", "0001")
+    _migrate(db_url, script_dir, "downgrade", "0002")
     with Database(db_url) as db:
         assert {job.id for job in db.jobs.list()} == {first, second}
         assert db.jobs.get(second).request_id == "retry-key"
         assert [event.kind for event in db.events.since(first, 0)] == ["queued"]
-        assert db.budget.remaining(dataset.id)[0] == pytest.approx(1.0)
+        assert db.budget.remaining(dataset.id)[0] == pytest.approx(3.0)
     # Foreign keys still point at the recreated jobs table.
     engine = make_engine(db_url)
     try:

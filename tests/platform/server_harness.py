@@ -11,6 +11,7 @@ from privtrain.anonymize.pipeline import anonymize_file
 from privtrain.datasets.adult import fetch_adult
 from privtrain.platform.client import PrivtrainClient, job_spec
 from privtrain.platform.config import ServerConfig
+from privtrain.platform.db.budget import EntryRecord
 from privtrain.platform.db.migrate import upgrade
 from privtrain.platform.server import PrivtrainServer
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
@@ -30,6 +31,12 @@ class AnonymizedAdult:
     @property
     def manifest_dict(self) -> dict:
         return json.loads(self.manifest.read_text())["manifest"]
+
+    @property
+    def split(self) -> tuple[str, str, str] | None:
+        """The split to declare at upload: none when the policy declared one, else Adult's own
+        ``split`` column (adult.data rows train, adult.test rows test)."""
+        return None if "split" in self.manifest_dict else ("split", "train", "test")
 
 
 def make_adult(folder: Path) -> AnonymizedAdult:
@@ -66,11 +73,11 @@ def start_server(home: Path, pki: PkiLayout, **overrides: object) -> RunningServ
 
 
 def upload_adult(rs: RunningServer, adult: AnonymizedAdult, *, epsilon: float = 5.0,
-                 delta: float = 1e-4, name: str = "adult") -> pb.Dataset:
+                 delta: float = 2e-5, name: str = "adult") -> pb.Dataset:
     """Upload the anonymized Adult file as the data owner."""
     with rs.client("data-owner") as owner:
         return owner.upload(adult.parquet, adult.manifest, name=name, epsilon_budget=epsilon,
-                            delta_budget=delta)
+                            delta_budget=delta, split=adult.split)
 
 
 def adult_spec(dataset_id: str, **overrides: object) -> pb.JobSpec:
@@ -88,3 +95,8 @@ def adult_spec(dataset_id: str, **overrides: object) -> pb.JobSpec:
 def wait_terminal(client: PrivtrainClient, job_id: str) -> list[pb.JobEvent]:
     """Watch a job to its end; returns every event."""
     return list(client.watch(job_id, timeout_s=300))
+
+
+def ledger_entry(rs: RunningServer, job_id: str) -> EntryRecord | None:
+    """The job's entry on its dataset's privacy ledger (None if it was never admitted)."""
+    return rs.server.db.budget.entry_of_job(job_id)

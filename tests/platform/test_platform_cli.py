@@ -51,9 +51,10 @@ def test_refused_call_prints_status_and_exit_1(running: RunningServer,
 
 def test_json_output_keeps_64_bit_integers_numeric(running: RunningServer, adult: AnonymizedAdult,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """`dataset list --json` gives rows and size_bytes as numbers, as the server stored them."""
+    """`dataset list --json` gives rows and size_bytes as numbers, as the server stored them
+    (to the dataset's owner: a trainer gets only the published counts)."""
     ds = upload_adult(running, adult)
-    assert main(["dataset", "list", "--json", "--server", running.target,
+    assert main(["dataset", "list", "--json", "--role", "data-owner", "--server", running.target,
                  "--pki", str(running.pki.directory)]) == 0
     [listed] = json.loads(capsys.readouterr().out)
     assert listed["rows"] == ds.rows and isinstance(listed["rows"], int)

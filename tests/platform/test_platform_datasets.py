@@ -1,4 +1,5 @@
-"""Dataset upload: only a valid manifest signed by the uploader gets stored."""
+"""Dataset upload: only a valid manifest signed by the uploader gets stored; its split is the
+owner's, its row counts are published with noise, and its budget follows its source."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import json
 from pathlib import Path
 
 import grpc
+import pandas as pd
 import pytest
 
+from privtrain.anonymize.keys import generate_key
 from privtrain.anonymize.manifest import sign_manifest
+from privtrain.anonymize.pipeline import anonymize_file
+from privtrain.datasets.adult import fetch_adult
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 
-from server_harness import AnonymizedAdult, RunningServer, upload_adult
+from server_harness import POLICY, AnonymizedAdult, RunningServer, upload_adult
 
 
 def _stored_files(rs: RunningServer) -> list[Path]:
@@ -19,15 +24,43 @@ def _stored_files(rs: RunningServer) -> list[Path]:
 
 
 def test_valid_upload_is_stored_with_its_budget(running: RunningServer, adult: AnonymizedAdult) -> None:
-    """Rows, k and hash come from the verified manifest; the budget is the owner's."""
-    ds = upload_adult(running, adult, epsilon=4.0, delta=1e-4)
+    """The owner sees rows and hash from the verified manifest; a trainer sees the published
+    (noisy) counts and the policy's k, never figures computed from the rows."""
+    ds = upload_adult(running, adult, epsilon=4.0, delta=2e-5)
     manifest = adult.manifest_dict
     assert ds.rows == manifest["output_rows"]
-    assert ds.k_anonymity == manifest["k_achieved"] >= 10
+    assert ds.k_anonymity == manifest["k_target"] == 10
     assert ds.kind == "table"
     assert ds.sha256 == manifest["output_sha256"]
-    assert (ds.epsilon_remaining, ds.delta_remaining) == (4.0, 1e-4)
+    assert ds.epsilon_budget == 4.0 and ds.delta_budget == 2e-5
+    # Publishing the split's counts is one Gaussian mechanism (σ = 20, sensitivity 1), charged.
+    assert 0.1 < 4.0 - ds.epsilon_remaining < 0.3
+    exact = pd.read_parquet(adult.parquet, columns=["split"])["split"].value_counts()
+    assert abs(ds.published_train_rows - exact["train"]) < 200
+    assert abs(ds.published_test_rows - exact["test"]) < 200
     assert [p.name for p in _stored_files(running)] == [f"{ds.id}.parquet"]
+    assert (running.server.config.datasets_dir.stat().st_mode & 0o777) == 0o700
+    assert (_stored_files(running)[0].stat().st_mode & 0o777) == 0o600
+    with running.client("trainer") as trainer:
+        (seen,) = trainer.list_datasets()
+    assert (seen.rows, seen.sha256, seen.size_bytes) == (0, "", 0)
+    assert (seen.published_train_rows, seen.published_test_rows) == (ds.published_train_rows,
+                                                                      ds.published_test_rows)
+
+
+def test_published_counts_are_noisy_not_exact(tmp_path: Path, adult: AnonymizedAdult) -> None:
+    """Exact split sizes differ between neighbouring datasets (issue 9, point 4): five uploads
+    of the same rows publish five different counts."""
+    from server_harness import start_server
+
+    published = set()
+    for i in range(5):
+        rs = start_server(tmp_path / f"home{i}", adult.pki)
+        try:
+            published.add(upload_adult(rs, adult).published_train_rows)
+        finally:
+            rs.server.stop(1.0)
+    assert len(published) >= 4
 
 
 def test_tampered_data_is_refused_and_nothing_kept(running: RunningServer, adult: AnonymizedAdult,
@@ -38,7 +71,8 @@ def test_tampered_data_is_refused_and_nothing_kept(running: RunningServer, adult
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(bytes(data))
     with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
-        owner.upload(bad, adult.manifest, name="bad", epsilon_budget=1, delta_budget=1e-5)
+        owner.upload(bad, adult.manifest, name="bad", epsilon_budget=1, delta_budget=1e-5,
+                     split=adult.split)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "output_sha256 mismatch" in err.value.details()
     assert _stored_files(running) == []
@@ -53,7 +87,8 @@ def test_edited_manifest_is_refused(running: RunningServer, adult: AnonymizedAdu
     forged = tmp_path / "forged.manifest.json"
     forged.write_text(json.dumps(signed))
     with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
-        owner.upload(adult.parquet, forged, name="forged", epsilon_budget=1, delta_budget=1e-5)
+        owner.upload(adult.parquet, forged, name="forged", epsilon_budget=1, delta_budget=1e-5,
+                     split=adult.split)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "signature" in err.value.details()
 
@@ -67,7 +102,8 @@ def test_manifest_signed_by_someone_else_is_refused(running: RunningServer, adul
     path = tmp_path / "resigned.manifest.json"
     path.write_bytes(resigned)
     with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
-        owner.upload(adult.parquet, path, name="resigned", epsilon_budget=1, delta_budget=1e-5)
+        owner.upload(adult.parquet, path, name="resigned", epsilon_budget=1, delta_budget=1e-5,
+                     split=adult.split)
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -88,5 +124,70 @@ def test_bad_budget_is_refused(running: RunningServer, adult: AnonymizedAdult, e
                                delta: float) -> None:
     """ε must be finite and > 0, δ in (0, 1)."""
     with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
-        owner.upload(adult.parquet, adult.manifest, name="b", epsilon_budget=epsilon, delta_budget=delta)
+        owner.upload(adult.parquet, adult.manifest, name="b", epsilon_budget=epsilon, delta_budget=delta,
+                     split=adult.split)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("delta", [1e-3, 0.5])
+def test_budget_delta_not_below_one_over_n_is_refused(running: RunningServer, adult: AnonymizedAdult,
+                                                      delta: float) -> None:
+    """Issue 9, point 5: δ = 0.001 (or 0.5) on ~47k rows would allow releasing rows outright."""
+    with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
+        owner.upload(adult.parquet, adult.manifest, name="d", epsilon_budget=1, delta_budget=delta,
+                     split=adult.split)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "must be below 1/" in err.value.details()
+    assert _stored_files(running) == []
+    ds = upload_adult(running, adult)
+    with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
+        owner.set_budget(ds.id, 5.0, delta)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_same_file_under_another_name_gets_no_fresh_budget(running: RunningServer,
+                                                           adult: AnonymizedAdult) -> None:
+    """Issue 9, point 5: the same file again, renamed, is refused (it would not get a budget)."""
+    first = upload_adult(running, adult, name="adult")
+    with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
+        owner.upload(adult.parquet, adult.manifest, name="adult-again", epsilon_budget=5.0,
+                     delta_budget=2e-5, split=adult.split)
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "already uploaded as dataset 'adult'" in err.value.details()
+    with running.client("trainer") as trainer:
+        assert [d.id for d in trainer.list_datasets()] == [first.id]
+
+
+def test_later_release_of_the_same_source_draws_on_the_same_budget(
+    running: RunningServer, adult: AnonymizedAdult, tmp_path: Path,
+) -> None:
+    """A release made with --previous-manifest of an uploaded one (or from the same input
+    file) joins that dataset's ledger: the people in it keep one budget."""
+    first = upload_adult(running, adult, name="adult", epsilon=5.0)
+    key = tmp_path / "owner.hmac"
+    generate_key(key)
+    later = tmp_path / "adult.v2.parquet"
+    anonymize_file(fetch_adult(), POLICY, key, later, signing_key_path=adult.pki.key("data-owner"),
+                   signing_cert_path=adult.pki.cert("data-owner"), previous_manifest=adult.manifest,
+                   rotate_key=True)
+    with running.client("data-owner") as owner:
+        second = owner.upload(later, later.with_name(later.name + ".manifest.json"), name="adult-v2",
+                              epsilon_budget=5.0, delta_budget=2e-5, split=adult.split)
+        with pytest.raises(grpc.RpcError) as err:  # a joined ledger keeps its budget
+            third, key3 = tmp_path / "adult.v3.parquet", tmp_path / "owner3.hmac"
+            generate_key(key3)
+            anonymize_file(fetch_adult(), POLICY, key3, third,
+                           signing_key_path=adult.pki.key("data-owner"),
+                           signing_cert_path=adult.pki.cert("data-owner"),
+                           previous_manifest=later.with_name(later.name + ".manifest.json"),
+                           rotate_key=True)
+            owner.upload(third, third.with_name(third.name + ".manifest.json"), name="adult-v3",
+                         epsilon_budget=50.0, delta_budget=2e-5, split=adult.split)
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "shares the privacy budget of dataset 'adult-v2'" in err.value.details()
+    assert second.ledger_id == first.ledger_id
+    # Both uploads' count releases are composed on the one ledger: more spent than by one.
+    assert second.epsilon_remaining < first.epsilon_remaining
+    with running.client("trainer") as trainer:
+        budgets = {d.name: (d.ledger_id, d.epsilon_remaining) for d in trainer.list_datasets()}
+    assert budgets["adult"] == budgets["adult-v2"]

@@ -29,7 +29,8 @@ def test_explicit_zero_is_refused_not_replaced_by_a_default(running: RunningServ
     ds = upload_adult(running, adult, epsilon=5.0)
     with running.client("trainer") as trainer:
         assert _code(lambda: trainer.submit(adult_spec(ds.id, **{field: 0}))) is grpc.StatusCode.INVALID_ARGUMENT
-        assert trainer.list_datasets()[0].epsilon_remaining == 5.0
+        assert trainer.list_datasets()[0].epsilon_remaining == ds.epsilon_remaining
+        assert trainer.list_jobs() == []
 
 
 def test_empty_dataset_id_is_invalid_argument(running: RunningServer) -> None:
@@ -43,11 +44,11 @@ def test_empty_dataset_id_is_invalid_argument(running: RunningServer) -> None:
 @pytest.mark.parametrize(("overrides", "needle"), [
     ({"batch_size": 40_000}, "training rows"),  # more than the train split, fewer than all rows
     ({"epochs": 100_000, "batch_size": 64}, "limit"),
-    ({"target_epsilon": 1e-6}, "noise"),
 ])
 def test_infeasible_schedules_are_refused_at_submission(running: RunningServer, adult: AnonymizedAdult,
                                                        overrides: dict, needle: str) -> None:
-    """Found before any ε is reserved, not in the worker."""
+    """Found before any ε is reserved, not in the worker; the message quotes only the
+    published count of training rows (issue 9, point 3: no counting oracle)."""
     ds = upload_adult(running, adult, epsilon=5.0)
     with running.client("trainer") as trainer:
         with pytest.raises(grpc.RpcError) as err:
@@ -55,6 +56,22 @@ def test_infeasible_schedules_are_refused_at_submission(running: RunningServer, 
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert needle in err.value.details()
         assert trainer.list_jobs() == []
+    if "batch_size" in overrides and overrides["batch_size"] == 40_000:
+        assert f"the {ds.published_train_rows} training rows (the dataset's published count)" \
+            in err.value.details()
+
+
+def test_unreachable_target_fails_admission_with_the_reason(running: RunningServer,
+                                                            adult: AnonymizedAdult) -> None:
+    """σ is calibrated at admission (off the handler thread): an unreachable ε fails the job
+    with the reason, before any ε is reserved."""
+    ds = upload_adult(running, adult, epsilon=5.0)
+    with running.client("trainer") as trainer:
+        job = trainer.submit(adult_spec(ds.id, target_epsilon=1e-6))
+        wait_terminal(trainer, job.id)
+        final = trainer.get_job(job.id)
+    assert final.state == "FAILED" and "not admitted" in final.error and "noise" in final.error
+    assert running.server.db.budget.entry_of_job(job.id) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -73,7 +90,8 @@ def test_reused_request_id_with_another_spec_is_refused(running: RunningServer, 
         with pytest.raises(grpc.RpcError) as err:
             trainer.submit(adult_spec(ds.id, target_epsilon=0.7), request_id="rid-1")
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert first.id in err.value.details()
+        # Never names the earlier job: a reused id may be another trainer's.
+        assert first.id not in err.value.details() and "already used" in err.value.details()
         trainer.cancel(first.id)
 
 
@@ -82,31 +100,38 @@ def test_bad_dataset_names_are_refused(running: RunningServer, adult: Anonymized
     """Names are short, printable identifiers."""
     with running.client("data-owner") as owner:
         assert _code(lambda: owner.upload(adult.parquet, adult.manifest, name=name, epsilon_budget=1,
-                                          delta_budget=1e-5)) is grpc.StatusCode.INVALID_ARGUMENT
+                                          delta_budget=1e-5, split=adult.split)) \
+            is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_absurd_budget_is_refused(running: RunningServer, adult: AnonymizedAdult) -> None:
     """ε = 1e308 is a typo, not a policy."""
     with running.client("data-owner") as owner:
         assert _code(lambda: owner.upload(adult.parquet, adult.manifest, name="a", epsilon_budget=1e308,
-                                          delta_budget=1e-5)) is grpc.StatusCode.INVALID_ARGUMENT
+                                          delta_budget=1e-5, split=adult.split)) \
+            is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_exploding_loss_raises_nan_alert_and_the_job_still_ends(running: RunningServer,
                                                                 adult: AnonymizedAdult) -> None:
-    """lr = 1e30 drives the loss to inf/NaN: NAN_LOSS fires, events keep flowing, no INTERNAL."""
+    """lr = 1e30 drives the loss to inf/NaN: NAN_LOSS fires (for the admin), events keep
+    flowing, no INTERNAL; the trainer's stream carries neither losses nor alerts."""
     ds = upload_adult(running, adult)
     with running.client("trainer") as trainer, running.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, model="mlp", hidden_sizes=[64], learning_rate=1e30))
-        events = wait_terminal(trainer, job.id)
+        events = wait_terminal(admin, job.id)
+        trainer_events = wait_terminal(trainer, job.id)
         final = trainer.get_job(job.id)
         kinds = {(a.kind, a.state) for a in admin.list_alerts(job_id=job.id)}
     assert "internal error" not in final.error
     assert final.state == "SUCCEEDED"
     assert ("NAN_LOSS", "RESOLVED") in kinds or ("NAN_LOSS", "FIRING") in kinds
-    steps = [e.step for e in events if e.WhichOneof("event") == "step"]
-    assert any(s.HasField("loss") and s.loss != s.loss or abs(s.loss) == float("inf")
-               for s in steps if s.HasField("loss"))
+    monitored = [e.step.monitoring for e in events if e.WhichOneof("event") == "step"]
+    assert any(m.HasField("loss") and (m.loss != m.loss or abs(m.loss) == float("inf"))
+               for m in monitored)
+    assert all(not e.step.HasField("monitoring") for e in trainer_events
+               if e.WhichOneof("event") == "step")
+    assert not [e for e in trainer_events if e.WhichOneof("event") == "alert"]
 
 
 def test_cancel_during_start_up_ends_cancelled(running: RunningServer, adult: AnonymizedAdult) -> None:
@@ -128,18 +153,22 @@ def test_cancel_during_start_up_ends_cancelled(running: RunningServer, adult: An
 
 def test_tampered_stored_dataset_fails_the_job_not_trains_on_it(running: RunningServer,
                                                                 adult: AnonymizedAdult) -> None:
-    """The worker re-hashes the stored file against its verified upload."""
+    """The worker re-hashes the stored file against its verified upload; the reason is the
+    operator's (a worker's message may quote the rows), the trainer reads that it failed."""
     ds = upload_adult(running, adult)
     stored = running.server.config.datasets_dir / f"{ds.id}.parquet"
     data = bytearray(stored.read_bytes())
     data[100] ^= 0xFF
     stored.write_bytes(bytes(data))
-    with running.client("trainer") as trainer:
+    with running.client("trainer") as trainer, running.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id))
         wait_terminal(trainer, job.id)
         final = trainer.get_job(job.id)
+        seen_by_admin = admin.get_job(job.id)
     assert final.state == "FAILED"
-    assert "changed since its verified upload" in final.error
+    assert "changed since its verified upload" not in final.error
+    assert "changed since its verified upload" in seen_by_admin.monitoring.error_detail
+    assert not final.HasField("monitoring")
 
 
 def test_second_server_on_the_same_home_is_refused(running: RunningServer) -> None:

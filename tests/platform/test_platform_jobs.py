@@ -1,4 +1,4 @@
-"""Training jobs at the real server: budget, idempotency, streams, sealed parameters, alerts."""
+"""Training jobs at the real server: admission, ledger, idempotency, streams, sealed parameters, alerts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ from pathlib import Path
 import grpc
 import pyarrow.parquet as pq
 import pytest
-from server_harness import AnonymizedAdult, RunningServer, adult_spec, start_server, upload_adult, wait_terminal
+from server_harness import (
+    AnonymizedAdult,
+    RunningServer,
+    adult_spec,
+    ledger_entry,
+    start_server,
+    upload_adult,
+    wait_terminal,
+)
 
 from privtrain.platform.convert import sealed_from_proto
+from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.secure_transport.envelope import SealedChunk, TamperedEnvelope, generate_recipient_keypair, open_sealed
 from privtrain.secure_transport.pki import load_certificate
-from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.trainer.evaluate import evaluate_parameters
 
 
@@ -23,19 +31,20 @@ def _events(events: list[pb.JobEvent], kind: str) -> list:
     return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]
 
 
-def _wait_for_step(client, job_id: str, step: int) -> int:
-    """Follow the stream until ``step`` is reported; returns the worker pid."""
+def _wait_for_step(client, admin, job_id: str, step: int) -> int:
+    """Follow the stream until ``step`` is reported; returns the worker pid (an admin figure)."""
     for event in client.watch(job_id, timeout_s=120):
         if event.WhichOneof("event") == "step" and event.step.step >= step:
-            return client.get_job(job_id).worker_pid
+            return admin.get_job(job_id).monitoring.worker_pid
     raise AssertionError(f"job {job_id} ended before step {step}")
 
 
 def test_job_runs_to_success_and_parameters_round_trip(running: RunningServer, adult: AnonymizedAdult) -> None:
-    """PENDING at once, RUNNING, steps with growing ε, SUCCEEDED; ledger = accountant's ε;
-    sealed parameters verify, decrypt and give the server's accuracy on the client."""
+    """PENDING at once, admitted with a plan, RUNNING, steps with growing ε, SUCCEEDED; the
+    ledger charges the plan's history; sealed parameters verify, decrypt and give the
+    operator's exact accuracy on the client, while the trainer got a noisy release."""
     ds = upload_adult(running, adult, epsilon=5.0)
-    with running.client("trainer") as trainer:
+    with running.client("trainer") as trainer, running.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=2.0, epochs=2))
         assert job.state == "PENDING"  # work is never inside the unary handler
         events = wait_terminal(trainer, job.id)
@@ -46,40 +55,51 @@ def test_job_runs_to_success_and_parameters_round_trip(running: RunningServer, a
         eps = [s.epsilon for s in steps]
         assert eps == sorted(eps) and eps[-1] <= 2.0
         done = trainer.get_job(job.id)
+        exact = admin.get_job(job.id).monitoring
         assert done.state == "SUCCEEDED"
-        assert done.result.steps == len(steps)
-        assert done.result.epsilon == pytest.approx(eps[-1])
+        assert done.result.steps == len(steps) == done.plan.steps
+        assert done.result.epsilon == pytest.approx(done.plan.epsilon, rel=1e-6)
         assert done.epsilon_spent == pytest.approx(done.result.epsilon)
+        assert (done.result.train_rows, done.result.test_rows) == (ds.published_train_rows,
+                                                                    ds.published_test_rows)
         blob = trainer.download_parameters(job.id)
     assert blob.signer.role.value == "parameter-signer"
     table = pq.read_table(adult.parquet).to_pandas()
     accuracy, rows = evaluate_parameters(blob.plaintext, table)
-    assert accuracy == pytest.approx(done.result.test_accuracy, abs=1e-12)
-    assert rows == done.result.test_rows
+    assert accuracy == pytest.approx(exact.test_accuracy, abs=1e-12)
+    assert rows == exact.test_rows
     assert accuracy > 0.78
-    with running.client("trainer") as trainer:
-        [dataset] = trainer.list_datasets()
-    assert dataset.epsilon_remaining == pytest.approx(5.0 - done.result.epsilon)
+    # The release: (correct + N(0, 20²)) / published rows, so within a few tenths of a percent.
+    assert abs(done.result.test_accuracy - accuracy) < 5 * 40 / ds.published_test_rows
+    entry = ledger_entry(running, job.id)
+    assert entry.settled and entry.spent == entry.planned
 
 
-def test_over_budget_job_is_refused_and_reserves_nothing(running: RunningServer, adult: AnonymizedAdult) -> None:
-    """A job asking more ε than remains gets FAILED_PRECONDITION; the budget is untouched."""
+def test_over_budget_job_is_not_admitted_and_reserves_nothing(running: RunningServer,
+                                                              adult: AnonymizedAdult) -> None:
+    """A job whose plan, composed with the ledger, exceeds the budget FAILs at admission
+    with the figures (all public); the budget is untouched. (PRV here: an RDP-calibrated job
+    of ε = 1.5 composes to less than 1 under the ledger's PRV, and would fit.)"""
     ds = upload_adult(running, adult, epsilon=1.0)
     with running.client("trainer") as trainer:
-        with pytest.raises(grpc.RpcError) as err:
-            trainer.submit(adult_spec(ds.id, target_epsilon=1.5))
-        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "1.5" in err.value.details()
-        assert trainer.list_jobs() == []
-        assert trainer.list_datasets()[0].epsilon_remaining == 1.0
+        job = trainer.submit(adult_spec(ds.id, target_epsilon=1.5, target_delta=1e-5,
+                                        accountant="prv"))
+        events = wait_terminal(trainer, job.id)
+        final = trainer.get_job(job.id)
+        assert _events(events, "state")[-1].state == "FAILED"
+        assert "not admitted: not enough privacy budget left" in final.error
+        assert trainer.list_datasets()[0].epsilon_remaining == pytest.approx(ds.epsilon_remaining)
+    assert ledger_entry(running, job.id) is None
 
 
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [({"target_column": "no_such_column"}, "no_such_column"),
+     ({"target_column": "split"}, "split column"),
      ({"max_grad_norm": -1.0}, "max_grad_norm"),
      ({"model": "transformer"}, "transformer"),
      ({"batch_size": 10_000_000}, "batch_size"),
+     ({"target_delta": 1e-3}, "must be below 1/"),
      ({"model": "mlp", "hidden_sizes": [100_000, 100_000]}, "parameters")],
 )
 def test_bad_spec_is_invalid_argument_before_any_reservation(
@@ -92,11 +112,13 @@ def test_bad_spec_is_invalid_argument_before_any_reservation(
             trainer.submit(adult_spec(ds.id, **overrides))
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert needle in err.value.details()
-        assert trainer.list_datasets()[0].epsilon_remaining == 2.0
+        assert trainer.list_datasets()[0].epsilon_remaining == ds.epsilon_remaining
+        assert trainer.list_jobs() == []
 
 
 def test_retried_submission_returns_the_same_job(running: RunningServer, adult: AnonymizedAdult) -> None:
-    """C-T06: a client that dropped after 0.3 s retries with the same request id: one job, one reservation."""
+    """C-T06: submission returns at once (admission happens later), so a client with a 0.3 s
+    deadline gets its job id; a retry with the same request id returns the same job."""
     ds = upload_adult(running, adult, epsilon=1.0)
     with running.client("trainer") as trainer:
         request = pb.SubmitJobRequest(request_id="retry-1", spec=adult_spec(ds.id, target_epsilon=0.6))
@@ -104,7 +126,6 @@ def test_retried_submission_returns_the_same_job(running: RunningServer, adult: 
         second = trainer.training.SubmitJob(request, timeout=5)
         assert first.id == second.id
         assert len(trainer.list_jobs()) == 1
-        assert trainer.list_datasets()[0].epsilon_remaining == pytest.approx(0.4)
         trainer.cancel(first.id)
 
 
@@ -144,11 +165,12 @@ def test_download_needs_a_succeeded_job_and_a_real_key(running: RunningServer, a
 
 
 def test_stalled_worker_fires_no_progress_then_resolves(running: RunningServer, adult: AnonymizedAdult) -> None:
-    """SIGSTOP the worker: NO_PROGRESS fires (stored, streamed); SIGCONT: it resolves; the job succeeds."""
+    """SIGSTOP the worker: NO_PROGRESS fires (stored, streamed to admins); SIGCONT: it resolves;
+    the job succeeds. The trainer's stream carries no alert (monitoring figures)."""
     ds = upload_adult(running, adult)
     with running.client("trainer") as trainer, running.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, epochs=1, batch_size=128))
-        pid = _wait_for_step(trainer, job.id, 10)
+        pid = _wait_for_step(trainer, admin, job.id, 10)
         os.kill(pid, signal.SIGSTOP)
         try:
             deadline = time.monotonic() + 30
@@ -157,49 +179,52 @@ def test_stalled_worker_fires_no_progress_then_resolves(running: RunningServer, 
                 time.sleep(0.2)
         finally:
             os.kill(pid, signal.SIGCONT)
-        events = wait_terminal(trainer, job.id)
+        events = wait_terminal(admin, job.id)
+        trainer_events = wait_terminal(trainer, job.id)
         alerts = admin.list_alerts(job_id=job.id)
     # A loaded machine may stall the thawed worker again; every alert must end RESOLVED.
     assert alerts and {(a.kind, a.state) for a in alerts} == {("NO_PROGRESS", "RESOLVED")}
     streamed = [(a.kind, a.state) for a in _events(events, "alert") if a.kind == "NO_PROGRESS"]
     assert streamed[:2] == [("NO_PROGRESS", "FIRING"), ("NO_PROGRESS", "RESOLVED")]
+    assert _events(trainer_events, "alert") == []
     assert _events(events, "state")[-1].state == "SUCCEEDED"
 
 
-def test_killed_worker_fails_the_job_and_charges_the_reservation(
+def test_killed_worker_fails_the_job_and_charges_the_whole_plan(
     running: RunningServer, adult: AnonymizedAdult
 ) -> None:
-    """SIGKILL mid-run: DEAD_WORKER alert, FAILED, and the ledger keeps the whole reservation
-    (steps after the last one relayed cannot be ruled out)."""
+    """SIGKILL mid-run: DEAD_WORKER alert, FAILED, and the ledger keeps charging the whole
+    plan (steps after the last one relayed cannot be ruled out)."""
     ds = upload_adult(running, adult, epsilon=3.0)
     with running.client("trainer") as trainer, running.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=2, batch_size=128))
-        pid = _wait_for_step(trainer, job.id, 5)
+        pid = _wait_for_step(trainer, admin, job.id, 5)
         os.kill(pid, signal.SIGKILL)
         events = wait_terminal(trainer, job.id)
         final = trainer.get_job(job.id)
         kinds = {a.kind for a in admin.list_alerts(job_id=job.id)}
-        remaining = trainer.list_datasets()[0].epsilon_remaining
     assert _events(events, "state")[-1].state == "FAILED"
     assert "exited" in final.error
     assert "DEAD_WORKER" in kinds
-    assert final.epsilon_spent == pytest.approx(1.0)
-    assert remaining == pytest.approx(2.0)
+    entry = ledger_entry(running, job.id)
+    assert entry.settled and entry.charged == entry.planned
 
 
 def test_cancel_stops_a_running_job_between_steps(running: RunningServer, adult: AnonymizedAdult) -> None:
-    """CANCELLED; ε charged is what the relayed steps spent (> 0, ≤ reservation)."""
+    """CANCELLED; the ledger charges exactly the relayed steps (fewer than planned)."""
     ds = upload_adult(running, adult, epsilon=3.0)
-    with running.client("trainer") as trainer:
+    with running.client("trainer") as trainer, running.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=3, batch_size=64))
-        _wait_for_step(trainer, job.id, 5)
+        _wait_for_step(trainer, admin, job.id, 5)
         trainer.cancel(job.id)
         events = wait_terminal(trainer, job.id)
         final = trainer.get_job(job.id)
     assert _events(events, "state")[-1].state == "CANCELLED"
-    last_eps = _events(events, "step")[-1].epsilon
-    assert final.epsilon_spent == pytest.approx(last_eps)
+    last = _events(events, "step")[-1]
+    assert final.epsilon_spent == pytest.approx(last.epsilon)
     assert 0 < final.epsilon_spent <= 1.0
+    entry = ledger_entry(running, job.id)
+    assert sum(n for _, q, n in entry.charged if q < 1) == last.step < final.plan.steps
 
 
 def test_shutdown_with_short_grace_ends_promptly_and_restart_settles(
@@ -207,12 +232,12 @@ def test_shutdown_with_short_grace_ends_promptly_and_restart_settles(
 ) -> None:
     """C-T06: stop(0.2 s) while a job trains returns within grace + one step (bounded here by
     a generous 10 s for a loaded machine); the worker is gone; a restarted server marks the job
-    FAILED and charges its reservation."""
+    FAILED and keeps charging at least what it took."""
     rs = start_server(tmp_path / "home", adult.pki)
     ds = upload_adult(rs, adult, epsilon=3.0)
-    with rs.client("trainer") as trainer:
+    with rs.client("trainer") as trainer, rs.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=3, batch_size=64))
-        pid = _wait_for_step(trainer, job.id, 3)
+        pid = _wait_for_step(trainer, admin, job.id, 3)
     started = time.monotonic()
     rs.server.stop(0.2)
     assert time.monotonic() - started < 10
@@ -224,5 +249,7 @@ def test_shutdown_with_short_grace_ends_promptly_and_restart_settles(
             final = trainer.get_job(job.id)
             assert final.state in ("FAILED", "CANCELLED")
             assert final.epsilon_spent > 0
+        entry = ledger_entry(rs2, job.id)
+        assert entry.settled and sum(n for _, q, n in entry.charged if q < 1) >= 3
     finally:
         rs2.server.stop(1.0)

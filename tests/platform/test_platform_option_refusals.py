@@ -44,7 +44,7 @@ def test_inapplicable_options_and_runaway_schedules_are_invalid_argument_before_
             assert elapsed < 5.0, (overrides, elapsed)
         remaining = {d.id: d.epsilon_remaining for d in trainer.list_datasets()}
         jobs = trainer.list_jobs()
-    assert remaining[ds.id] == pytest.approx(5.0)
+    assert remaining[ds.id] == pytest.approx(ds.epsilon_remaining)
     assert list(jobs) == []
 
 

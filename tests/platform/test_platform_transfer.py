@@ -25,7 +25,7 @@ def _succeeded_job_with_blob(rs: RunningServer, adult: AnonymizedAdult, mib: int
     db = rs.server.db
     job, _ = db.jobs.submit(request_id=None, dataset_id=ds.id,
                             submitter_common_name="privtrain-trainer",
-                            spec_json=json.dumps({"dataset_id": ds.id}), epsilon=0.1, delta=1e-6)
+                            spec_json=json.dumps({"dataset_id": ds.id}))
     assert db.jobs.transition(job.id, JobState.PENDING, JobState.RUNNING)
     db.jobs.set_result(job.id, {"parameters_path": str(path),
                                 "parameters_sha256": hashlib.sha256(data).hexdigest()})

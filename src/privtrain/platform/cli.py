@@ -26,17 +26,19 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 from privtrain.errors import InvalidInput, PrivtrainError  # noqa: E402
 from privtrain.platform.cli_args import (  # noqa: E402
     DEFAULT_PKI,
-    POSITIVE,
     PORT,
-    int_at_least,
-    positive_float,
-    parse_target,
+    POSITIVE,
     add_connection_args,
     connect,
     emit,
+    int_at_least,
     message_dict,
+    parse_target,
+    positive_float,
 )
+from privtrain.platform.cli_audit import add_audit_commands  # noqa: E402
 from privtrain.platform.cli_datasets import add_dataset_commands  # noqa: E402
+
 
 # ---------------------------------------------------------------- certs / db / server
 def _certs_init(args: argparse.Namespace) -> int:
@@ -70,6 +72,7 @@ def _server(args: argparse.Namespace) -> int:
         database_url=args.db_url, max_running_jobs=args.max_running_jobs,
         stall=StallConfig(factor=args.stall_factor, floor_s=args.stall_floor_s,
                           first_step_s=args.stall_first_step_s),
+        row_count_noise=args.row_count_noise, ledger_accountant=args.ledger_accountant,
     )
     server = PrivtrainServer(config)
     server.start()
@@ -86,14 +89,15 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- datasets
+# ---------------------------------------------------------------- jobs
 def _job_submit(args: argparse.Namespace) -> int:
     from privtrain.platform.client import job_spec
 
     spec = job_spec(
         dataset_id=args.dataset, model=args.model, hidden_sizes=args.hidden or [],
         target_column=args.target, feature_columns=args.features or [],
-        split_column=args.split_column, train_split=args.train_split, test_split=args.test_split,
+        release_test_accuracy=args.release_test_accuracy,
+        test_accuracy_noise=args.test_accuracy_noise,
         target_epsilon=args.epsilon, target_delta=args.delta, epochs=args.epochs,
         batch_size=args.batch_size, max_physical_batch_size=args.max_physical_batch_size,
         max_grad_norm=args.max_grad_norm, learning_rate=args.lr, momentum=args.momentum,
@@ -129,7 +133,7 @@ def _watch_to_end(args: argparse.Namespace, client: Any, job_id: str) -> int:
 
 
 def _job_watch(args: argparse.Namespace) -> int:
-    with connect(args, "trainer") as client:
+    with connect(args, args.role) as client:
         client.get_job(args.job_id)  # NOT_FOUND / PERMISSION_DENIED before any progress bar
         return _watch_to_end(args, client, args.job_id)
 
@@ -144,7 +148,11 @@ def _job_get(args: argparse.Namespace) -> int:
 def _job_line(job: Any) -> str:
     line = f"{job.id}  {job.state:<9} ε spent {job.epsilon_spent:.4g}"
     if job.HasField("result") and job.result.parameters_sha256:
-        line += f"  test accuracy {job.result.test_accuracy:.4f} (ε={job.result.epsilon:.4g})"
+        if job.result.HasField("test_accuracy"):
+            line += f"  test accuracy {job.result.test_accuracy:.4f} (DP release)"
+        line += f"  (ε={job.result.epsilon:.4g})"
+    if job.HasField("monitoring") and job.HasField("result") and job.result.parameters_sha256:
+        line += f"  exact test accuracy {job.monitoring.test_accuracy:.4f}"
     if job.error:
         line += f"  error: {job.error}"
     return line
@@ -258,19 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="NO_PROGRESS threshold before a job's first step, in seconds")
     srv.add_argument("--grace-s", type=positive_float, default=5.0,
                      help="seconds in-flight calls and workers get at shutdown")
+    srv.add_argument("--row-count-noise", type=positive_float, default=20.0,
+                     help="std (rows) of the noise on the row counts published at upload")
+    srv.add_argument("--ledger-accountant", default="prv", choices=["prv", "rdp"],
+                     help="accountant composing a new dataset's privacy ledger")
     srv.set_defaults(func=_server)
 
     add_anonymize_commands(sub)
 
     add_dataset_commands(sub)
 
+    add_audit_commands(sub)
+
     job = sub.add_parser("job", help="DP training jobs").add_subparsers(dest="sub", required=True)
     sj = job.add_parser("submit", help="submit a DP-SGD job")
     sj.add_argument("--dataset", required=True, help="dataset id")
     sj.add_argument("--target", required=True, help="label column")
-    sj.add_argument("--split-column", default="split", help="column telling train from test rows")
-    sj.add_argument("--train-split", default="train", help="split value of the training rows")
-    sj.add_argument("--test-split", default="test", help="split value of the held-out rows")
     sj.add_argument("--features", nargs="+", default=None,
                     help="feature columns (default: every usable column of the manifest)")
     sj.add_argument("--model", default="mlp",
@@ -293,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--lr", type=float, default=0.5, help="SGD learning rate")
     sj.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     sj.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
-    sj.add_argument("--seed", type=int_at_least(0, 2**63 - 1), default=0, help="seeds sampling, noise and initialisation")
+    sj.add_argument("--seed", type=int_at_least(0, 2**63 - 1), default=0,
+                    help="fixes the model's initialisation (sampling and noise come from a "
+                         "secret drawn for the job)")
     sj.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto picks CUDA when present")
     sj.add_argument("--accountant", default="prv", choices=["prv", "rdp"], help="privacy accountant")
@@ -327,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: forward and loss under bfloat16 autocast; clipping and noise stay fp32")
     sj.add_argument("--compile", action="store_true", help="torch.compile the evaluation forward")
+    sj.add_argument("--release-test-accuracy", default="every_epoch",
+                    choices=["every_epoch", "final", "none"],
+                    help="when a noisy test accuracy is released (its cost is inside --epsilon)")
+    sj.add_argument("--test-accuracy-noise", type=positive_float, default=None,
+                    help="std, in rows, of the noise on each released count of correct test "
+                         "predictions (default 20)")
     sj.add_argument("--world-size", type=int_at_least(1, 16), default=1,
                     help="training processes under torch.distributed (DPDDP)")
     sj.add_argument("--request-id", default=None, help="idempotency key for retries")
@@ -338,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   ("cancel", _job_cancel, "cancel a job")]:
         p = job.add_parser(name, help=help_text)
         p.add_argument("job_id")
-        if name != "watch":
-            p.add_argument("--role", default="trainer", choices=["trainer", "admin"])
+        p.add_argument("--role", default="trainer", choices=["trainer", "admin"],
+                       help="admins also see the exact monitoring figures")
         add_connection_args(p)
         p.set_defaults(func=func)
     jl = job.add_parser("list", help="list jobs")

@@ -21,16 +21,20 @@ def _dataset_upload(args: argparse.Namespace) -> int:
     for path in (args.file, manifest):
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}")
+    split = (args.split_column, args.train_split, args.test_split)
+    if any(split) and not all(split):
+        raise InvalidInput("--split-column, --train-split and --test-split go together")
     console = Console(stderr=True)
     progress = Progress(transient=True, disable=args.json or not console.is_terminal, console=console)
     with connect(args, "data-owner") as client, progress as bar:
         task = bar.add_task("uploading", total=args.file.stat().st_size)
         ds = client.upload(args.file, manifest, name=args.name, epsilon_budget=args.epsilon,
-                           delta_budget=args.delta,
+                           delta_budget=args.delta, split=split if all(split) else None,
                            progress=lambda sent, total: bar.update(task, completed=sent))
     emit(args, message_dict(ds),
-           f"dataset {ds.id} ({ds.name}): {ds.rows} rows, k={ds.k_anonymity or '-'}, "
-           f"budget ε={ds.epsilon_budget} δ={ds.delta_budget}")
+           f"dataset {ds.id} ({ds.name}): {ds.rows} rows, k={ds.k_anonymity or '-'}; published "
+           f"(noisy) counts: {ds.published_train_rows} training, {ds.published_test_rows} test rows; "
+           f"budget ε={ds.epsilon_budget} δ={ds.delta_budget}, ε remaining {ds.epsilon_remaining:.4g}")
     return 0
 
 
@@ -38,7 +42,8 @@ def _dataset_pack_images(args: argparse.Namespace) -> int:
     from privtrain.datasets.pack_images import pack_images
 
     report = pack_images(args.source, args.out, signing_key_path=args.signing_key,
-                         signing_cert_path=args.signing_cert, overwrite=args.force)
+                         signing_cert_path=args.signing_cert, overwrite=args.force,
+                         test_fraction=args.test_share)
     c, h, w = report.feature_shape
     emit(args, {"path": str(report.path), "manifest": str(report.manifest_path), "rows": report.rows,
                   "feature_shape": list(report.feature_shape), "sha256": report.sha256,
@@ -72,10 +77,12 @@ def _dataset_fetch(args: argparse.Namespace) -> int:
 def _dataset_list(args: argparse.Namespace) -> int:
     with connect(args, args.role) as client:
         datasets = client.list_datasets()
-    # An image array has no quasi-identifiers, so no k: shown as "-".
-    lines = [f"{d.id}  {d.name:<20} {d.kind or 'table':<11} rows={d.rows:<7} k={d.k_anonymity or '-':<3} "
+    # An image array has no quasi-identifiers, so no k: shown as "-". Row counts are the
+    # published (noisy) ones; exact counts reach the owner and admins only (`--json`).
+    lines = [f"{d.id}  {d.name:<20} {d.kind or 'table':<11} "
+             f"train/test={d.published_train_rows}/{d.published_test_rows:<6} k={d.k_anonymity or '-':<3} "
              f"ε remaining {d.epsilon_remaining:.4g}/{d.epsilon_budget:g} "
-             f"δ remaining {d.delta_remaining:.3g}/{d.delta_budget:g}" for d in datasets]
+             f"δ {d.delta_budget:g}" for d in datasets]
     emit(args, [message_dict(d) for d in datasets], "\n".join(lines) or "no datasets")
     return 0
 
@@ -85,9 +92,6 @@ def _dataset_budget(args: argparse.Namespace) -> int:
         ds = client.set_budget(args.dataset_id, args.epsilon, args.delta)
     emit(args, message_dict(ds), f"dataset {ds.id}: budget ε={ds.epsilon_budget} δ={ds.delta_budget}")
     return 0
-
-
-# ---------------------------------------------------------------- jobs
 
 
 def add_dataset_commands(sub: Any) -> None:
@@ -111,6 +115,8 @@ def add_dataset_commands(sub: Any) -> None:
     pack.add_argument("--signing-cert", type=Path, required=True, metavar="OWNER.pem")
     pack.add_argument("--force", action="store_true",
                       help="replace FILE.safetensors and its manifest if they exist")
+    pack.add_argument("--test-share", type=float, default=0.2,
+                      help="share of the images held out for testing (each drawn on its own)")
     pack.add_argument("--json", action="store_true", help="print JSON instead of text")
     pack.set_defaults(func=_dataset_pack_images)
     upl = ds.add_parser("upload", help="upload an anonymized Parquet file or packed images with its manifest")
@@ -118,7 +124,12 @@ def add_dataset_commands(sub: Any) -> None:
     upl.add_argument("--manifest", type=Path, default=None, help="default FILE.manifest.json")
     upl.add_argument("--name", required=True)
     upl.add_argument("--epsilon", type=float, required=True, help="privacy budget ε")
-    upl.add_argument("--delta", type=float, required=True, help="privacy budget δ")
+    upl.add_argument("--delta", type=float, required=True,
+                     help="privacy budget δ (below 1 / the published rows)")
+    upl.add_argument("--split-column", default="",
+                     help="the train/test split of a table whose manifest declares none: its column")
+    upl.add_argument("--train-split", default="", help="that column's value for training rows")
+    upl.add_argument("--test-split", default="", help="that column's value for test rows")
     add_connection_args(upl)
     upl.set_defaults(func=_dataset_upload)
     lst = ds.add_parser("list", help="list datasets and their remaining budgets")

@@ -68,20 +68,25 @@ class PrivtrainClient:
 
     # ---------------------------------------------------------------- datasets
     def upload(self, path: Path, manifest: Path, *, name: str, epsilon_budget: float,
-               delta_budget: float, progress: Callable[[int, int], None] | None = None) -> pb.Dataset:
+               delta_budget: float, progress: Callable[[int, int], None] | None = None,
+               split: tuple[str, str, str] | None = None) -> pb.Dataset:
         """Stream a dataset file and its signed manifest (role data-owner).
 
         ``path`` is an anonymized Parquet table (``privtrain anonymize run``) or a
         packed image array (``privtrain dataset pack-images``); the manifest says which.
-        ``progress(sent_bytes, total_bytes)`` is called after every chunk.
+        ``split`` (column, train value, test value) declares the owner's train/test split
+        of a table whose manifest declares none. ``progress(sent_bytes, total_bytes)`` is
+        called after every chunk.
         """
         manifest_bytes = manifest.read_bytes()
         total = path.stat().st_size
 
         def parts() -> Iterator[pb.UploadRequest]:
+            column, train, test = split or ("", "", "")
             yield pb.UploadRequest(header=pb.UploadHeader(
                 name=name, manifest=manifest_bytes, epsilon_budget=epsilon_budget,
-                delta_budget=delta_budget, total_bytes=total,
+                delta_budget=delta_budget, total_bytes=total, split_column=column,
+                train_split=train, test_split=test,
             ))
             sent = 0
             with path.open("rb") as handle:
@@ -111,6 +116,15 @@ class PrivtrainClient:
         """Submit a job; a retry with the same ``request_id`` returns the same job."""
         reply: pb.Job = self.training.SubmitJob(
             pb.SubmitJobRequest(request_id=request_id or str(uuid.uuid4()), spec=spec),
+            timeout=self.timeout_s,
+        )
+        return reply
+
+    def submit_audit(self, spec: pb.JobSpec, audit: pb.AuditSettings,
+                     request_id: str | None = None) -> pb.Job:
+        """Submit a privacy audit (a job with canaries); watch it like a job."""
+        reply: pb.Job = self.training.SubmitAudit(
+            pb.SubmitAuditRequest(request_id=request_id or str(uuid.uuid4()), spec=spec, audit=audit),
             timeout=self.timeout_s,
         )
         return reply

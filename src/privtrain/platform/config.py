@@ -34,6 +34,10 @@ class ServerConfig:
         How long (seconds) a worker asked to stop may take before it is terminated.
     limits : TransportLimits
         gRPC message and chunk sizes, shared with clients.
+    row_count_noise : float
+        σ (rows) of the Gaussian noise on the row counts published at upload.
+    ledger_accountant : str
+        Accountant that composes a new ledger's histories: ``prv`` or ``rdp``.
     """
 
     home: Path
@@ -46,6 +50,8 @@ class ServerConfig:
     monitor_interval_s: float = 0.25
     cancel_grace_s: float = 5.0
     limits: TransportLimits = field(default_factory=TransportLimits)
+    row_count_noise: float = 20.0
+    ledger_accountant: str = "prv"
 
     @property
     def db_url(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -11,24 +12,26 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from privtrain.datasets.image_manifest import manifest_kind
 from privtrain.errors import InvalidInput
+from privtrain.platform.db.budget import LedgerRecord
 from privtrain.platform.db.records import DatasetRecord, EventRecord, JobRecord
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.secure_transport.envelope import SealedChunk, SealedHeader, SealedPart, SealedTrailer
+from privtrain.trainer.audit import AuditSettings
 from privtrain.trainer.spec import TrainingSpec
 
 _SPEC_FIELDS = (
-    "dataset_id", "model", "target_column", "split_column", "train_split", "test_split",
-    "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
+    "dataset_id", "model", "target_column", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant",
     "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "fix_model", "freeze_unused", "clipping", "world_size",
     "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound", "max_clipbound",
     "unclipped_num_std", "noise_schedule", "noise_gamma", "noise_step_epochs", "precision", "compile",
+    "release_test_accuracy", "test_accuracy_noise",
 )
 _OPTIONAL_SPEC_FIELDS = frozenset({
     "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size",
     "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "noise_multiplier",
     "world_size", "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound",
-    "max_clipbound", "unclipped_num_std", "noise_gamma", "noise_step_epochs",
+    "max_clipbound", "unclipped_num_std", "noise_gamma", "noise_step_epochs", "test_accuracy_noise",
 })
 _REQUIRED_SPEC_FIELDS = frozenset({"dataset_id", "target_column"})
 # Options that only mean something with another setting: (field, needed field, needed values).
@@ -39,12 +42,15 @@ _DEPENDENT_OPTIONS = (
     ("noise_gamma", "noise_schedule", ("exponential", "step")),
     ("noise_step_epochs", "noise_schedule", ("step",)),
     ("hidden_sizes", "model", ("mlp",)),
+    ("test_accuracy_noise", "release_test_accuracy", ("every_epoch", "final")),
 )
+# Result fields any viewer of the job may read: DP releases, public plan figures, the
+# parameters' digest and size (functions of the model alone).
 _RESULT_FIELDS = (
-    "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy",
-    "test_rows", "train_rows", "final_loss", "parameters_sha256", "parameters_bytes", "device",
-    "train_seconds",
+    "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_rows",
+    "train_rows", "parameters_sha256", "parameters_bytes", "device",
 )
+_AUDIT_FIELDS = ("mechanism", "canaries", "guesses", "correct", "confidence", "delta", "epsilon_lower")
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -88,6 +94,18 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
     return TrainingSpec(**values)
 
 
+def audit_from_proto(msg: pb.AuditSettings) -> AuditSettings:
+    """Validated audit settings; 0 means the default for ``guesses`` and ``confidence``.
+
+    Raises
+    ------
+    InvalidInput
+        See :class:`privtrain.trainer.audit.AuditSettings`.
+    """
+    return AuditSettings(canaries=msg.canaries, mechanism=msg.mechanism or "dp", guesses=msg.guesses,
+                         confidence=msg.confidence or 0.95)
+
+
 def _is_set(msg: pb.JobSpec, name: str) -> bool:
     if name == "hidden_sizes":
         return bool(msg.hidden_sizes)
@@ -124,16 +142,39 @@ def spec_to_proto(spec: dict[str, Any]) -> pb.JobSpec:
     return msg
 
 
-def job_to_proto(job: JobRecord, *, epsilon_spent: float, worker_pid: int | None = None) -> pb.Job:
-    """A stored job as a Job message."""
+def job_to_proto(job: JobRecord, *, epsilon_spent: float, admin: bool,
+                 worker_pid: int | None = None) -> pb.Job:
+    """A stored job as a Job message; ``monitoring`` (exact figures) only for ``admin``."""
     msg = pb.Job(
-        id=job.id, state=job.state.value, spec=spec_to_proto(job.spec),
+        id=job.id, state=job.state.value, spec=spec_to_proto(job.spec), kind=job.kind,
         submitter=job.submitter_common_name, error=job.error or "", epsilon_spent=epsilon_spent,
-        worker_pid=worker_pid or 0,
     )
+    plan = job.plan
+    if plan is not None:
+        msg.plan.CopyFrom(pb.JobPlan(
+            noise_multiplier=plan["scale"], sample_rate=plan["sample_rate"],
+            steps=plan["steps_per_epoch"] * len(plan["shape"]), train_rows=plan["train_rows"],
+            test_rows=plan["test_rows"], epsilon=plan["epsilon"], delta=plan["delta"],
+            accountant=plan["accountant"], test_accuracy_releases=len(plan["release_epochs"]),
+        ))
     result = job.result
     if result:
-        msg.result.CopyFrom(pb.JobResult(**{k: result[k] for k in _RESULT_FIELDS if k in result}))
+        msg.result.CopyFrom(pb.JobResult(**{k: result[k] for k in _RESULT_FIELDS
+                                             if result.get(k) is not None}))
+        if result.get("test_accuracy") is not None:
+            msg.result.test_accuracy = result["test_accuracy"]
+        audit = result.get("audit")
+        if audit is not None and (admin or audit.get("mechanism") == "dp"):
+            msg.result.audit.CopyFrom(pb.AuditResult(**{k: audit[k] for k in _AUDIT_FIELDS}))
+    if admin:
+        monitoring = pb.JobMonitoring(error_detail=job.error_detail or "", worker_pid=worker_pid or 0)
+        if result:
+            monitoring.test_accuracy = _finite(result.get("exact_test_accuracy"))
+            monitoring.train_rows = result.get("exact_train_rows", 0)
+            monitoring.test_rows = result.get("exact_test_rows", 0)
+            monitoring.final_loss = _finite(result.get("final_loss"))
+            monitoring.train_seconds = result.get("train_seconds", 0.0)
+        msg.monitoring.CopyFrom(monitoring)
     for name in ("created_at", "started_at", "finished_at"):
         ts = timestamp(getattr(job, name))
         if ts is not None:
@@ -141,15 +182,28 @@ def job_to_proto(job: JobRecord, *, epsilon_spent: float, worker_pid: int | None
     return msg
 
 
-def dataset_to_proto(ds: DatasetRecord, remaining: tuple[float, float]) -> pb.Dataset:
-    """A stored dataset with its remaining (ε, δ) as a Dataset message."""
+def _finite(value: Any) -> float:
+    """A stored figure as a float (NaN for a missing or non-finite one)."""
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def dataset_to_proto(ds: DatasetRecord, ledger: LedgerRecord, *, full: bool) -> pb.Dataset:
+    """A stored dataset with its ledger's budget and remaining (ε, δ) as a Dataset message.
+
+    ``full`` (the dataset's owner, an admin) adds what is computed from the rows
+    themselves: the exact row count, the file's SHA-256 and size.
+    """
     manifest = ds.manifest
     msg = pb.Dataset(
-        id=ds.id, name=ds.name, owner=ds.owner_common_name, rows=ds.rows, sha256=ds.sha256,
-        size_bytes=ds.size_bytes, epsilon_budget=ds.epsilon_budget, delta_budget=ds.delta_budget,
-        epsilon_remaining=remaining[0], delta_remaining=remaining[1],
-        k_anonymity=int(manifest.get("k_achieved", 0)), kind=manifest_kind(manifest),
+        id=ds.id, name=ds.name, owner=ds.owner_common_name, ledger_id=ds.ledger_id,
+        epsilon_budget=ledger.epsilon_budget, delta_budget=ledger.delta_budget,
+        epsilon_remaining=ledger.epsilon_remaining, delta_remaining=ledger.delta_remaining,
+        k_anonymity=int(manifest.get("k_target", 0)), kind=manifest_kind(manifest),
+        published_train_rows=ds.published_train_rows or 0,
+        published_test_rows=ds.published_test_rows or 0,
     )
+    if full:
+        msg.rows, msg.sha256, msg.size_bytes = ds.rows, ds.sha256, ds.size_bytes
     msg.created_at.CopyFrom(timestamp(ds.created_at))
     return msg
 
@@ -166,27 +220,37 @@ def alert_to_proto(payload: dict[str, Any]) -> pb.Alert:
     return msg
 
 
-def event_to_proto(event: EventRecord) -> pb.JobEvent | None:
-    """A stored job event as a JobEvent message (None for internal kinds)."""
+def event_to_proto(event: EventRecord, *, admin: bool) -> pb.JobEvent | None:
+    """A stored job event as a JobEvent message (None for kinds this viewer does not get).
+
+    A trainer gets state changes, each step's number and ε, and the released
+    accuracies; alerts and the exact figures (loss, batch sizes, throughput, exact
+    accuracy) go to admins only.
+    """
     msg = pb.JobEvent(id=event.id, job_id=event.job_id)
     msg.time.CopyFrom(timestamp(event.created_at))
     p = event.payload
     if event.kind == "state":
         msg.state.CopyFrom(pb.StateChange(state=p["state"], error=p.get("error", "")))
     elif event.kind == "step":
-        step = pb.StepMetrics(
-            step=p["step"], total_steps=p["total_steps"], epoch=p["epoch"],
-            batch_size=p["batch_size"], samples_per_s=p["samples_per_s"], epsilon=p["epsilon"],
-        )
-        if p["loss"] is not None:
-            step.loss = p["loss"]
-        elif p.get("loss_nonfinite"):
-            step.loss = float(p["loss_nonfinite"])
+        step = pb.StepMetrics(step=p["step"], total_steps=p["total_steps"], epoch=p["epoch"],
+                              epsilon=math.inf if p["epsilon"] is None else p["epsilon"])
+        if admin:
+            step.monitoring.CopyFrom(pb.StepMonitoring(batch_size=p["batch_size"],
+                                                       samples_per_s=p["samples_per_s"]))
+            if p["loss"] is not None:
+                step.monitoring.loss = p["loss"]
+            elif p.get("loss_nonfinite"):
+                step.monitoring.loss = float(p["loss_nonfinite"])
         msg.step.CopyFrom(step)
     elif event.kind == "epoch":
-        msg.epoch.CopyFrom(pb.EpochSummary(epoch=p["epoch"], test_accuracy=p["test_accuracy"],
-                                           epsilon=p["epsilon"]))
-    elif event.kind == "alert":
+        epoch = pb.EpochSummary(epoch=p["epoch"], epsilon=p["epsilon"])
+        if p.get("test_accuracy") is not None:
+            epoch.test_accuracy = p["test_accuracy"]
+        if admin and p.get("exact_test_accuracy") is not None:
+            epoch.exact_test_accuracy = p["exact_test_accuracy"]
+        msg.epoch.CopyFrom(epoch)
+    elif event.kind == "alert" and admin:
         msg.alert.CopyFrom(alert_to_proto(p))
     else:
         return None

@@ -105,7 +105,8 @@ class PrivtrainServer:
             ServerTLS.from_layout(layout), config.host, config.port, limits=config.limits
         )
         pb_grpc.add_DatasetServiceServicer_to_server(
-            DatasetServicer(self.db, config.datasets_dir), self._grpc
+            DatasetServicer(self.db, config.datasets_dir, row_count_noise=config.row_count_noise,
+                            ledger_accountant=config.ledger_accountant), self._grpc
         )
         pb_grpc.add_TrainingServiceServicer_to_server(
             TrainingServicer(

@@ -43,9 +43,10 @@ class QueueReporter:
     def on_evaluation(self, rows_done: int, rows_total: int) -> None:
         self._queue.put((MESSAGE_EVALUATION, {"rows_done": rows_done, "rows_total": rows_total}))
 
-    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
-        self._queue.put((MESSAGE_EPOCH, {"epoch": epoch, "test_accuracy": test_accuracy,
-                                         "epsilon": epsilon}))
+    def on_epoch(self, epoch: int, released_accuracy: float | None, exact_accuracy: float,
+                 epsilon: float) -> None:
+        self._queue.put((MESSAGE_EPOCH, {"epoch": epoch, "test_accuracy": released_accuracy,
+                                         "exact_test_accuracy": exact_accuracy, "epsilon": epsilon}))
 
 
 def _check_digest(path: str, actual: str, expected: str) -> None:
@@ -76,7 +77,7 @@ def _read_checked(path: str, expected_sha256: str) -> bytes:
 
 
 def worker_main(
-    spec: dict[str, Any],
+    work: dict[str, Any],
     dataset_path: str,
     dataset_sha256: str,
     manifest: dict[str, Any],
@@ -84,20 +85,24 @@ def worker_main(
     queue: Queue[tuple[str, dict[str, Any]]],
     cancel: Event,
 ) -> None:
-    """Train one job; runs in a spawned process.
+    """Train one admitted job; runs in a spawned process.
 
-    Sends ``started``, ``step``, ``epoch`` messages, then exactly one of
-    ``succeeded`` (the :class:`TrainingResult` dict), ``failed`` or
-    ``cancelled`` (``{"error": message}``). The worker's stderr goes to
-    ``<out_dir>/worker.log``. The stored file is checked against ``dataset_sha256``
-    first, and the process ends itself if the server dies. ``manifest`` is the
-    dataset's verified manifest: a table's ``columns`` fix the feature encoding,
-    an image array's shape and label values fix the model's inputs and outputs.
+    ``work`` holds the job's ``spec``, its admitted ``plan``, the dataset's ``split``
+    declaration and, for a privacy audit, its ``audit`` settings. Sends ``started``,
+    ``step``, ``epoch`` messages, then exactly one of ``succeeded`` (the
+    :class:`TrainingResult` dict), ``failed`` or ``cancelled`` (``{"error": message}``).
+    The worker's stderr goes to ``<out_dir>/worker.log``. The stored file is checked
+    against ``dataset_sha256`` first, and the process ends itself if the server dies.
+    ``manifest`` is the dataset's verified manifest: a table's ``columns`` fix the
+    feature encoding, an image array's shape and label values fix the model's inputs
+    and outputs.
     """
     exit_with_parent()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "worker.log", "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    # 0600: the log may quote values of the rows (errors are the operator's to read).
+    log = os.fdopen(os.open(out / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a",
+                    buffering=1)
     os.dup2(log.fileno(), sys.stderr.fileno())
     sys.stderr = log
     # Imported here so the parent pays nothing for torch until a job runs.
@@ -105,21 +110,28 @@ def worker_main(
 
     from privtrain.datasets.image_manifest import IMAGE_KIND, manifest_kind
     from privtrain.errors import PrivtrainError
-    from privtrain.trainer.engine import JobCancelled, train, train_images
+    from privtrain.trainer.audit import AuditSettings
+    from privtrain.trainer.engine import JobCancelled, TableSplit, train, train_images
+    from privtrain.trainer.plan import JobPlan
     from privtrain.trainer.spec import TrainingSpec
 
     try:
-        job_spec = TrainingSpec.from_dict(spec)
+        job_spec = TrainingSpec.from_dict(work["spec"])
+        plan = JobPlan.from_dict(work["plan"])
+        audit = None if work.get("audit") is None else AuditSettings(**work["audit"])
         reporter = QueueReporter(queue)
+        options: dict[str, Any] = {"plan": plan, "should_stop": cancel.is_set,
+                                   "on_evaluation": reporter.on_evaluation, "audit": audit}
         if manifest_kind(manifest) == IMAGE_KIND:
             result = train_images(job_spec, _read_checked(dataset_path, dataset_sha256), manifest, out,
-                                  reporter, should_stop=cancel.is_set,
-                                  on_evaluation=reporter.on_evaluation)
+                                  reporter, **options)
         else:
             _check_dataset(dataset_path, dataset_sha256)
             table = pq.read_table(dataset_path).to_pandas()
-            result = train(job_spec, table, manifest["columns"], out, reporter,
-                           should_stop=cancel.is_set, on_evaluation=reporter.on_evaluation)
+            split = work["split"]
+            result = train(job_spec, table, manifest["columns"],
+                           TableSplit(split["column"], split["train"], split["test"]), out, reporter,
+                           **options)
         queue.put((MESSAGE_SUCCEEDED, result.to_dict()))
     except JobCancelled as exc:
         queue.put((MESSAGE_CANCELLED, {"error": str(exc)}))

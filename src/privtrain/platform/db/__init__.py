@@ -11,7 +11,7 @@ from privtrain.platform.db.records import (
     DatasetRecord,
     EventRecord,
     JobRecord,
-    SpendRecord,
+    NewDataset,
     StepMetric,
 )
 from privtrain.platform.db.repositories import Database
@@ -24,8 +24,8 @@ __all__ = [
     "EventRecord",
     "InvalidTransition",
     "JobRecord",
+    "NewDataset",
     "PrivacyBudgetExceeded",
-    "SpendRecord",
     "StepMetric",
     "downgrade",
     "upgrade",

@@ -1,100 +1,141 @@
-"""Datasets and their (ε, δ) budgets."""
+"""Datasets, and the privacy ledger each one draws on."""
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from privtrain.errors import FailedPrecondition, NotFound
-from privtrain.platform.db._convert import check_json_text, check_privacy_amount, dataset_record
-from privtrain.platform.db.budget import BUDGET_TOLERANCE, committed
+from privtrain.errors import FailedPrecondition, NotFound, PermissionDenied
+from privtrain.platform.db._convert import check_json_text, dataset_record
 from privtrain.platform.db.errors import AlreadyExists
-from privtrain.platform.db.models import Dataset, utcnow
-from privtrain.platform.db.records import DatasetRecord
+from privtrain.platform.db.models import Dataset, Job, LedgerEntry, PrivacyLedger, utcnow
+from privtrain.platform.db.records import DatasetRecord, NewDataset
 from privtrain.platform.db.transaction import Transactions
 
 
 class DatasetRepository:
-    """Create, look up and re-budget datasets."""
+    """Create and look up datasets; bind each to the ledger of its source."""
 
     def __init__(self, tx: Transactions) -> None:
         self._tx = tx
 
-    def create(
-        self,
-        *,
-        name: str,
-        owner_common_name: str,
-        storage_path: str,
-        sha256: str,
-        size_bytes: int,
-        rows: int,
-        manifest_json: str,
-        epsilon_budget: float,
-        delta_budget: float,
-        dataset_id: str | None = None,
-    ) -> DatasetRecord:
-        """Register a stored dataset.
+    def create(self, new: NewDataset, *, epsilon_budget: float, delta_budget: float,
+               accountant: str = "prv") -> tuple[DatasetRecord, bool]:
+        """Register a stored dataset on its source's ledger, or on a new one.
+
+        A dataset joins the ledger of an earlier dataset of the same owner when its
+        manifest names that one's manifest as the previous release
+        (``previous_manifest_sha256``) or when both were anonymized from the same input
+        file (``input_sha256``): the same people draw on one budget. The joined ledger
+        keeps its budget, which must be the one asked for.
 
         Parameters
         ----------
-        dataset_id : str, optional
-            Id to use (the caller may have named the stored file after it);
-            a new UUID by default.
-        name : str
-            Unique dataset name.
-        owner_common_name : str
-            Common name of the data owner's client certificate.
-        storage_path, sha256, size_bytes, rows
-            Where the anonymized file lies, its SHA-256 (hex), size in bytes
-            and row count.
-        manifest_json : str
-            The verified anonymization manifest, a JSON object.
+        new : NewDataset
+            What the upload verified and stored.
         epsilon_budget, delta_budget : float
-            Total privacy budget (ε, δ) for every job on this dataset.
+            The budget of a new ledger (or the joined ledger's, restated).
+        accountant : str
+            A new ledger's accountant.
 
         Returns
         -------
-        DatasetRecord
+        (DatasetRecord, bool)
+            The dataset, and True when it opened a new ledger.
 
         Raises
         ------
         AlreadyExists
-            A dataset with ``name`` exists.
-        InvalidInput
-            Malformed manifest or budget.
+            The name is taken, or the same file is already a dataset.
+        PermissionDenied
+            The source belongs to another owner's ledger.
+        FailedPrecondition
+            The joined ledger has another budget.
         """
-        check_json_text(manifest_json, "dataset manifest")
-        epsilon = check_privacy_amount(epsilon_budget, "epsilon budget")
-        delta = check_privacy_amount(delta_budget, "delta budget")
-        row = Dataset(
-            id=dataset_id or str(uuid.uuid4()),
-            name=name,
-            owner_common_name=owner_common_name,
-            storage_path=storage_path,
-            sha256=sha256,
-            size_bytes=size_bytes,
-            rows=rows,
-            manifest_json=manifest_json,
-            epsilon_budget=epsilon,
-            delta_budget=delta,
-            created_at=utcnow(),
-        )
+        check_json_text(new.manifest_json, "dataset manifest")
         with self._tx.transaction() as session:
-            if session.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
-                raise AlreadyExists(f"dataset {name!r} already exists; choose another name")
+            if session.scalar(select(Dataset.id).where(Dataset.name == new.name)) is not None:
+                raise AlreadyExists(f"dataset {new.name!r} already exists; choose another name")
+            same = session.scalar(select(Dataset).where(Dataset.sha256 == new.sha256))
+            if same is not None:
+                raise AlreadyExists(
+                    f"this file is already uploaded as dataset {same.name!r}: train on that one "
+                    "(a copy would not get a budget of its own)"
+                )
+            related = self._related(session, new)
+            others = sorted({d.owner_common_name for d in related} - {new.owner_common_name})
+            if others:
+                raise PermissionDenied(
+                    "this release comes from a source whose budget belongs to another data owner; "
+                    "it cannot be uploaded under your name"
+                )
+            ledger_id, opened = None, False
+            if related:
+                ledger = session.get(PrivacyLedger, related[0].ledger_id)
+                assert ledger is not None
+                if (abs(ledger.epsilon_budget - epsilon_budget) > 1e-12
+                        or abs(ledger.delta_budget - delta_budget) > 1e-18):
+                    raise FailedPrecondition(
+                        f"this release shares the privacy budget of dataset {related[0].name!r} (same "
+                        f"source): epsilon={ledger.epsilon_budget:g}, delta={ledger.delta_budget:g}; "
+                        "upload with that budget, or change it with `privtrain dataset budget`"
+                    )
+                ledger_id = ledger.id
+            else:
+                from privtrain.platform.db.budget import BudgetLedger
+
+                ledger_id = BudgetLedger(self._tx).create(
+                    session, owner_common_name=new.owner_common_name, epsilon_budget=epsilon_budget,
+                    delta_budget=delta_budget, accountant=accountant)
+                opened = True
+            row = Dataset(
+                id=new.dataset_id or str(uuid.uuid4()), name=new.name,
+                owner_common_name=new.owner_common_name, ledger_id=ledger_id,
+                storage_path=new.storage_path, sha256=new.sha256,
+                manifest_sha256=new.manifest_sha256, input_sha256=new.input_sha256,
+                size_bytes=new.size_bytes, rows=new.rows, manifest_json=new.manifest_json,
+                split_json=new.split_json, published_train_rows=new.published_train_rows,
+                published_test_rows=new.published_test_rows, created_at=utcnow(),
+            )
             try:
                 # A savepoint, so a concurrent insert of the same name (possible
                 # on PostgreSQL) leaves the surrounding transaction usable.
                 with session.begin_nested():
                     session.add(row)
             except IntegrityError as exc:
-                raise AlreadyExists(
-                    f"dataset {name!r} already exists; choose another name"
-                ) from exc
-            return dataset_record(row)
+                raise AlreadyExists(f"dataset {new.name!r} already exists; choose another name") from exc
+            return dataset_record(row), opened
+
+    @staticmethod
+    def _related(session: object, new: NewDataset) -> list[Dataset]:
+        conditions = []
+        if new.input_sha256:
+            conditions.append(Dataset.input_sha256 == new.input_sha256)
+        if new.previous_manifest_sha256:
+            conditions.append(Dataset.manifest_sha256 == new.previous_manifest_sha256)
+        if not conditions:
+            return []
+        query = select(Dataset).where(or_(*conditions)).order_by(Dataset.created_at, Dataset.id)
+        return list(session.scalars(query))  # type: ignore[attr-defined]
+
+    def remove_unused(self, dataset_id: str) -> None:
+        """Delete a dataset no job ever used, with its entries (and its ledger if it has no other
+        dataset): the undo of :meth:`create` when the upload fails afterwards."""
+        with self._tx.transaction() as session:
+            row = session.get(Dataset, dataset_id)
+            if row is None:
+                return
+            if session.scalar(select(Job.id).where(Job.dataset_id == dataset_id).limit(1)) is not None:
+                raise FailedPrecondition(f"dataset {dataset_id} has jobs and cannot be removed")
+            session.execute(delete(LedgerEntry).where(LedgerEntry.dataset_id == dataset_id))
+            ledger_id = row.ledger_id
+            session.delete(row)
+            session.flush()
+            if session.scalar(select(Dataset.id).where(Dataset.ledger_id == ledger_id).limit(1)) is None:
+                session.execute(delete(LedgerEntry).where(LedgerEntry.ledger_id == ledger_id))
+                session.execute(delete(PrivacyLedger).where(PrivacyLedger.id == ledger_id))
 
     def get(self, dataset_id: str) -> DatasetRecord:
         """Return the dataset with ``dataset_id``; raise NotFound if there is none."""
@@ -118,31 +159,9 @@ class DatasetRepository:
             rows = session.scalars(select(Dataset).order_by(Dataset.created_at, Dataset.id))
             return [dataset_record(row) for row in rows]
 
-    def set_budget(self, dataset_id: str, epsilon: float, delta: float) -> DatasetRecord:
-        """Change a dataset's total budget (ε, δ).
-
-        Raises
-        ------
-        NotFound
-            No such dataset.
-        FailedPrecondition
-            The new budget is below what jobs already reserved or spent.
-        """
-        epsilon = check_privacy_amount(epsilon, "epsilon budget")
-        delta = check_privacy_amount(delta, "delta budget")
-        with self._tx.transaction() as session:
-            # Row lock on PostgreSQL, so a concurrent submit cannot reserve
-            # against the old budget while we shrink it.
-            row = session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
-            if row is None:
-                raise NotFound(f"dataset {dataset_id!r} not found")
-            used_epsilon, used_delta = committed(session, dataset_id)
-            if epsilon + BUDGET_TOLERANCE < used_epsilon or delta + BUDGET_TOLERANCE < used_delta:
-                raise FailedPrecondition(
-                    f"dataset {row.name!r}: new budget (epsilon={epsilon:g}, delta={delta:g}) is "
-                    f"below what jobs already reserved or spent "
-                    f"(epsilon={used_epsilon:g}, delta={used_delta:g})"
-                )
-            row.epsilon_budget = epsilon
-            row.delta_budget = delta
-            return dataset_record(row)
+    def on_ledger(self, ledger_id: str) -> list[DatasetRecord]:
+        """Every dataset drawing on a ledger, oldest first."""
+        with self._tx.read() as session:
+            rows = session.scalars(select(Dataset).where(Dataset.ledger_id == ledger_id)
+                                   .order_by(Dataset.created_at, Dataset.id))
+            return [dataset_record(row) for row in rows]

@@ -1,4 +1,4 @@
-"""Jobs: race-free submission with budget reservation, and the state machine in SQL."""
+"""Jobs: idempotent submission, and the state machine in SQL."""
 
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from privtrain.errors import NotFound
-from privtrain.platform.db._convert import (
-    check_json_text,
-    check_privacy_amount,
-    dumps,
-    job_record,
-)
-from privtrain.platform.db.budget import BUDGET_TOLERANCE, remaining_in
-from privtrain.platform.db.errors import PrivacyBudgetExceeded
-from privtrain.platform.db.models import Dataset, Job, PrivacySpend, utcnow
+from privtrain.platform.db._convert import check_json_text, dumps, job_record
+from privtrain.platform.db.models import Dataset, Job, utcnow
 from privtrain.platform.db.records import JobRecord
 from privtrain.platform.db.transaction import Transactions
 from privtrain.platform.job_states import TERMINAL_STATES, JobState, check_transition
@@ -37,28 +30,25 @@ class JobRepository:
         dataset_id: str,
         submitter_common_name: str,
         spec_json: str,
-        epsilon: float,
-        delta: float,
+        kind: str = "train",
+        audit_json: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Create a PENDING job and reserve its (ε, δ), in one transaction.
-
-        The dataset row is locked first (``SELECT ... FOR UPDATE`` on
-        PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` already serializes
-        writers), so two concurrent submissions can never both pass the
-        budget check when only one fits.
+        """Create a PENDING job; its privacy plan is reserved later, when it is admitted.
 
         Parameters
         ----------
         request_id : str | None
-            Client-chosen idempotency key. A retry with a known key returns
-            the job created the first time and reserves nothing more.
+            Client-chosen idempotency key. A retry with a known key returns the job
+            created the first time.
         dataset_id : str
         submitter_common_name : str
             Common name of the trainer's client certificate.
         spec_json : str
             The job spec, a JSON object.
-        epsilon, delta : float
-            The privacy budget (ε, δ) the job may spend.
+        kind : str
+            ``train`` or ``audit``.
+        audit_json : str, optional
+            The audit's settings (``kind == "audit"``).
 
         Returns
         -------
@@ -69,57 +59,33 @@ class JobRepository:
         ------
         NotFound
             No such dataset.
-        PrivacyBudgetExceeded
-            ε or δ exceeds what the dataset has left (tolerance 1e-9); the
-            message states requested and remaining amounts.
         InvalidInput
-            Malformed spec, ε or δ.
+            Malformed spec.
         """
         check_json_text(spec_json, "job spec")
-        epsilon = check_privacy_amount(epsilon, "requested epsilon")
-        delta = check_privacy_amount(delta, "requested delta")
         with self._tx.transaction() as session:
-            dataset = session.scalar(
-                select(Dataset).where(Dataset.id == dataset_id).with_for_update()
-            )
-            if dataset is None:
+            if session.get(Dataset, dataset_id) is None:
                 raise NotFound(f"dataset {dataset_id!r} not found")
             existing = self._by_request_id(session, request_id)
             if existing is not None:
                 return existing, False
-            left_epsilon, left_delta = remaining_in(session, dataset)
-            if epsilon > left_epsilon + BUDGET_TOLERANCE or delta > left_delta + BUDGET_TOLERANCE:
-                raise PrivacyBudgetExceeded(
-                    f"dataset {dataset.name!r} has not enough privacy budget left: requested "
-                    f"epsilon={epsilon:g}, delta={delta:g}; remaining "
-                    f"epsilon={max(left_epsilon, 0.0):g}, delta={max(left_delta, 0.0):g}"
-                )
             job = Job(
                 id=str(uuid.uuid4()),
                 request_id=request_id,
                 dataset_id=dataset_id,
                 submitter_common_name=submitter_common_name,
+                kind=kind,
                 spec_json=spec_json,
+                audit_json=audit_json,
                 state=JobState.PENDING.value,
                 created_at=utcnow(),
             )
             try:
-                # Savepoint: a concurrent submit with the same request_id on
-                # another dataset (not serialized by our row lock) makes this
-                # insert fail; we then answer with the winner's job.
+                # Savepoint: a concurrent submit with the same request_id makes this insert
+                # fail; we then answer with the winner's job.
                 with session.begin_nested():
                     session.add(job)
                     session.flush()
-                    session.add(
-                        PrivacySpend(
-                            job_id=job.id,
-                            dataset_id=dataset_id,
-                            epsilon_reserved=epsilon,
-                            delta_reserved=delta,
-                            epsilon_spent=0.0,
-                            settled=False,
-                        )
-                    )
             except IntegrityError:
                 existing = self._by_request_id(session, request_id)
                 if existing is None:
@@ -169,6 +135,7 @@ class JobRepository:
         new: JobState,
         *,
         error: str | None = None,
+        error_detail: str | None = None,
         worker_pid: int | None = None,
     ) -> bool:
         """Move a job from ``expected`` to ``new`` as compare-and-set.
@@ -184,7 +151,9 @@ class JobRepository:
         expected, new : JobState
             The state the caller believes the job is in, and the target.
         error : str | None
-            Stored when given (a failure reason).
+            Stored when given (a failure reason its submitter may read).
+        error_detail : str | None
+            Stored when given (the operator's version of the reason).
         worker_pid : int | None
             Stored when given (the worker process running the job).
 
@@ -212,6 +181,8 @@ class JobRepository:
             values["finished_at"] = now
         if error is not None:
             values["error"] = error
+        if error_detail is not None:
+            values["error_detail"] = error_detail
         if worker_pid is not None:
             values["worker_pid"] = worker_pid
         statement = (

@@ -88,20 +88,46 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+class PrivacyLedger(Base):
+    """One privacy budget (ε, δ), shared by every dataset released from the same source.
+
+    ``epsilon_committed`` caches the composition, at ``delta_budget``, of the histories
+    its entries charge (see :mod:`privtrain.platform.db.budget`); ``version`` grows with
+    every change of the entries, so a reservation composed outside the write lock is
+    only stored if nothing changed meanwhile.
+    """
+
+    __tablename__ = "privacy_ledgers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_common_name: Mapped[str] = mapped_column(String(255))
+    epsilon_budget: Mapped[float] = mapped_column(Float)
+    delta_budget: Mapped[float] = mapped_column(Float)
+    accountant: Mapped[str] = mapped_column(String(8))
+    epsilon_committed: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     owner_common_name: Mapped[str] = mapped_column(String(255))
+    ledger_id: Mapped[str] = mapped_column(ForeignKey("privacy_ledgers.id"), index=True)
     storage_path: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    input_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     # 64-bit: a dataset file can be larger than 2 GiB.
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     rows: Mapped[int] = mapped_column(BigInteger)
     manifest_json: Mapped[str] = mapped_column(Text)
-    epsilon_budget: Mapped[float] = mapped_column(Float)
-    delta_budget: Mapped[float] = mapped_column(Float)
+    # The owner's train/test split (JSON) and the row counts published for it (noisy).
+    split_json: Mapped[str | None] = mapped_column(Text)
+    published_train_rows: Mapped[int | None] = mapped_column(BigInteger)
+    published_test_rows: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -113,9 +139,13 @@ class Job(Base):
     request_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     submitter_common_name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default=text("'train'"))
     spec_json: Mapped[str] = mapped_column(Text)
+    audit_json: Mapped[str | None] = mapped_column(Text)
+    plan_json: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
     result_json: Mapped[str | None] = mapped_column(Text)
     worker_pid: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -123,17 +153,27 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class PrivacySpend(Base):
-    """One job's reservation against its dataset's (ε, δ) budget."""
+class LedgerEntry(Base):
+    """One charge against a ledger: a job's (σ, q, steps) history, a published row count,
+    or a fixed (ε, δ) carried over from before composition by the accountant.
 
-    __tablename__ = "privacy_spend"
+    A job charges ``planned_json`` until it is settled and ``spent_json`` after.
+    """
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ledger_id: Mapped[str] = mapped_column(ForeignKey("privacy_ledgers.id"), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
-    epsilon_reserved: Mapped[float] = mapped_column(Float)
-    delta_reserved: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    planned_json: Mapped[str] = mapped_column(Text)
+    spent_json: Mapped[str | None] = mapped_column(Text)
+    epsilon_fixed: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    delta_fixed: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     epsilon_spent: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class JobEvent(Base):

@@ -13,18 +13,27 @@ from privtrain.platform.job_states import AlertKind, AlertState, JobState
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """A stored dataset and its privacy budget (ε, δ)."""
+    """A stored dataset, the ledger it draws on, and its owner's split.
+
+    ``rows`` is the exact row count of the file (owner and operator only);
+    ``published_train_rows`` / ``published_test_rows`` are the noisy counts published
+    at upload, the only counts a trainer sees.
+    """
 
     id: str
     name: str
     owner_common_name: str
+    ledger_id: str
     storage_path: str
     sha256: str
+    manifest_sha256: str | None
+    input_sha256: str | None
     size_bytes: int
     rows: int
     manifest_json: str
-    epsilon_budget: float
-    delta_budget: float
+    split_json: str | None
+    published_train_rows: int | None
+    published_test_rows: int | None
     created_at: datetime
 
     @property
@@ -33,18 +42,51 @@ class DatasetRecord:
         parsed: dict[str, Any] = json.loads(self.manifest_json)
         return parsed
 
+    @property
+    def split(self) -> dict[str, Any] | None:
+        """The owner's split declaration, or None (a dataset uploaded before splits were declared)."""
+        return None if self.split_json is None else dict(json.loads(self.split_json))
+
+
+@dataclass(frozen=True)
+class NewDataset:
+    """What an upload verified and stored, for :meth:`DatasetRepository.create`."""
+
+    name: str
+    owner_common_name: str
+    storage_path: str
+    sha256: str
+    size_bytes: int
+    rows: int
+    manifest_json: str
+    manifest_sha256: str
+    input_sha256: str | None
+    previous_manifest_sha256: str | None
+    split_json: str
+    published_train_rows: int
+    published_test_rows: int
+    dataset_id: str | None = None
+
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A training job; times are timezone-aware UTC."""
+    """A training job (or a privacy audit); times are timezone-aware UTC.
+
+    ``plan_json`` is set when the job is admitted (its plan reserved on the ledger);
+    ``error`` is what its submitter may read, ``error_detail`` the operator's version.
+    """
 
     id: str
     request_id: str | None
     dataset_id: str
     submitter_common_name: str
+    kind: str
     spec_json: str
+    audit_json: str | None
+    plan_json: str | None
     state: JobState
     error: str | None
+    error_detail: str | None
     result_json: str | None
     worker_pid: int | None
     created_at: datetime
@@ -56,6 +98,16 @@ class JobRecord:
         """The job spec, parsed (a fresh dict on each access)."""
         parsed: dict[str, Any] = json.loads(self.spec_json)
         return parsed
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The admitted plan, parsed, or None before admission."""
+        return None if self.plan_json is None else dict(json.loads(self.plan_json))
+
+    @property
+    def audit(self) -> dict[str, Any] | None:
+        """The audit settings of an audit job, parsed."""
+        return None if self.audit_json is None else dict(json.loads(self.audit_json))
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -121,15 +173,3 @@ class AlertRecord:
     fired_at: datetime
     resolved_at: datetime | None
     details: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class SpendRecord:
-    """One job's privacy reservation and what it has spent so far (ε, δ)."""
-
-    job_id: str
-    dataset_id: str
-    epsilon_reserved: float
-    delta_reserved: float
-    epsilon_spent: float
-    settled: bool

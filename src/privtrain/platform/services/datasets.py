@@ -19,15 +19,27 @@ from privtrain.datasets.image_arrays import check_image_file
 from privtrain.datasets.image_manifest import IMAGE_KIND, TABLE_KIND, manifest_kind
 from privtrain.errors import InvalidInput, PermissionDenied
 from privtrain.platform.convert import dataset_to_proto
+from privtrain.platform.db.records import DatasetRecord, NewDataset
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.rpc import allow
+from privtrain.platform.splits import (
+    check_delta,
+    count_split,
+    declared_split,
+    publish_counts,
+    split_json,
+)
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.roles import PeerIdentity, Role
+from privtrain.trainer.checkpoints import private_folder
 
 MAX_EPSILON_BUDGET = 100.0
 SUFFIXES = {IMAGE_KIND: ".safetensors", TABLE_KIND: ".parquet"}
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# σ of the noise on the published row counts (sensitivity 1): ±20 rows hides any one row
+# and costs about ε = 0.15 alone at δ = 2e-5 (much less composed with the jobs after it).
+ROW_COUNT_NOISE = 20.0
 
 
 def check_budget(epsilon: float, delta: float) -> None:
@@ -54,13 +66,21 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     after it passes the checks the worker runs before training (tensor names, shapes and
     dtypes as the manifest declares, finite pixels, labels among ``label_values``), so bad
     content is INVALID_ARGUMENT at upload, with nothing stored or recorded, not a failed job.
+    The owner's split is resolved, its noisy row counts published and charged, and the
+    dataset bound to the ledger of its source (see :meth:`DatasetRepository.create`).
     """
 
-    def __init__(self, db: Database, storage_dir: Path, max_dataset_bytes: int = 64 * 2**30) -> None:
+    def __init__(self, db: Database, storage_dir: Path, max_dataset_bytes: int = 64 * 2**30, *,
+                 row_count_noise: float = ROW_COUNT_NOISE, ledger_accountant: str = "prv") -> None:
         self._db = db
-        self._storage = storage_dir
-        self._storage.mkdir(parents=True, exist_ok=True)
+        self._storage = private_folder(storage_dir)
         self._max_bytes = max_dataset_bytes
+        self._row_count_noise = row_count_noise
+        self._accountant = ledger_accountant
+
+    def _message(self, ds: DatasetRecord, identity: PeerIdentity) -> pb.Dataset:
+        full = identity.role is Role.ADMIN or ds.owner_common_name == identity.common_name
+        return dataset_to_proto(ds, self._db.budget.ledger(ds.ledger_id), full=full)
 
     @allow(Role.DATA_OWNER)
     def Upload(self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext,
@@ -93,6 +113,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         if expected_bytes > self._max_bytes:
             raise InvalidInput(f"dataset of {expected_bytes} bytes exceeds the limit {self._max_bytes}")
         kind = manifest_kind(manifest)
+        split = declared_split(manifest, header.split_column, header.train_split, header.test_split)
         dataset_id = str(uuid.uuid4())
         final = self._storage / f"{dataset_id}{SUFFIXES[kind]}"
         digest, size = self._receive(request_iterator, final, expected_bytes)
@@ -104,17 +125,28 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                 )
             if kind == IMAGE_KIND:
                 check_image_file(final, manifest)
-            record = self._db.datasets.create(
-                name=header.name, owner_common_name=identity.common_name,
-                storage_path=str(final), sha256=digest, size_bytes=size,
-                rows=int(manifest["output_rows"]), manifest_json=json.dumps(manifest),
-                epsilon_budget=header.epsilon_budget, delta_budget=header.delta_budget,
-                dataset_id=dataset_id,
-            )
+            published = publish_counts(*count_split(final, kind, split), self._row_count_noise)
+            check_delta(header.delta_budget, published.rows, "delta_budget")
+            record, _ = self._db.datasets.create(NewDataset(
+                name=header.name, owner_common_name=identity.common_name, storage_path=str(final),
+                sha256=digest, size_bytes=size, rows=int(manifest["output_rows"]),
+                manifest_json=json.dumps(manifest),
+                manifest_sha256=hashlib.sha256(header.manifest).hexdigest(),
+                input_sha256=manifest.get("input_sha256"),
+                previous_manifest_sha256=manifest.get("previous_manifest_sha256"),
+                split_json=split_json(split), published_train_rows=published.train_rows,
+                published_test_rows=published.test_rows, dataset_id=dataset_id,
+            ), epsilon_budget=header.epsilon_budget, delta_budget=header.delta_budget,
+                accountant=self._accountant)
+            try:
+                self._db.budget.charge_release(record.ledger_id, record.id, published.history)
+            except BaseException:
+                self._db.datasets.remove_unused(record.id)
+                raise
         except BaseException:
             final.unlink(missing_ok=True)
             raise
-        return dataset_to_proto(record, self._db.budget.remaining(record.id))
+        return self._message(record, identity)
 
     def _receive(self, parts: Iterator[pb.UploadRequest], final: Path, expected: int) -> tuple[str, int]:
         """Stream chunks into a temporary file, then rename; returns (sha256 hex, bytes)."""
@@ -145,7 +177,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext,
                      identity: PeerIdentity) -> pb.ListDatasetsResponse:
         return pb.ListDatasetsResponse(datasets=[
-            dataset_to_proto(ds, self._db.budget.remaining(ds.id)) for ds in self._db.datasets.list()
+            self._message(ds, identity) for ds in self._db.datasets.list()
         ])
 
     @allow(Role.DATA_OWNER)
@@ -155,5 +187,10 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         dataset = self._db.datasets.get(request.dataset_id)
         if dataset.owner_common_name != identity.common_name:
             raise PermissionDenied(f"dataset {dataset.id} belongs to {dataset.owner_common_name}")
-        record = self._db.datasets.set_budget(dataset.id, request.epsilon_budget, request.delta_budget)
-        return dataset_to_proto(record, self._db.budget.remaining(record.id))
+        for other in self._db.datasets.on_ledger(dataset.ledger_id):
+            if other.published_train_rows is not None:
+                check_delta(request.delta_budget,
+                            other.published_train_rows + (other.published_test_rows or 0),
+                            f"delta_budget (dataset {other.name!r})")
+        self._db.budget.set_budget(dataset.ledger_id, request.epsilon_budget, request.delta_budget)
+        return self._message(self._db.datasets.get(dataset.id), identity)

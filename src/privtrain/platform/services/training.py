@@ -1,4 +1,9 @@
-"""TrainingService: submission, watching, cancelling and sealed parameter download."""
+"""TrainingService: submission, privacy audits, watching, cancelling and sealed parameter download.
+
+Every message leaving here is converted for its reader (:mod:`privtrain.platform.convert`):
+a trainer gets DP releases, figures of its job's public plan and public declarations;
+an admin also gets the exact monitoring figures.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ import grpc
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privtrain.datasets.image_arrays import split_sizes
 from privtrain.datasets.image_manifest import IMAGE_KIND, manifest_kind
 from privtrain.errors import FailedPrecondition, InvalidInput, PermissionDenied
 from privtrain.platform.convert import (
+    audit_from_proto,
     event_to_proto,
     job_to_proto,
     sealed_to_proto,
@@ -25,61 +30,86 @@ from privtrain.platform.events import EventHub
 from privtrain.platform.job_states import TERMINAL_STATES, JobState
 from privtrain.platform.rpc import allow
 from privtrain.platform.runner import JobRunner
+from privtrain.platform.splits import check_delta, table_split
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.envelope import seal
 from privtrain.secure_transport.roles import PeerIdentity, Role
+from privtrain.trainer.audit import AuditSettings
 from privtrain.trainer.device import resolve_device
-from privtrain.trainer.dp_sgd import preflight
 from privtrain.trainer.engine import build_encoder, check_image_model_spec, check_model_spec
+from privtrain.trainer.plan import schedule
 from privtrain.trainer.spec import TrainingSpec
+from privtrain.trainer.validation import PreparedModel
 
 X25519_PUBLIC_KEY_BYTES = 32
 
 
-def count_rows(parquet: Path, column: str, value: str) -> int:
-    """Rows of a stored dataset whose ``column`` equals ``value`` (reads that column only).
+def check_spec_on_dataset(spec: TrainingSpec, dataset: DatasetRecord, delta_budget: float) -> PreparedModel:
+    """The submission checks that need no calibration: model, columns, δ, batch and device.
 
-    Raises
-    ------
-    InvalidInput
-        The column does not exist.
-    FailedPrecondition
-        The stored file is missing or unreadable.
-    """
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(parquet)
-        if column not in schema.names:
-            raise InvalidInput(f"split_column {column!r} is not a column of the dataset")
-        values = pq.read_table(parquet, columns=[column]).column(column).cast("string")
-    except OSError as exc:
-        raise FailedPrecondition(f"the stored dataset file cannot be read: {exc}") from None
-    return int(pc.sum(pc.equal(values, value)).as_py() or 0)
-
-
-def check_spec_on_dataset(spec: TrainingSpec, dataset: DatasetRecord) -> int:
-    """Run the submission checks of the model for the dataset's kind; return its training rows.
+    Everything here is decided from the spec, the manifest's public domains, the
+    owner's split declaration and the published row counts, never from the rows, so
+    an error quotes nothing private.
 
     Raises
     ------
     InvalidInput
         See :func:`privtrain.trainer.engine.check_model_spec` (tables) and
-        :func:`privtrain.trainer.engine.check_image_model_spec` (image arrays).
+        :func:`privtrain.trainer.engine.check_image_model_spec` (image arrays); also a δ
+        not below 1/n or above the budget's, or a batch above the published training rows.
     FailedPrecondition
-        The stored table cannot be read.
+        The dataset has no declared split, or the server lacks the GPUs asked for.
+    """
+    split = dataset.split
+    if split is None or dataset.published_train_rows is None:
+        raise FailedPrecondition(f"dataset {dataset.name!r} has no declared train/test split; its "
+                                 "owner must upload it again with one")
+    if manifest_kind(dataset.manifest) == IMAGE_KIND:
+        prepared = check_image_model_spec(spec, dataset.manifest)
+    else:
+        if spec.target_column == split["column"]:
+            raise InvalidInput(f"target_column {spec.target_column!r} is the owner's split column")
+        prepared = check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"],
+                                                        table_split(split)))
+    published = dataset.published_train_rows + (dataset.published_test_rows or 0)
+    check_delta(spec.target_delta, published, "target_delta")
+    if spec.target_delta > delta_budget:
+        raise InvalidInput(f"target_delta {spec.target_delta:g} exceeds the dataset's delta budget "
+                           f"{delta_budget:g}")
+    schedule(spec, dataset.published_train_rows)
+    device = resolve_device(spec.device)
+    if device.type == "cuda" and spec.world_size > torch.cuda.device_count():
+        raise FailedPrecondition(
+            f"world_size {spec.world_size} needs one GPU per process; this server has "
+            f"{torch.cuda.device_count()}"
+        )
+    return prepared
+
+
+def default_target(dataset: DatasetRecord) -> str:
+    """The label an audit trains on when none is named: an image dataset's ``label``, else the
+    last categorical column the manifest declares (other than the split column).
+
+    Raises
+    ------
+    InvalidInput
+        The manifest declares no such column.
     """
     if manifest_kind(dataset.manifest) == IMAGE_KIND:
-        check_image_model_spec(spec, dataset.manifest)
-        return split_sizes(int(dataset.manifest["output_rows"]))[0]
-    check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"]))
-    return count_rows(Path(dataset.storage_path), spec.split_column, spec.train_split)
+        return "label"
+    split_column = (dataset.split or {}).get("column")
+    labels = [name for name, domain in dataset.manifest["columns"].items()
+              if name != split_column and domain.get("type") == "categorical"
+              and len(domain.get("values", [])) >= 2]
+    if not labels:
+        raise InvalidInput("the dataset declares no categorical column to train the audit on; "
+                           "name one with --target")
+    return labels[-1]
 
 
 class TrainingServicer(pb_grpc.TrainingServiceServicer):
-    """Unary handlers only touch the database; training happens in worker processes."""
+    """Unary handlers only touch the database; admission and training happen elsewhere."""
 
     def __init__(self, db: Database, hub: EventHub, runner: JobRunner, *,
                  signing_key: Ed25519PrivateKey, signing_cert_pem: bytes, chunk_bytes: int) -> None:
@@ -98,46 +128,68 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
             raise PermissionDenied(f"job {job_id} was submitted by someone else")
         return job
 
-    def _job_message(self, job: JobRecord) -> pb.Job:
-        spend = self._db.budget.spend(job.id)
-        return job_to_proto(job, epsilon_spent=spend.epsilon_spent,
-                            worker_pid=self._runner.worker_pid(job.id))
+    def _job_message(self, job: JobRecord, identity: PeerIdentity) -> pb.Job:
+        entry = self._db.budget.entry_of_job(job.id)
+        admin = identity.role is Role.ADMIN
+        return job_to_proto(job, epsilon_spent=entry.epsilon_spent if entry else 0.0, admin=admin,
+                            worker_pid=self._runner.worker_pid(job.id) if admin else None)
 
-    @allow(Role.TRAINER)
-    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext,
-                  identity: PeerIdentity) -> pb.Job:
-        spec = spec_from_proto(request.spec)
+    def _submit(self, request_id: str, spec: TrainingSpec, identity: PeerIdentity, *,
+                audit: AuditSettings | None = None) -> pb.Job:
         dataset = self._db.datasets.get(spec.dataset_id)
-        # Everything that can be checked without training is checked before ε is reserved.
-        train_rows = check_spec_on_dataset(spec, dataset)
-        device = resolve_device(spec.device)
-        if device.type == "cuda" and spec.world_size > torch.cuda.device_count():
-            raise FailedPrecondition(
-                f"world_size {spec.world_size} needs one GPU per process; this server has "
-                f"{torch.cuda.device_count()}"
-            )
-        preflight(spec, train_rows)
+        ledger = self._db.budget.ledger(dataset.ledger_id)
+        prepared = check_spec_on_dataset(spec, dataset, ledger.delta_budget)
+        if audit is not None:
+            trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
+            if audit.canaries > trainable:
+                raise InvalidInput(f"{audit.canaries} canaries need as many trainable parameters; "
+                                   f"the model has {trainable}")
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+        audit_json = None if audit is None else json.dumps(audit.__dict__, sort_keys=True)
         job, created = self._db.jobs.submit(
-            request_id=request.request_id or None, dataset_id=dataset.id,
+            request_id=request_id or None, dataset_id=dataset.id,
             submitter_common_name=identity.common_name, spec_json=spec_json,
-            epsilon=spec.target_epsilon, delta=spec.target_delta,
+            kind="train" if audit is None else "audit", audit_json=audit_json,
         )
-        if not created and (json.loads(job.spec_json) != spec.to_dict()
-                            or job.submitter_common_name != identity.common_name):
+        if not created and (job.submitter_common_name != identity.common_name
+                            or json.loads(job.spec_json) != spec.to_dict()
+                            or job.audit_json != audit_json):
+            # Never name the other job: the request id may be someone else's.
             raise FailedPrecondition(
-                f"request_id {request.request_id!r} was already used for job {job.id} with a "
-                "different spec; use a new request_id for a new job"
+                f"request_id {request_id[:64]!r} was already used for another request; use a new "
+                "request_id for a new job"
             )
         if created:
             self._hub.publish(job.id, "state", {"state": JobState.PENDING.value, "error": ""})
             self._runner.wake()
-        return self._job_message(job)
+        return self._job_message(job, identity)
+
+    @allow(Role.TRAINER)
+    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext,
+                  identity: PeerIdentity) -> pb.Job:
+        return self._submit(request.request_id, spec_from_proto(request.spec), identity)
+
+    @allow(Role.TRAINER, Role.ADMIN)
+    def SubmitAudit(self, request: pb.SubmitAuditRequest, context: grpc.ServicerContext,
+                    identity: PeerIdentity) -> pb.Job:
+        audit = audit_from_proto(request.audit)
+        if audit.mechanism == "none" and identity.role is not Role.ADMIN:
+            raise PermissionDenied("an audit with mechanism 'none' (no noise, no clipping) is for "
+                                   "admins only: its figures are exact")
+        message = pb.JobSpec()
+        message.CopyFrom(request.spec)
+        if not message.target_column and message.dataset_id:
+            message.target_column = default_target(self._db.datasets.get(message.dataset_id))
+        spec = spec_from_proto(message)
+        if spec.clipping != "flat" or spec.noise_schedule != "constant" or spec.world_size != 1:
+            raise InvalidInput("the privacy audit trains with flat clipping, a constant noise "
+                               "schedule and world_size 1")
+        return self._submit(request.request_id, spec, identity, audit=audit)
 
     @allow(Role.TRAINER, Role.ADMIN)
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext,
                identity: PeerIdentity) -> pb.Job:
-        return self._job_message(self._visible_job(request.job_id, identity))
+        return self._job_message(self._visible_job(request.job_id, identity), identity)
 
     @allow(Role.TRAINER, Role.ADMIN)
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext,
@@ -151,7 +203,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         jobs = self._db.jobs.list(state=state)
         if identity.role is not Role.ADMIN:
             jobs = [j for j in jobs if j.submitter_common_name == identity.common_name]
-        return pb.ListJobsResponse(jobs=[self._job_message(j) for j in jobs])
+        return pb.ListJobsResponse(jobs=[self._job_message(j, identity) for j in jobs])
 
     @allow(Role.TRAINER, Role.ADMIN)
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext,
@@ -160,17 +212,18 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         if job.state in TERMINAL_STATES:
             raise FailedPrecondition(f"job {job.id} is already {job.state.value}")
         self._runner.cancel(job.id)
-        return self._job_message(self._db.jobs.get(job.id))
+        return self._job_message(self._db.jobs.get(job.id), identity)
 
     @allow(Role.TRAINER, Role.ADMIN)
     def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext,
                  identity: PeerIdentity) -> Iterator[pb.JobEvent]:
         job = self._visible_job(request.job_id, identity)
+        admin = identity.role is Role.ADMIN
         last_id = 0
         while context.is_active():
             for event in self._hub.wait_for(job.id, last_id, timeout_s=1.0):
                 last_id = event.id
-                message = event_to_proto(event)
+                message = event_to_proto(event, admin=admin)
                 if message is not None:
                     yield message
                 if event.kind == "state" and JobState(event.payload["state"]) in TERMINAL_STATES:
@@ -181,6 +234,9 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
                            context: grpc.ServicerContext,
                            identity: PeerIdentity) -> Iterator[pb.SealedPart]:
         job = self._visible_job(request.job_id, identity)
+        if job.kind != "train":
+            raise FailedPrecondition(f"job {job.id} is a privacy audit; its parameters are never "
+                                     "released")
         if job.state is not JobState.SUCCEEDED:
             raise FailedPrecondition(f"job {job.id} is {job.state.value}; parameters exist only "
                                      "for SUCCEEDED jobs")

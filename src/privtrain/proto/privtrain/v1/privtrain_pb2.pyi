@@ -10,18 +10,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadHeader(_message.Message):
-    __slots__ = ("name", "manifest", "epsilon_budget", "delta_budget", "total_bytes")
+    __slots__ = ("name", "manifest", "epsilon_budget", "delta_budget", "total_bytes", "split_column", "train_split", "test_split")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     DELTA_BUDGET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TEST_SPLIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     manifest: bytes
     epsilon_budget: float
     delta_budget: float
     total_bytes: int
-    def __init__(self, name: _Optional[str] = ..., manifest: _Optional[bytes] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    split_column: str
+    train_split: str
+    test_split: str
+    def __init__(self, name: _Optional[str] = ..., manifest: _Optional[bytes] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., total_bytes: _Optional[int] = ..., split_column: _Optional[str] = ..., train_split: _Optional[str] = ..., test_split: _Optional[str] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -32,7 +38,7 @@ class UploadRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "name", "owner", "rows", "sha256", "size_bytes", "epsilon_budget", "delta_budget", "epsilon_remaining", "delta_remaining", "k_anonymity", "created_at", "kind")
+    __slots__ = ("id", "name", "owner", "rows", "sha256", "size_bytes", "epsilon_budget", "delta_budget", "epsilon_remaining", "delta_remaining", "k_anonymity", "created_at", "kind", "published_train_rows", "published_test_rows", "ledger_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +52,9 @@ class Dataset(_message.Message):
     K_ANONYMITY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     owner: str
@@ -59,7 +68,10 @@ class Dataset(_message.Message):
     k_anonymity: int
     created_at: _timestamp_pb2.Timestamp
     kind: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., rows: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta_remaining: _Optional[float] = ..., k_anonymity: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
+    published_train_rows: int
+    published_test_rows: int
+    ledger_id: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., rows: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta_remaining: _Optional[float] = ..., k_anonymity: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., published_train_rows: _Optional[int] = ..., published_test_rows: _Optional[int] = ..., ledger_id: _Optional[str] = ...) -> None: ...
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()
@@ -82,15 +94,12 @@ class SetBudgetRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., delta_budget: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("dataset_id", "model", "hidden_sizes", "target_column", "feature_columns", "split_column", "train_split", "test_split", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size", "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant", "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "model_options_json", "fix_model", "freeze_unused", "world_size", "clipping", "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound", "max_clipbound", "unclipped_num_std", "noise_schedule", "noise_gamma", "noise_step_epochs", "precision", "compile")
+    __slots__ = ("dataset_id", "model", "hidden_sizes", "target_column", "feature_columns", "target_epsilon", "target_delta", "epochs", "batch_size", "max_physical_batch_size", "max_grad_norm", "learning_rate", "momentum", "weight_decay", "seed", "device", "accountant", "noise_multiplier", "optimizer", "nesterov", "lr_schedule", "model_options_json", "fix_model", "freeze_unused", "world_size", "clipping", "target_unclipped_quantile", "clipbound_learning_rate", "min_clipbound", "max_clipbound", "unclipped_num_std", "noise_schedule", "noise_gamma", "noise_step_epochs", "precision", "compile", "release_test_accuracy", "test_accuracy_noise")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZES_FIELD_NUMBER: _ClassVar[int]
     TARGET_COLUMN_FIELD_NUMBER: _ClassVar[int]
     FEATURE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
-    SPLIT_COLUMN_FIELD_NUMBER: _ClassVar[int]
-    TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
-    TEST_SPLIT_FIELD_NUMBER: _ClassVar[int]
     TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
     TARGET_DELTA_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -122,14 +131,13 @@ class JobSpec(_message.Message):
     NOISE_STEP_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     COMPILE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TEST_ACCURACY_NOISE_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     model: str
     hidden_sizes: _containers.RepeatedScalarFieldContainer[int]
     target_column: str
     feature_columns: _containers.RepeatedScalarFieldContainer[str]
-    split_column: str
-    train_split: str
-    test_split: str
     target_epsilon: float
     target_delta: float
     epochs: int
@@ -161,7 +169,9 @@ class JobSpec(_message.Message):
     noise_step_epochs: int
     precision: str
     compile: bool
-    def __init__(self, dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., hidden_sizes: _Optional[_Iterable[int]] = ..., target_column: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., split_column: _Optional[str] = ..., train_split: _Optional[str] = ..., test_split: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_physical_batch_size: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., optimizer: _Optional[str] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[str] = ..., model_options_json: _Optional[str] = ..., fix_model: _Optional[bool] = ..., freeze_unused: _Optional[bool] = ..., world_size: _Optional[int] = ..., clipping: _Optional[str] = ..., target_unclipped_quantile: _Optional[float] = ..., clipbound_learning_rate: _Optional[float] = ..., min_clipbound: _Optional[float] = ..., max_clipbound: _Optional[float] = ..., unclipped_num_std: _Optional[float] = ..., noise_schedule: _Optional[str] = ..., noise_gamma: _Optional[float] = ..., noise_step_epochs: _Optional[int] = ..., precision: _Optional[str] = ..., compile: _Optional[bool] = ...) -> None: ...
+    release_test_accuracy: str
+    test_accuracy_noise: float
+    def __init__(self, dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., hidden_sizes: _Optional[_Iterable[int]] = ..., target_column: _Optional[str] = ..., feature_columns: _Optional[_Iterable[str]] = ..., target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_physical_batch_size: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., optimizer: _Optional[str] = ..., nesterov: _Optional[bool] = ..., lr_schedule: _Optional[str] = ..., model_options_json: _Optional[str] = ..., fix_model: _Optional[bool] = ..., freeze_unused: _Optional[bool] = ..., world_size: _Optional[int] = ..., clipping: _Optional[str] = ..., target_unclipped_quantile: _Optional[float] = ..., clipbound_learning_rate: _Optional[float] = ..., min_clipbound: _Optional[float] = ..., max_clipbound: _Optional[float] = ..., unclipped_num_std: _Optional[float] = ..., noise_schedule: _Optional[str] = ..., noise_gamma: _Optional[float] = ..., noise_step_epochs: _Optional[int] = ..., precision: _Optional[str] = ..., compile: _Optional[bool] = ..., release_test_accuracy: _Optional[str] = ..., test_accuracy_noise: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("request_id", "spec")
@@ -171,8 +181,70 @@ class SubmitJobRequest(_message.Message):
     spec: JobSpec
     def __init__(self, request_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
 
+class AuditSettings(_message.Message):
+    __slots__ = ("canaries", "mechanism", "guesses", "confidence")
+    CANARIES_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    GUESSES_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    canaries: int
+    mechanism: str
+    guesses: int
+    confidence: float
+    def __init__(self, canaries: _Optional[int] = ..., mechanism: _Optional[str] = ..., guesses: _Optional[int] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class SubmitAuditRequest(_message.Message):
+    __slots__ = ("request_id", "spec", "audit")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    spec: JobSpec
+    audit: AuditSettings
+    def __init__(self, request_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., audit: _Optional[_Union[AuditSettings, _Mapping]] = ...) -> None: ...
+
+class AuditResult(_message.Message):
+    __slots__ = ("mechanism", "canaries", "guesses", "correct", "confidence", "delta", "epsilon_lower")
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_FIELD_NUMBER: _ClassVar[int]
+    GUESSES_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_LOWER_FIELD_NUMBER: _ClassVar[int]
+    mechanism: str
+    canaries: int
+    guesses: int
+    correct: int
+    confidence: float
+    delta: float
+    epsilon_lower: float
+    def __init__(self, mechanism: _Optional[str] = ..., canaries: _Optional[int] = ..., guesses: _Optional[int] = ..., correct: _Optional[int] = ..., confidence: _Optional[float] = ..., delta: _Optional[float] = ..., epsilon_lower: _Optional[float] = ...) -> None: ...
+
+class JobPlan(_message.Message):
+    __slots__ = ("noise_multiplier", "sample_rate", "steps", "train_rows", "test_rows", "epsilon", "delta", "accountant", "test_accuracy_releases")
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    TEST_ACCURACY_RELEASES_FIELD_NUMBER: _ClassVar[int]
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    train_rows: int
+    test_rows: int
+    epsilon: float
+    delta: float
+    accountant: str
+    test_accuracy_releases: int
+    def __init__(self, noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., train_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., test_accuracy_releases: _Optional[int] = ...) -> None: ...
+
 class JobResult(_message.Message):
-    __slots__ = ("epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy", "test_rows", "train_rows", "final_loss", "parameters_sha256", "parameters_bytes", "device", "train_seconds")
+    __slots__ = ("epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "test_accuracy", "test_rows", "train_rows", "parameters_sha256", "parameters_bytes", "device", "audit")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
@@ -182,11 +254,10 @@ class JobResult(_message.Message):
     TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
-    FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_SHA256_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
-    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
     accountant: str
@@ -196,15 +267,32 @@ class JobResult(_message.Message):
     test_accuracy: float
     test_rows: int
     train_rows: int
-    final_loss: float
     parameters_sha256: str
     parameters_bytes: int
     device: str
+    audit: AuditResult
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., test_rows: _Optional[int] = ..., train_rows: _Optional[int] = ..., parameters_sha256: _Optional[str] = ..., parameters_bytes: _Optional[int] = ..., device: _Optional[str] = ..., audit: _Optional[_Union[AuditResult, _Mapping]] = ...) -> None: ...
+
+class JobMonitoring(_message.Message):
+    __slots__ = ("test_accuracy", "train_rows", "test_rows", "final_loss", "train_seconds", "error_detail", "worker_pid")
+    TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    test_accuracy: float
+    train_rows: int
+    test_rows: int
+    final_loss: float
     train_seconds: float
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., test_rows: _Optional[int] = ..., train_rows: _Optional[int] = ..., final_loss: _Optional[float] = ..., parameters_sha256: _Optional[str] = ..., parameters_bytes: _Optional[int] = ..., device: _Optional[str] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+    error_detail: str
+    worker_pid: int
+    def __init__(self, test_accuracy: _Optional[float] = ..., train_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., error_detail: _Optional[str] = ..., worker_pid: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "submitter", "error", "result", "epsilon_spent", "created_at", "started_at", "finished_at", "worker_pid")
+    __slots__ = ("id", "state", "spec", "submitter", "error", "result", "epsilon_spent", "created_at", "started_at", "finished_at", "plan", "kind", "monitoring")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -215,7 +303,9 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
-    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MONITORING_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     spec: JobSpec
@@ -226,8 +316,10 @@ class Job(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    worker_pid: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., submitter: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., epsilon_spent: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_pid: _Optional[int] = ...) -> None: ...
+    plan: JobPlan
+    kind: str
+    monitoring: JobMonitoring
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., submitter: _Optional[str] = ..., error: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., epsilon_spent: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan: _Optional[_Union[JobPlan, _Mapping]] = ..., kind: _Optional[str] = ..., monitoring: _Optional[_Union[JobMonitoring, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -268,32 +360,40 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "loss", "batch_size", "samples_per_s", "epsilon")
+    __slots__ = ("step", "total_steps", "epoch", "epsilon", "monitoring")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
-    LOSS_FIELD_NUMBER: _ClassVar[int]
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    MONITORING_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     epoch: int
+    epsilon: float
+    monitoring: StepMonitoring
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., epsilon: _Optional[float] = ..., monitoring: _Optional[_Union[StepMonitoring, _Mapping]] = ...) -> None: ...
+
+class StepMonitoring(_message.Message):
+    __slots__ = ("loss", "batch_size", "samples_per_s")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_S_FIELD_NUMBER: _ClassVar[int]
     loss: float
     batch_size: int
     samples_per_s: float
-    epsilon: float
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., samples_per_s: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., samples_per_s: _Optional[float] = ...) -> None: ...
 
 class EpochSummary(_message.Message):
-    __slots__ = ("epoch", "test_accuracy", "epsilon")
+    __slots__ = ("epoch", "test_accuracy", "epsilon", "exact_test_accuracy")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EXACT_TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     test_accuracy: float
     epsilon: float
-    def __init__(self, epoch: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    exact_test_accuracy: float
+    def __init__(self, epoch: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., epsilon: _Optional[float] = ..., exact_test_accuracy: _Optional[float] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("id", "job_id", "time", "state", "step", "alert", "epoch")

@@ -63,7 +63,10 @@ class DatasetServiceServicer:
     def Upload(self, request_iterator, context):
         """Client stream: first an UploadHeader, then the Parquet bytes in chunks.
         Refused (INVALID_ARGUMENT) unless the signed manifest verifies, matches the
-        bytes, and was signed by the uploading data owner's certificate.
+        bytes, and was signed by the uploading data owner's certificate. The server
+        publishes noisy row counts of the owner's split (charged to the budget).
+        A release of a source already uploaded (same input file, or a later release
+        whose manifest names an uploaded one) shares that dataset's budget.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,7 +202,9 @@ class DatasetService:
 class TrainingServiceStub:
     """---------------------------------------------------------------- training
 
-    DP-SGD jobs. Submit/Watch/Download: role trainer; Get/List/Cancel: trainer or admin.
+    DP-SGD jobs. Submit/Download: role trainer; Get/List/Cancel/Watch: trainer (own
+    jobs) or admin. A trainer receives only DP, paid-for or public figures; admins
+    also receive the exact monitoring figures (JobMonitoring, StepMonitoring).
     """
 
     def __init__(self, channel):
@@ -211,6 +216,11 @@ class TrainingServiceStub:
         self.SubmitJob = channel.unary_unary(
                 '/privtrain.v1.TrainingService/SubmitJob',
                 request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Job.FromString,
+                _registered_method=True)
+        self.SubmitAudit = channel.unary_unary(
+                '/privtrain.v1.TrainingService/SubmitAudit',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SubmitAuditRequest.SerializeToString,
                 response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Job.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
@@ -243,12 +253,26 @@ class TrainingServiceStub:
 class TrainingServiceServicer:
     """---------------------------------------------------------------- training
 
-    DP-SGD jobs. Submit/Watch/Download: role trainer; Get/List/Cancel: trainer or admin.
+    DP-SGD jobs. Submit/Download: role trainer; Get/List/Cancel/Watch: trainer (own
+    jobs) or admin. A trainer receives only DP, paid-for or public figures; admins
+    also receive the exact monitoring figures (JobMonitoring, StepMonitoring).
     """
 
     def SubmitJob(self, request, context):
-        """Returns at once with the job PENDING; training runs in a worker process.
-        Idempotent on request_id. FAILED_PRECONDITION when the budget is short.
+        """Returns at once with the job PENDING; it is then admitted (σ calibrated on the
+        published counts, its plan composed with the ledger and reserved) or FAILED
+        with the reason (e.g. the budget is short), and trained in a worker process.
+        Idempotent on request_id (per submitter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitAudit(self, request, context):
+        """A privacy audit in one training run (Steinke, Nasr & Jagielski 2023): a job on
+        the dataset with canaries; its result holds the audit's figures, never
+        downloadable parameters. mechanism "dp" (trainer or admin) is charged like a
+        job; "none" (admin only) trains without noise or clipping, charges nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -296,6 +320,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SubmitJobRequest.FromString,
                     response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Job.SerializeToString,
             ),
+            'SubmitAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitAudit,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SubmitAuditRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Job.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GetJobRequest.FromString,
@@ -332,7 +361,9 @@ def add_TrainingServiceServicer_to_server(servicer, server):
 class TrainingService:
     """---------------------------------------------------------------- training
 
-    DP-SGD jobs. Submit/Watch/Download: role trainer; Get/List/Cancel: trainer or admin.
+    DP-SGD jobs. Submit/Download: role trainer; Get/List/Cancel/Watch: trainer (own
+    jobs) or admin. A trainer receives only DP, paid-for or public figures; admins
+    also receive the exact monitoring figures (JobMonitoring, StepMonitoring).
     """
 
     @staticmethod
@@ -351,6 +382,33 @@ class TrainingService:
             target,
             '/privtrain.v1.TrainingService/SubmitJob',
             privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SubmitJobRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.TrainingService/SubmitAudit',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SubmitAuditRequest.SerializeToString,
             privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Job.FromString,
             options,
             channel_credentials,
@@ -501,7 +559,8 @@ class TrainingService:
 class MonitoringServiceStub:
     """---------------------------------------------------------------- monitoring
 
-    Alerts raised by the monitor. Role admin (trainers see their own through WatchJob).
+    Alerts raised by the monitor. Role admin (they carry exact monitoring figures;
+    admins also see them in WatchJob).
     """
 
     def __init__(self, channel):
@@ -520,7 +579,8 @@ class MonitoringServiceStub:
 class MonitoringServiceServicer:
     """---------------------------------------------------------------- monitoring
 
-    Alerts raised by the monitor. Role admin (trainers see their own through WatchJob).
+    Alerts raised by the monitor. Role admin (they carry exact monitoring figures;
+    admins also see them in WatchJob).
     """
 
     def ListAlerts(self, request, context):
@@ -548,7 +608,8 @@ def add_MonitoringServiceServicer_to_server(servicer, server):
 class MonitoringService:
     """---------------------------------------------------------------- monitoring
 
-    Alerts raised by the monitor. Role admin (trainers see their own through WatchJob).
+    Alerts raised by the monitor. Role admin (they carry exact monitoring figures;
+    admins also see them in WatchJob).
     """
 
     @staticmethod
