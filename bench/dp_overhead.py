@@ -7,7 +7,13 @@ of non-private momentum SGD and of DP-SGD in each clipping mode:
   opacus_hooks      Opacus GradSampleModule + DPOptimizer (per-sample gradients)
   opacus_ghost      Opacus ghost clipping as shipped (norms for Linear/Embedding only, two backward passes)
   opacus_ghost_ext  Opacus ghost clipping with privtrain's norm samplers registered (two backward passes)
-  bookkeeping       privtrain's ghost clipping with book-keeping (one backward pass)
+  bookkeeping_seeded  the same book-keeping step with the noise of the first version: one
+                    torch.normal draw per parameter from a generator seeded by the job's seed
+                    (the "before" of the secret-randomness change; not private, kept here only
+                    as the baseline)
+  bookkeeping       privtrain's ghost clipping with book-keeping (one backward pass) and its
+                    noise: four Gaussians per parameter from the job's CSPRNG key (AES-256-CTR),
+                    the next step's drawn on a background thread
 
 Throughput: every repetition times each mode for a block of steps, modes
 interleaved (order rotated per repetition); the ratio of a mode's samples/s to
@@ -20,7 +26,9 @@ allocation before the model was built (CUDA). Correctness: with noise 0, one
 step's clipped, averaged gradient of each mode against opacus_hooks.
 
 The last output line is one JSON object; the ``<model>_*`` keys describe the
-fastest correct DP mode of each model.
+fastest correct DP mode of each model, and ``<model>_secure_noise_ratio`` is the
+throughput of ``bookkeeping`` over ``bookkeeping_seeded`` (median of the paired
+per-repetition ratios): what the secret randomness costs.
 
     python bench/dp_overhead.py [--device auto|cpu|cuda] [--reps 7] [--block-seconds 0.5]
 """
@@ -47,19 +55,36 @@ from opacus.grad_sample import (
     GradSampleModuleFastGradientClipping,
 )
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
+from privtrain.trainer.dp_randomness import DPRandomness
 from privtrain.trainer.fast_clipping import prepare_private_training, register_norm_samplers
+from privtrain.trainer.fast_clipping.optimizer import BookKeepingDPOptimizer
 
 warnings.filterwarnings("ignore")
 BATCH = 256
 MODELS = ("mlp", "cnn")
-DP_MODES = ("opacus_hooks", "opacus_ghost", "opacus_ghost_ext", "bookkeeping")
+DP_MODES = ("opacus_hooks", "opacus_ghost", "opacus_ghost_ext", "bookkeeping_seeded", "bookkeeping")
 MODES = ("non_private", *DP_MODES)
 STOCK_NORM_SAMPLERS = dict(GradSampleHooksFastGradientClipping.NORM_SAMPLERS)
 register_norm_samplers()
 EXTENDED_NORM_SAMPLERS = dict(GradSampleHooksFastGradientClipping.NORM_SAMPLERS)
+
+
+class SeededNoiseBookKeepingOptimizer(BookKeepingDPOptimizer):
+    """The first version's noise, as the baseline: one ``torch.normal`` per parameter from a
+    seeded ``torch.Generator`` (predictable from the seed: not private)."""
+
+    def add_noise(self) -> None:
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = _generate_noise(std=self.noise_multiplier * self.max_grad_norm,
+                                    reference=p.summed_grad, generator=self.generator)
+            p.summed_grad.add_(noise)
+            p.grad = p.summed_grad.view_as(p)
+            _mark_as_processed(p.summed_grad)
 
 
 def use_norm_samplers(samplers: dict[Any, Any]) -> None:
@@ -116,8 +141,12 @@ def make_step(
             dp_loss(gsm_fast(x), y).backward()
             opt.step()
         return step
-    if mode == "bookkeeping":
-        module, opt, _ = prepare_private_training(model, sgd, mode="ghost", **dp)
+    if mode in ("bookkeeping", "bookkeeping_seeded"):
+        module, opt, _ = prepare_private_training(model, sgd, mode="ghost",
+                                                  randomness=DPRandomness.fresh(), **dp)
+        if mode == "bookkeeping_seeded":
+            opt.__class__ = SeededNoiseBookKeepingOptimizer
+            opt.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
             opt.zero_grad(set_to_none=True)
             criterion(module(x), y).backward()
@@ -184,6 +213,8 @@ def measure_throughput(
     for mode in MODES:
         ratios = [r / base_rate for r, base_rate in zip(rates[mode], rates["non_private"], strict=True)]
         out[mode] = {"samples_per_s": statistics.median(rates[mode]), "ratio": statistics.median(ratios)}
+    secure = [a / b for a, b in zip(rates["bookkeeping"], rates["bookkeeping_seeded"], strict=True)]
+    out["bookkeeping"]["secure_noise_ratio"] = statistics.median(secure)
     return out
 
 
@@ -292,11 +323,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         modes_json[name] = per_mode
         best = max(
-            (m for m in DP_MODES if per_mode[m]["correct"]), key=lambda m: per_mode[m]["throughput_ratio"]
+            (m for m in DP_MODES if per_mode[m]["correct"] and m != "bookkeeping_seeded"),
+            key=lambda m: per_mode[m]["throughput_ratio"],
         )
         result[f"{name}_mode"] = best
         result[f"{name}_throughput_ratio"] = per_mode[best]["throughput_ratio"]
         result[f"{name}_memory_ratio"] = per_mode[best]["memory_ratio"]
+        result[f"{name}_secure_noise_ratio"] = round(speed["bookkeeping"]["secure_noise_ratio"], 3)
+        print(f"{name:5} secret randomness: bookkeeping / bookkeeping_seeded throughput = "
+              f"{speed['bookkeeping']['secure_noise_ratio']:.3f}")
     result["modes"] = modes_json
     print(json.dumps(result))
     return 0

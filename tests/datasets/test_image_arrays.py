@@ -1,4 +1,5 @@
-"""Packed image datasets: the digits source, the safetensors layout, the signed manifest, the split."""
+"""Packed image datasets: the digits source, the safetensors layout, the signed manifest, and the
+data owner's random train/test split."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from privtrain.anonymize.errors import ManifestError
 from privtrain.anonymize.manifest import sign_manifest, verify_manifest
@@ -15,9 +17,9 @@ from privtrain.datasets import image_arrays
 from privtrain.datasets.digits import fetch_digits
 from privtrain.datasets.image_arrays import (
     check_image_file,
+    draw_split,
     encode_image_arrays,
     read_image_arrays,
-    split_indices,
 )
 from privtrain.datasets.pack_images import image_manifest, pack_images
 from privtrain.errors import InvalidInput
@@ -45,6 +47,11 @@ def _manifest(packed: Path) -> dict:
     return json.loads(packed.with_name(packed.name + ".manifest.json").read_text())["manifest"]
 
 
+def _train_only(rows: int) -> np.ndarray:
+    """A split tensor that marks every row a training row."""
+    return np.zeros(rows, np.uint8)
+
+
 def test_digits_are_the_1797_real_images_scaled_to_unit_range() -> None:
     images, labels = fetch_digits()
     assert images.shape == (1797, 1, 8, 8) and images.dtype == np.float32
@@ -63,9 +70,13 @@ def test_packed_file_verifies_against_its_signed_manifest(packed: Path, pki: Pki
     assert m["feature_dtype"] == "float32" and m["n_classes"] == 10
     assert m["label_values"] == list(range(10))
     assert m["output_bytes"] == packed.stat().st_size
-    features, classes = read_image_arrays(packed.read_bytes(), m)
+    assert m["split"] == {"method": "random_holdout", "tensor": "split", "test_share": 0.2}
+    features, classes, is_test = read_image_arrays(packed.read_bytes(), m)
     images, labels = fetch_digits()
     assert np.array_equal(features, images) and np.array_equal(classes, labels)
+    # The owner's hold-out: about 20% of the 1,797 images (359 expected, std 17).
+    assert is_test.dtype == bool and is_test.shape == (1797,)
+    assert 270 <= int(is_test.sum()) <= 450
     check_image_file(packed, m)
 
 
@@ -93,6 +104,14 @@ def test_a_flipped_byte_fails_verification(packed: Path) -> None:
     (lambda m: m.update(feature_shape=[1, 8, 2**16 + 1]), "feature_shape must be"),
     (lambda m: m.update(feature_shape=[3, 2**14, 2**14]), "more than the 268435456 allowed"),
     (lambda m: m.update(output_rows=2**63), "output_rows must be in"),
+    (lambda m: m.update(split={"method": "seeded", "tensor": "split", "test_share": 0.2}),
+     "image manifest split must be"),
+    (lambda m: m.update(split={"method": "random_holdout", "tensor": "split", "test_share": 1.5}),
+     "image manifest split must be"),
+    (lambda m: m.update(split={"method": "random_holdout", "tensor": "label", "test_share": 0.2}),
+     "image manifest split must be"),
+    (lambda m: m.update(split={"method": "random_holdout", "tensor": "split", "test_share": 0.2,
+                               "seed": 1}), "image manifest split must be"),
 ])
 def test_malformed_image_manifest_is_refused_naming_the_field(packed: Path, pki: PkiLayout,
                                                               change, needle: str) -> None:
@@ -111,28 +130,72 @@ def test_layout_other_than_the_manifest_is_refused(packed: Path) -> None:
         check_image_file(packed, {**manifest, "feature_shape": [3, 8, 8]})
     with pytest.raises(InvalidInput, match="outside the declared label_values"):
         read_image_arrays(data, {**manifest, "label_values": list(range(9))})
-    extra = encode_image_arrays(np.zeros((4, 1, 2, 2), np.float32), np.zeros(4, np.int64))
+    extra = encode_image_arrays(np.zeros((4, 1, 2, 2), np.float32), np.zeros(4, np.int64), _train_only(4))
     with pytest.raises(InvalidInput, match="not a readable safetensors"):
         read_image_arrays(extra[:-3], manifest)
 
 
+def test_a_file_packed_without_the_owners_split_is_refused_with_a_hint(tmp_path: Path) -> None:
+    """A two-tensor file (packed before the owner's split existed) is refused, saying to pack again."""
+    features, labels = np.zeros((4, 1, 2, 2), np.float32), np.array([0, 1, 0, 1], np.int64)
+    old = safetensors.numpy.save({"features": features, "label": labels})
+    manifest = image_manifest("test", old, 4, (1, 2, 2), (0, 1))
+    with pytest.raises(InvalidInput, match=r"found \['features', 'label'\] \(a file packed without "
+                                           r"the owner's train/test split: pack it again\)"):
+        read_image_arrays(old, manifest)
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(old)
+    with pytest.raises(InvalidInput, match="pack it again"):
+        check_image_file(path, manifest)
+
+
 def test_labels_map_to_indices_of_the_declared_values() -> None:
-    data = encode_image_arrays(np.zeros((3, 1, 2, 2), np.float32), np.array([7, 3, 7], np.int64))
+    data = encode_image_arrays(np.zeros((3, 1, 2, 2), np.float32), np.array([7, 3, 7], np.int64),
+                               np.array([0, 1, 0], np.uint8))
     manifest = image_manifest("test", data, 3, (1, 2, 2), (3, 7))
-    _, classes = read_image_arrays(data, manifest)
+    _, classes, is_test = read_image_arrays(data, manifest)
     assert classes.tolist() == [1, 0, 1]
+    assert is_test.tolist() == [False, True, False]
 
 
-def test_split_is_seeded_disjoint_and_covers_every_row() -> None:
-    train, test = split_indices(1797, seed=0)
-    again_train, again_test = split_indices(1797, seed=0)
-    assert np.array_equal(train, again_train) and np.array_equal(test, again_test)
-    assert len(test) == 359 and len(train) == 1438
-    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(1797))
-    _, other = split_indices(1797, seed=1)
-    assert not np.array_equal(test, other)
-    with pytest.raises(InvalidInput, match="at least 2 rows"):
-        split_indices(1, seed=0)
+def test_owners_split_is_a_fresh_independent_draw_of_each_row() -> None:
+    """``draw_split``: uint8 of 0 and 1, each row a test row with the given share (within 5
+    standard errors on 100,000 rows), from the OS's CSPRNG: two draws differ, nothing seeds them."""
+    rows = 100_000
+    first, second = draw_split(rows), draw_split(rows)
+    assert first.dtype == np.uint8 and first.shape == (rows,) and set(np.unique(first)) <= {0, 1}
+    for split, share in ((first, 0.2), (second, 0.2), (draw_split(rows, 0.5), 0.5)):
+        assert abs(split.mean() - share) < 5 * np.sqrt(share * (1 - share) / rows)
+    assert not np.array_equal(first, second)
+    # Rows are independent: the share of test rows among the test rows' neighbours is the same.
+    assert abs(first[1:][first[:-1] == 1].mean() - 0.2) < 0.02
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(InvalidInput, match="test_fraction must be in"):
+            draw_split(10, bad)
+
+
+def test_split_tensor_must_hold_only_zeros_and_ones(tmp_path: Path) -> None:
+    """``encode_image_arrays`` refuses a split of the wrong dtype, length or values; a stored file
+    whose split holds a 2 is refused by both the stored-file check and the trainer's reader."""
+    features, labels = np.zeros((4, 1, 2, 2), np.float32), np.array([0, 1, 0, 1], np.int64)
+    for split in (np.zeros(4, np.int64), np.zeros(3, np.uint8), np.array([0, 1, 2, 0], np.uint8)):
+        with pytest.raises(InvalidInput, match="split must be"):
+            encode_image_arrays(features, labels, split)
+    bad = safetensors.numpy.save({"features": features, "label": labels,
+                                  "split": np.array([0, 1, 2, 0], np.uint8)})
+    manifest = image_manifest("test", bad, 4, (1, 2, 2), (0, 1))
+    with pytest.raises(InvalidInput, match="values other than 0 \\(train\\) and 1 \\(test\\)"):
+        read_image_arrays(bad, manifest)
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(bad)
+    with pytest.raises(InvalidInput, match="values other than 0"):
+        check_image_file(path, manifest)
+
+
+def test_manifest_without_a_split_still_signs(packed: Path, pki: PkiLayout) -> None:
+    """``split`` is optional in older manifests; when present it declares the random hold-out."""
+    manifest = {k: v for k, v in _manifest(packed).items() if k != "split"}
+    sign_manifest(manifest, pki.key("data-owner").read_bytes(), pki.cert("data-owner").read_bytes())
 
 
 def test_pack_refuses_unknown_source_and_overwriting_the_key(tmp_path: Path, pki: PkiLayout) -> None:
@@ -168,11 +231,11 @@ def test_stored_file_check_finds_bad_pixels_in_any_block(tmp_path: Path, monkeyp
     features = np.random.default_rng(0).random((100, 1, 4, 4), dtype=np.float32)
     labels = np.arange(100, dtype=np.int64) % 3
     path = tmp_path / "clean.safetensors"
-    path.write_bytes(encode_image_arrays(features, labels))
+    path.write_bytes(encode_image_arrays(features, labels, _train_only(100)))
     manifest = image_manifest("test", path.read_bytes(), 100, (1, 4, 4), (0, 1, 2))
     check_image_file(path, manifest)
     features[row, 0, 3, 3] = value
-    path.write_bytes(encode_image_arrays(features, labels))
+    path.write_bytes(encode_image_arrays(features, labels, _train_only(100)))
     with pytest.raises(InvalidInput, match=needle):
         check_image_file(path, manifest)
 
@@ -180,7 +243,7 @@ def test_stored_file_check_finds_bad_pixels_in_any_block(tmp_path: Path, monkeyp
 def test_stored_file_check_refuses_undeclared_labels_like_the_trainer(tmp_path: Path) -> None:
     """A label outside label_values: the stored-file check and read_image_arrays give one message."""
     labels = np.array([0, 1, 42, 1], np.int64)
-    data = encode_image_arrays(np.zeros((4, 1, 2, 2), np.float32), labels)
+    data = encode_image_arrays(np.zeros((4, 1, 2, 2), np.float32), labels, _train_only(4))
     path = tmp_path / "labels.safetensors"
     path.write_bytes(data)
     manifest = image_manifest("test", data, 4, (1, 2, 2), (0, 1))

@@ -9,6 +9,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from privtrain.datasets.adult import fetch_adult
+from privtrain.trainer.plan import JobPlan, plan_job
+from privtrain.trainer.spec import TrainingSpec
 
 NUMERIC = ("age", "education_num", "capital_gain", "capital_loss", "hours_per_week")
 
@@ -38,16 +40,21 @@ def adult_tensors(rows: int) -> tuple[TensorDataset, torch.Tensor, torch.Tensor]
 
 
 def accuracy_on(x: torch.Tensor, y: torch.Tensor) -> Any:
-    """An ``evaluate`` callback for ``run_dp_sgd``: held-out accuracy of the model."""
+    """An ``evaluate`` callback for ``run_dp_sgd``: (correct predictions, rows) on the held-out rows."""
 
-    def evaluate(model: torch.nn.Module) -> float:
+    def evaluate(model: torch.nn.Module) -> tuple[int, int]:
         model.eval()
         with torch.no_grad():
             correct = int((model(x).argmax(dim=1) == y).sum())
         model.train()
-        return correct / len(y)
+        return correct, len(y)
 
     return evaluate
+
+
+def plan_for(spec: TrainingSpec, train: TensorDataset, test_rows: int = 2000) -> JobPlan:
+    """The job's plan, taking the exact row counts as the published ones (tests only)."""
+    return plan_job(spec, len(train), test_rows)
 
 
 class Recorder:
@@ -56,7 +63,8 @@ class Recorder:
     def __init__(self) -> None:
         self.info: dict[str, Any] = {}
         self.steps: list[Any] = []
-        self.epochs: list[tuple[int, float, float]] = []
+        # (epoch, released accuracy or None, exact accuracy, ε)
+        self.epochs: list[tuple[int, float | None, float, float]] = []
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.info = info
@@ -64,5 +72,6 @@ class Recorder:
     def on_step(self, report: Any) -> None:
         self.steps.append(report)
 
-    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
-        self.epochs.append((epoch, test_accuracy, epsilon))
+    def on_epoch(self, epoch: int, released_accuracy: float | None, exact_accuracy: float,
+                 epsilon: float) -> None:
+        self.epochs.append((epoch, released_accuracy, exact_accuracy, epsilon))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from privtrain.errors import FailedPrecondition, InvalidInput
-from privtrain.trainer.accounting import epsilon_for
+from privtrain.trainer.accounting import epsilon_for_history
 from privtrain.trainer.checkpoints import load_parameters
-from privtrain.trainer.distributed import RANKS_DIR, LockstepPoissonSampler, run_distributed
-from privtrain.trainer.dp_sgd import JobCancelled, StepReport, noise_for, run_dp_sgd, schedule
-from privtrain.trainer.engine import model_from_parameters, train
+from privtrain.trainer.distributed import RANKS_DIR, run_distributed
+from privtrain.trainer.dp_randomness import DPRandomness
+from privtrain.trainer.dp_sgd import JobCancelled, StepReport, run_dp_sgd
+from privtrain.trainer.engine import TableSplit, model_from_parameters, train
+from privtrain.trainer.plan import plan_job
+from privtrain.trainer.sampling import SecurePoissonSampler
 from privtrain.trainer.spec import TrainingSpec
 
 DOMAINS = {
@@ -35,7 +40,7 @@ class Recorder:
     def __init__(self) -> None:
         self.info: dict[str, object] = {}
         self.steps: list[StepReport] = []
-        self.epochs: list[tuple[int, float, float]] = []
+        self.epochs: list[tuple[int, float | None, float, float]] = []
 
     def on_start(self, info: dict[str, object]) -> None:
         self.info = info
@@ -43,8 +48,17 @@ class Recorder:
     def on_step(self, report: StepReport) -> None:
         self.steps.append(report)
 
-    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
-        self.epochs.append((epoch, test_accuracy, epsilon))
+    def on_epoch(self, epoch: int, released_accuracy: float | None, exact_accuracy: float,
+                 epsilon: float) -> None:
+        self.epochs.append((epoch, released_accuracy, exact_accuracy, epsilon))
+
+
+SPLIT = TableSplit(column="split", train="train", test="test")
+
+
+def _half_right(model: nn.Module) -> tuple[int, int]:
+    """An ``evaluate`` stand-in: 32 of 64 test rows correct."""
+    return 32, 64
 
 
 def _table(rows: int) -> pd.DataFrame:
@@ -81,13 +95,15 @@ def test_two_ranks_hold_identical_parameters_and_spend_single_process_epsilon(
     tmp_path: Path,
 ) -> None:
     """World size 2, 64 rows, batch 16, 2 epochs: bit-identical ranks; q, σ, steps and ε
-    those of one process (the schedule's, and run_dp_sgd's for world_size 1)."""
+    those of one process (the plan's, and run_dp_sgd's for world_size 1), the two noisy
+    accuracy releases included."""
     spec = _spec()
     data = _data()
+    plan = plan_job(spec, len(data), 64)
     rec = Recorder()
     start = {k: v.clone() for k, v in _model().state_dict().items()}
-    result = run_distributed(spec, _model(), data, lambda m: 0.5, tmp_path / "dist", rec,
-                             keep_rank_states=True)
+    result = run_distributed(spec, _model(), data, _half_right, tmp_path / "dist", rec, plan=plan,
+                             randomness=DPRandomness.fresh(), keep_rank_states=True)
 
     ranks = [load_file(str(tmp_path / "dist" / RANKS_DIR / f"rank-{r}.safetensors")) for r in range(2)]
     assert ranks[0].keys() == ranks[1].keys() == start.keys()
@@ -96,22 +112,29 @@ def test_two_ranks_hold_identical_parameters_and_spend_single_process_epsilon(
         assert torch.equal(result.model.state_dict()[name], ranks[0][name]), name
         assert not torch.equal(ranks[0][name], initial), f"{name} never moved"
 
-    q, _, total_steps = schedule(spec, len(data))
+    q, total_steps = plan.sample_rate, plan.total_steps
     assert (q, total_steps) == (0.25, 8)
-    sigma = noise_for(spec, q, total_steps)
+    sigma = plan.noise.scale
     assert result.noise_multiplier == sigma
     assert result.steps == total_steps == len(rec.steps)
     assert [s.step for s in rec.steps] == list(range(1, total_steps + 1))
-    assert result.epsilon == pytest.approx(epsilon_for("rdp", sigma, q, total_steps, 1e-5), rel=1e-12)
+    expected = epsilon_for_history("rdp", [(sigma, q, total_steps), (20.0, 1.0, 2)], 1e-5)
+    assert result.epsilon == pytest.approx(expected, rel=1e-12)
+    assert result.epsilon == pytest.approx(plan.epsilon, rel=1e-12)
     assert result.epsilon <= spec.target_epsilon
     assert [e[0] for e in rec.epochs] == [1, 2]
+    # Exact accuracy for the operator; a noisy release (20 rows of noise) for the trainer.
+    assert [e[2] for e in rec.epochs] == [0.5, 0.5]
+    assert all(e[1] is not None and 0.0 <= e[1] <= 1.0 and e[1] != 0.5 for e in rec.epochs)
+    assert result.exact_test_accuracy == 0.5 and result.test_accuracy == rec.epochs[-1][1]
     assert rec.info["world_size"] == 2 and rec.info["sample_rate"] == q
     # Both ranks' samples count: about q × 64 = 16 rows a step in all.
     assert 6 <= np.mean([s.batch_size for s in rec.steps]) <= 26
     assert math.isfinite(result.final_loss)
 
-    single = run_dp_sgd(_spec(world_size=1), _model(), data, lambda m: 0.5, tmp_path / "one",
-                        Recorder(), clipping_mode="hooks")
+    one = _spec(world_size=1)
+    single = run_dp_sgd(one, _model(), data, _half_right, tmp_path / "one", Recorder(),
+                        plan=plan_job(one, len(data), 64), clipping_mode="hooks")
     assert single.steps == result.steps
     assert single.noise_multiplier == result.noise_multiplier
     assert single.epsilon == pytest.approx(result.epsilon, rel=1e-12)
@@ -125,59 +148,75 @@ def test_engine_with_two_processes_writes_parameters_a_client_loads(
     monkeypatch.chdir(tmp_path)
     spec = _spec(batch_size=32, max_physical_batch_size=32, epochs=1)
     rec = Recorder()
-    result = train(spec, _table(64), DOMAINS, Path("relative-job"), rec)
+    result = train(spec, _table(64), DOMAINS, SPLIT, Path("relative-job"), rec,
+                   plan=plan_job(spec, 64, 64))
     assert result.steps == 2 == len(rec.steps)
     assert result.epsilon == pytest.approx(
-        epsilon_for("rdp", result.noise_multiplier, 0.5, 2, 1e-5), rel=1e-12)
+        epsilon_for_history("rdp", [(result.noise_multiplier, 0.5, 2), (20.0, 1.0, 1)], 1e-5),
+        rel=1e-12)
+    assert (result.exact_train_rows, result.exact_test_rows) == (64, 64)
     tensors, metadata = load_parameters(result.parameters_path.read_bytes())
     model, encoder = model_from_parameters(tensors, metadata)
     assert encoder.classes == ("no", "yes")
     assert model(torch.zeros(1, encoder.width)).shape == (1, 2)
     assert len(rec.epochs) == 1 and 0.0 <= rec.epochs[0][1] <= 1.0
+    assert rec.epochs[0][2] == result.exact_test_accuracy
 
 
 def test_cancel_stops_every_rank(tmp_path: Path) -> None:
     rec = Recorder()
     steps: list[StepReport] = rec.steps
+    spec = _spec(epochs=50, release_test_accuracy="none")
     with pytest.raises(JobCancelled):
-        run_distributed(_spec(epochs=50), _model(), _data(), lambda m: 0.5, tmp_path, rec,
+        run_distributed(spec, _model(), _data(), _half_right, tmp_path, rec,
+                        plan=plan_job(spec, 64, 64), randomness=DPRandomness.fresh(),
                         should_stop=lambda: len(steps) >= 2)
     assert len(rec.steps) < 50 * 4
 
 
 def test_resume_and_too_few_rows_are_refused(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="resume"):
-        run_distributed(_spec(), _model(), _data(), lambda m: 0.5, tmp_path, Recorder(), resume=True)
+        run_distributed(_spec(), _model(), _data(), _half_right, tmp_path, Recorder(),
+                        plan=plan_job(_spec(), 64, 64), randomness=DPRandomness.fresh(), resume=True)
+    one_row = _spec(batch_size=1)
     with pytest.raises(InvalidInput, match="cannot be split"):
-        run_distributed(_spec(batch_size=1), _model(), _data(1), lambda m: 0.5, tmp_path, Recorder())
+        run_distributed(one_row, _model(), _data(1), _half_right, tmp_path, Recorder(),
+                        plan=plan_job(one_row, 1, 64), randomness=DPRandomness.fresh())
     with pytest.raises(InvalidInput, match="world_size"):
         _spec(world_size=0)
     with pytest.raises(InvalidInput, match="world_size"):
         _spec(world_size=17)
 
 
-class _FakeGroup:
-    """Stands in for torch.distributed's rank and world size in the sampler."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, rank: int, world_size: int) -> None:
-        monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank)
-        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world_size)
-
-
-def test_sampler_yields_empty_local_batches_and_splits_the_rows(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Every rank yields exactly steps batches, empty ones too; the ranks' rows are disjoint."""
+def test_sampler_yields_empty_local_batches_and_splits_the_rows() -> None:
+    """Each rank samples its share of the rows (r, r + N, ...) on its own lane of the job's key,
+    as the spawned ranks do with their copies of the randomness: every rank yields exactly
+    steps batches, empty ones too; the ranks' rows are disjoint; the lanes draw independently
+    (the same key on another lane gives other batches)."""
+    key = os.urandom(32)
+    rows = 10
     seen: list[set[int]] = []
+    masks = []
     for rank in range(2):
-        _FakeGroup(monkeypatch, rank, 2)
-        sampler = LockstepPoissonSampler(total_size=10, sample_rate=0.05, steps=100,
-                                         generator=torch.Generator().manual_seed(rank))
+        share = np.arange(rank, rows, 2)
+        sampler = SecurePoissonSampler(rows=share, sample_rate=0.05, steps=100,
+                                       randomness=DPRandomness(key), lane=rank)
         batches = list(sampler)
         assert len(batches) == 100
         assert sum(1 for b in batches if not b) > 50  # (1 - 0.05)^5 ≈ 0.77 of them
         seen.append({i for b in batches for i in b})
+        assert seen[-1] <= set(share.tolist())
+        masks.append([[i in b for i in share] for b in batches])
     assert not seen[0] & seen[1]
+    assert masks[0] != masks[1]
+    # A copy of the randomness (pickled to a spawned rank) continues the same streams.
+    original = DPRandomness(key)
+    list(SecurePoissonSampler(rows=np.arange(rows), sample_rate=0.5, steps=3, randomness=original))
+    copy = pickle.loads(pickle.dumps(original))
+    assert copy.state() == original.state()
+    nxt = [list(SecurePoissonSampler(rows=np.arange(rows), sample_rate=0.5, steps=3, randomness=r))
+           for r in (original, copy)]
+    assert nxt[0] == nxt[1]
 
 
 def test_world_size_travels_through_the_job_spec_message() -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from privtrain.errors import InvalidInput
+from privtrain.trainer.dp_randomness import DPRandomness, Stream
 from privtrain.trainer.fast_clipping import (
     BookKeepingDPOptimizer,
     BookKeepingModule,
@@ -25,6 +26,7 @@ from privtrain.trainer.fast_clipping import (
 )
 from privtrain.trainer.fast_clipping import conv as conv_kernels
 from privtrain.trainer.fast_clipping import linear as linear_kernels
+from privtrain.trainer.secure_noise import SecureDPOptimizer
 
 BATCH = 8
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -154,7 +156,8 @@ def dp_step_grads(model: nn.Module, x: torch.Tensor, target: torch.Tensor, mode:
             opt = DPOptimizerFastGradientClipping(sgd, loss_reduction="mean", **dp)
             DPLossFastGradientClipping(fast, opt, criterion, "mean")(fast(x), target).backward()
         else:
-            module, opt, _ = prepare_private_training(model, sgd, mode="ghost", **dp)
+            module, opt, _ = prepare_private_training(model, sgd, mode="ghost",
+                                                      randomness=DPRandomness.fresh(), **dp)
             criterion(module(x), target).backward()
         opt.step()
     return [p.grad.clone() for p in model.parameters() if p.requires_grad]
@@ -239,21 +242,43 @@ def test_embedding_padding_idx_gets_no_gradient() -> None:
     torch.testing.assert_close(module.per_sample_gradient_norms, reference_norms(model, x, target), **TOL)
 
 
-def test_noise_draws_equal_opacus_fast_gradient_optimizer() -> None:
+def test_noise_is_the_jobs_secret_draw_in_both_modes() -> None:
+    """σ = 1.3, C = 0.5: the noised gradient is Opacus' noiseless fast-clipping gradient plus
+    σ·C·z / B, z the job's NOISE draw 0 (all parameters at once, in parameter order); hooks mode
+    (SecureDPOptimizer) adds the very same noise for the same key; the next step uses draw 1."""
     model, x, target = make_case("mlp")
-    grads = []
-    for optimizer_class in (DPOptimizerFastGradientClipping, BookKeepingDPOptimizer):
+    key = bytes(range(32))
+    total = sum(p.numel() for p in model.parameters())
+    z = DPRandomness(key).standard_normal(Stream.NOISE, 0, total)
+    m = copy.deepcopy(model)
+    module = BookKeepingModule(m, max_grad_norm=0.5)
+    reference = DPOptimizerFastGradientClipping(
+        torch.optim.SGD(m.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=0.5,
+        expected_batch_size=BATCH)
+    HalfSquaredError()(module(x), target).backward()
+    reference.step()
+    expected, offset = [], 0
+    for p in m.parameters():
+        noise = z[offset:offset + p.numel()].view_as(p) * (1.3 * 0.5 / BATCH)
+        expected.append(p.grad + noise)
+        offset += p.numel()
+    for mode in ("ghost", "hooks"):
         m = copy.deepcopy(model)
-        module = BookKeepingModule(m, max_grad_norm=0.5)
-        opt = optimizer_class(
-            torch.optim.SGD(m.parameters(), lr=0.0), noise_multiplier=1.3, max_grad_norm=0.5,
-            expected_batch_size=BATCH, generator=torch.Generator().manual_seed(3),
+        randomness = DPRandomness(key)
+        wrapped, opt, _ = prepare_private_training(
+            m, torch.optim.SGD(m.parameters(), lr=0.0), noise_multiplier=1.3, max_grad_norm=0.5,
+            expected_batch_size=BATCH, randomness=randomness, mode=mode,  # type: ignore[arg-type]
         )
-        HalfSquaredError()(module(x), target).backward()
+        assert opt.generator is None
+        assert isinstance(opt, BookKeepingDPOptimizer if mode == "ghost" else SecureDPOptimizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            HalfSquaredError()(wrapped(x), target).backward()
         opt.step()
-        grads.append([p.grad.clone() for p in m.parameters()])
-    for g, e in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(g, e, rtol=0, atol=1e-7)
+        for g, e in zip([p.grad for p in m.parameters()], expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+        assert randomness.peek(Stream.NOISE) == 1
+        randomness.close()
 
 
 def test_physical_batches_accumulate_like_hooks_mode() -> None:
@@ -264,7 +289,7 @@ def test_physical_batches_accumulate_like_hooks_mode() -> None:
         m = copy.deepcopy(model)
         module, opt, _ = prepare_private_training(
             m, torch.optim.SGD(m.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=c,
-            expected_batch_size=BATCH, mode=mode,  # type: ignore[arg-type]
+            expected_batch_size=BATCH, randomness=DPRandomness.fresh(), mode=mode,  # type: ignore[arg-type]
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -282,7 +307,7 @@ def test_empty_batch_gives_zero_clipped_sum() -> None:
     model, x, target = make_case("mnist_cnn")
     module, opt, _ = prepare_private_training(
         model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=0.0, max_grad_norm=1.0,
-        expected_batch_size=BATCH,
+        expected_batch_size=BATCH, randomness=DPRandomness.fresh(),
     )
     before = [p.detach().clone() for p in model.parameters()]
     HalfSquaredError()(module(x[:0]), target[:0]).backward()

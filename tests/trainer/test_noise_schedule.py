@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from adult_tensors import Recorder, accuracy_on, adult_tensors
+from adult_tensors import Recorder, accuracy_on, adult_tensors, plan_for
 from torch import nn
 
 from privtrain.errors import InvalidInput
 from privtrain.trainer.accounting import restore_accountant
 from privtrain.trainer.dp_sgd import JobCancelled, run_dp_sgd
 from privtrain.trainer.noise_schedule import calibrate_schedule, epoch_shape
+from privtrain.trainer.plan import plan_job
 from privtrain.trainer.spec import TrainingSpec
 
 # The binary search stops at a relative bracket of 0.5% on σ; ε moves by about as much.
@@ -61,7 +63,7 @@ def _spec(**overrides: object) -> TrainingSpec:
     values: dict = dict(dataset_id="adult", target_column="income", model="logistic_regression",
                         epochs=3, batch_size=256, max_physical_batch_size=256, target_epsilon=1.0,
                         target_delta=1e-5, accountant="rdp", learning_rate=0.5, seed=5, device="cpu",
-                        noise_schedule="exponential", noise_gamma=0.7)
+                        noise_schedule="exponential", noise_gamma=0.7, release_test_accuracy="final")
     values.update(overrides)
     return TrainingSpec(**values)
 
@@ -71,35 +73,43 @@ def _run(spec: TrainingSpec, adult: tuple, out: Path, **kwargs: object) -> tuple
     torch.manual_seed(spec.seed)
     model = nn.Linear(train.tensors[0].shape[1], 2)
     recorder = Recorder()
-    result = run_dp_sgd(spec, model, train, accuracy_on(x_test, y_test), out, recorder, **kwargs)
+    result = run_dp_sgd(spec, model, train, accuracy_on(x_test, y_test), out, recorder,
+                        plan=plan_for(spec, train, len(y_test)), **kwargs)
     return result, recorder
 
 
 def test_job_records_the_scheduled_sigma_of_every_step_and_resume_reproduces_it(tmp_path: Path) -> None:
     """Adult, 3 epochs, σ × 0.7 per epoch: the accountant holds one (σ_e, q, steps) segment per
-    epoch with σ_e = σ_0 · 0.7^e; reported ε never decreases and ends ≤ target; a job cancelled
-    after epoch 2 and resumed ends with the same ε, parameters and history."""
+    epoch with σ_e = σ_0 · 0.7^e, then the final accuracy release; reported ε never decreases
+    and ends ≤ target; a job with the same randomness key (the saved key in its folder)
+    cancelled after epoch 2 and resumed ends with the same ε and bit-identical parameters."""
     adult = adult_tensors(6000)
     spec = _spec()
     full, recorder = _run(spec, adult, tmp_path / "full")
     state = json.loads(sorted((tmp_path / "full" / "checkpoints").glob("*.json"))[-1].read_text())
     history = restore_accountant(state["accountant"]).history
     steps_per_epoch = recorder.info["steps_per_epoch"]
-    assert history == [(pytest.approx(full.noise_multiplier * 0.7 ** e), full.sample_rate, steps_per_epoch)
-                       for e in range(3)]
+    assert history == [*[(pytest.approx(full.noise_multiplier * 0.7 ** e), full.sample_rate, steps_per_epoch)
+                         for e in range(3)], (20.0, 1.0, 1)]
     eps = [s.epsilon for s in recorder.steps]
     assert eps == sorted(eps) and 0 < eps[-1] == pytest.approx(full.epsilon) and full.epsilon <= 1.0
 
     partial = Recorder()
     cut = 2 * steps_per_epoch
+    (tmp_path / "cut").mkdir()
+    shutil.copy(tmp_path / "full" / "dp-randomness.json", tmp_path / "cut" / "dp-randomness.json")
     with pytest.raises(JobCancelled):
         run_dp_sgd(spec, _fresh(adult, spec), adult[0], accuracy_on(*adult[1:]), tmp_path / "cut",
-                   partial, should_stop=lambda: len(partial.steps) >= cut and bool(partial.epochs[1:]))
-    resumed, _ = _run(spec, adult, tmp_path / "cut", resume=True)
+                   partial, plan=plan_for(spec, adult[0], len(adult[2])),
+                   should_stop=lambda: len(partial.steps) >= cut and bool(partial.epochs[1:]))
+    assert len(partial.steps) == cut
+    resumed, again = _run(spec, adult, tmp_path / "cut", resume=True)
+    assert again.info["resumed_at_step"] == cut
     assert resumed.epsilon == full.epsilon
     assert resumed.noise_multiplier == full.noise_multiplier
+    assert resumed.test_accuracy == full.test_accuracy
     for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)
 
 
 def _fresh(adult: tuple, spec: TrainingSpec) -> nn.Module:
@@ -109,12 +119,11 @@ def _fresh(adult: tuple, spec: TrainingSpec) -> nn.Module:
 
 def test_fixed_sigma_with_a_schedule_is_checked_against_the_target() -> None:
     """A given σ is the first epoch's; if the decayed sequence overspends, INVALID_ARGUMENT."""
-    from privtrain.trainer.dp_sgd import preflight
-
     with pytest.raises(InvalidInput, match="noise_multiplier 0.8 spends") as info:
-        preflight(_spec(noise_multiplier=0.8, noise_gamma=0.5), 6000)
+        plan_job(_spec(noise_multiplier=0.8, noise_gamma=0.5), 6000, 2000)
     assert info.value.grpc_code == "INVALID_ARGUMENT"
-    preflight(_spec(noise_multiplier=8.0, noise_gamma=0.9), 6000)
+    plan = plan_job(_spec(noise_multiplier=8.0, noise_gamma=0.9), 6000, 2000)
+    assert plan.noise.scale == 8.0 and plan.epsilon <= 1.0
 
 
 def test_schedule_options_are_validated_with_one_clear_line() -> None:
@@ -150,15 +159,14 @@ def test_schedules_outside_the_sane_sigma_ratio_are_refused_naming_the_option_an
 
 def test_schedule_at_the_floor_calibrates_quickly_within_the_target() -> None:
     """The tester's 2-epoch ε=0.5 job with the smallest allowed γ (0.001, σ falling 1000x):
-    RDP calibration ends within seconds with ε ≤ target and a last σ of scale·γ."""
-    from privtrain.trainer.dp_sgd import preflight
-    from privtrain.trainer.noise_schedule import plan_noise
-
+    RDP calibration (the final accuracy release included) ends within seconds with ε ≤ target
+    and a last σ of scale·γ."""
     spec = _spec(epochs=2, target_epsilon=0.5, batch_size=64, noise_gamma=1e-3)
     started = time.monotonic()
-    preflight(spec, 1437)
-    plan = plan_noise(spec, 64 / 1437, 1437 // 64)
+    plan = plan_job(spec, 1437, 360).noise
     assert time.monotonic() - started < 10
+    assert plan.sample_rate == 64 / 1437 and plan.steps_per_epoch == 1437 // 64
+    assert plan.releases == ((20.0, 1.0, 1),)
     assert 0.5 * (1 - CALIBRATION_SLACK) <= plan.epsilon("rdp", 1e-5) <= 0.5
     assert plan.sigma_at(plan.total_steps) == pytest.approx(plan.scale * 1e-3)
 
@@ -179,8 +187,6 @@ def test_accountant_failure_is_invalid_input_naming_the_sigmas() -> None:
 
 
 def test_sigma_above_the_limit_is_refused_naming_the_schedule() -> None:
-    from privtrain.trainer.dp_sgd import preflight
-
     with pytest.raises(InvalidInput, match=r"noise_schedule 'exponential' \(noise_gamma 0.7, 3 epochs\): "
                                            r"noise_multiplier σ 3e\+06 is above the limit 1e\+06"):
-        preflight(_spec(noise_multiplier=3e6), 6000)
+        plan_job(_spec(noise_multiplier=3e6), 6000, 2000)

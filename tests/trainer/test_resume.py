@@ -1,8 +1,13 @@
-"""C-T04: durable accounting — checkpoint, kill the process, resume in a new one."""
+"""C-T04: durable accounting — checkpoint, kill the process, resume in a new one.
+
+The job's randomness key lives in its folder (0600), so a resumed job continues the very
+batches and noise of the interrupted one; another job, with its own key, trains differently.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,14 +17,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from privtrain.trainer.accounting import epsilon_for, restore_accountant
+from privtrain.trainer.accounting import epsilon_for_history, restore_accountant
 from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint
 
 SCRIPT = textwrap.dedent('''
     import json, os, signal, sys
     from pathlib import Path
     import numpy as np, pandas as pd
-    from privtrain.trainer.engine import train
+    from privtrain.trainer.engine import TableSplit, train
+    from privtrain.trainer.plan import plan_job
     from privtrain.trainer.spec import TrainingSpec
 
     out, mode = Path(sys.argv[1]), sys.argv[2]
@@ -40,7 +46,7 @@ SCRIPT = textwrap.dedent('''
         step = 0
         def on_start(self, info): pass
         def on_step(self, r): self.step = r.step
-        def on_epoch(self, e, acc, eps): pass
+        def on_epoch(self, e, released, exact, eps): pass
 
     steps = Steps()
     def kill_after_epoch_3():
@@ -49,7 +55,9 @@ SCRIPT = textwrap.dedent('''
         return False
 
     stop = kill_after_epoch_3 if mode == "kill" else (lambda: False)
-    result = train(spec, table, domains, out, steps, stop, resume=(mode == "resume"))
+    split = TableSplit(column="split", train="train", test="test")
+    result = train(spec, table, domains, split, out, steps, plan=plan_job(spec, 20, 20),
+                   should_stop=stop, resume=(mode == "resume"))
     print(json.dumps(result.to_dict()))
 ''')
 
@@ -62,9 +70,11 @@ def _run(script: Path, out: Path, mode: str) -> subprocess.CompletedProcess[str]
 def test_resume_after_kill_reproduces_epsilon_and_training(tmp_path: Path) -> None:
     """Linear(4,2), 20x4 rows, batch 5, σ=1, C=1: killed after epoch 3, resumed in a new process.
 
-    ε read ten times from the checkpoint is the same each time and equals the accountant's;
-    momentum buffers are in the checkpoint; the resumed run ends with the ε and the very
-    parameters of an uninterrupted run.
+    ε read ten times from the checkpoint is the same each time and equals the accountant's
+    (12 steps and the 3 noisy accuracy releases); momentum buffers and the randomness' stream
+    counters (not its key) are in the checkpoint; the resumed run ends with the ε, the
+    released accuracy and the bit-identical parameters of an uninterrupted run with the same
+    key, while an uninterrupted run with a fresh key (same spec and seed) ends elsewhere.
     """
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
@@ -77,22 +87,34 @@ def test_resume_after_kill_reproduces_epsilon_and_training(tmp_path: Path) -> No
     readings = [restore_accountant(state["accountant"]).get_epsilon(1e-5) for _ in range(10)]
     assert len(set(readings)) == 1
     assert state["step"] == 12
-    assert readings[0] == pytest.approx(epsilon_for("rdp", 1.0, 0.25, 12, 1e-5))
+    assert state["accountant"]["history"] == [[1.0, 0.25, 4], [20.0, 1.0, 1]] * 3
+    assert readings[0] == pytest.approx(
+        epsilon_for_history("rdp", [(1.0, 0.25, 12), (20.0, 1.0, 3)], 1e-5))
     assert state["epsilon"] == pytest.approx(readings[0])
     assert any(k.endswith("momentum_buffer") for k in tensors)
+    assert state["randomness"]["SAMPLING"] == state["randomness"]["NOISE"] == 12
+    key_file = tmp_path / "interrupted" / "dp-randomness.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(key_file.read_text())["key"] not in checkpoint.with_suffix(".json").read_text()
 
     resumed = _run(script, tmp_path / "interrupted", "resume")
     assert resumed.returncode == 0, resumed.stderr
+    (tmp_path / "straight").mkdir()
+    shutil.copy(key_file, tmp_path / "straight" / key_file.name)
     straight = _run(script, tmp_path / "straight", "full")
     assert straight.returncode == 0, straight.stderr
-    a, b = json.loads(resumed.stdout), json.loads(straight.stdout)
-    assert a["steps"] == b["steps"] == 20
+    fresh = _run(script, tmp_path / "fresh", "full")
+    assert fresh.returncode == 0, fresh.stderr
+    a, b, c = (json.loads(r.stdout) for r in (resumed, straight, fresh))
+    assert a["steps"] == b["steps"] == c["steps"] == 20
     assert a["epsilon"] == pytest.approx(b["epsilon"], rel=1e-12)
-    pa = load_file(Path(a["parameters_path"]))
-    pb = load_file(Path(b["parameters_path"]))
-    assert pa.keys() == pb.keys()
+    assert a["test_accuracy"] == b["test_accuracy"]
+    pa, pb, pc = (load_file(Path(r["parameters_path"])) for r in (a, b, c))
+    assert pa.keys() == pb.keys() == pc.keys()
     for key in pa:
-        torch.testing.assert_close(pa[key], pb[key], rtol=0, atol=1e-6)
+        assert torch.equal(pa[key], pb[key]), key
+    assert a["parameters_sha256"] == b["parameters_sha256"] != c["parameters_sha256"]
+    assert all(not torch.equal(pa[key], pc[key]) for key in pa)
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 from privtrain.errors import InvalidInput
 from privtrain.trainer.dp_sgd import run_dp_sgd
 from privtrain.trainer.models import model_names
+from privtrain.trainer.plan import plan_job
 from privtrain.trainer.spec import TrainingSpec
 from privtrain.trainer.validation import dry_run, prepare_model
 
@@ -38,8 +39,13 @@ class _Quiet:
     def on_step(self, report: object) -> None:
         pass
 
-    def on_epoch(self, epoch: int, acc: float, eps: float) -> None:
+    def on_epoch(self, epoch: int, released: float | None, exact: float, eps: float) -> None:
         self.epochs = epoch
+
+
+def _half_right(model: torch.nn.Module) -> tuple[int, int]:
+    """An ``evaluate`` stand-in: 8 of 16 test rows correct."""
+    return 8, 16
 
 
 def test_batchnorm_and_inplace_relu_are_refused_naming_the_modules() -> None:
@@ -60,7 +66,8 @@ def test_batchnorm_and_inplace_relu_are_fixed_and_one_epoch_completes(tmp_path: 
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.rand(16, 1, 8, 8, generator=gen), torch.randint(0, 2, (16,), generator=gen))
     reporter = _Quiet()
-    result = run_dp_sgd(spec, prepared.model, data, lambda m: 0.5, tmp_path, reporter)
+    result = run_dp_sgd(spec, prepared.model, data, _half_right, tmp_path, reporter,
+                        plan=plan_job(spec, len(data), 16))
     assert result.steps == 4 and reporter.epochs == 1
     assert result.epsilon <= 50.0
 
@@ -87,7 +94,8 @@ def test_declared_but_unused_layer_can_be_frozen_and_trained(tmp_path: Path) -> 
     gen = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(20, 4, generator=gen), torch.randint(0, 2, (20,), generator=gen))
     before = prepared.model.spare.weight.detach().clone()
-    result = run_dp_sgd(spec, prepared.model, data, lambda m: 0.5, tmp_path, _Quiet())
+    result = run_dp_sgd(spec, prepared.model, data, _half_right, tmp_path, _Quiet(),
+                        plan=plan_job(spec, len(data), 16))
     assert result.steps == 4
     torch.testing.assert_close(prepared.model.spare.weight, before)
 
@@ -121,8 +129,8 @@ def test_a_layer_applied_twice_trains_in_hooks_mode(tmp_path: Path) -> None:
     assert prepared.clipping_mode == "hooks"
     gen = torch.Generator().manual_seed(2)
     data = TensorDataset(torch.randn(20, 4, generator=gen), torch.randint(0, 2, (20,), generator=gen))
-    result = run_dp_sgd(spec, prepared.model, data, lambda m: 0.5, tmp_path, _Quiet(),
-                        clipping_mode=prepared.clipping_mode)
+    result = run_dp_sgd(spec, prepared.model, data, _half_right, tmp_path, _Quiet(),
+                        plan=plan_job(spec, len(data), 16), clipping_mode=prepared.clipping_mode)
     assert result.steps == 4
 
 
@@ -181,12 +189,10 @@ def test_forward_must_be_a_non_empty_list(forward: object) -> None:
 
 def test_fixed_noise_multiplier_far_too_small_is_refused_at_once() -> None:
     """σ = 0.1 over hundreds of steps: refused from the RDP bound, without a huge PRV domain."""
-    from privtrain.trainer.dp_sgd import preflight
-
     spec = _spec(model="mlp", noise_multiplier=0.1, target_epsilon=1.0, accountant="prv",
                  batch_size=512, epochs=5)
     with pytest.raises(InvalidInput, match="RDP bound"):
-        preflight(spec, 31_000)
+        plan_job(spec, 31_000, 15_000)
 
 
 def test_output_width_other_than_the_class_count_is_refused_naming_both_numbers() -> None:

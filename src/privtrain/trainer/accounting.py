@@ -27,6 +27,12 @@ PRV_DEFAULT_EPS_ERROR = 0.01
 # (noise_multiplier σ, sample_rate q, steps) segments, as Opacus accountants keep them.
 History = list[tuple[float, float, int]]
 
+# PRV takes log(1 - q), which is -inf for an unsampled Gaussian (q = 1: a released statistic)
+# and handled as such. Set once for that module: catch_warnings is not thread-safe, and the
+# ledger composes on several threads.
+warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning,
+                        module="opacus.accountants.analysis.prv.prvs")
+
 
 def epsilon_for(
     accountant: str, noise_multiplier: float, sample_rate: float, steps: int, delta: float
@@ -89,11 +95,8 @@ def _get_epsilon(acc: IAccountant, delta: float) -> float:
     """
     with warnings.catch_warnings():
         # RDP warns when the optimal order is at the edge of its grid; the bound
-        # it returns is still valid (just not the tightest). PRV takes log(1 - q) of an
-        # unsampled Gaussian (q = 1, a released statistic) = -inf, which it handles.
+        # it returns is still valid (just not the tightest).
         warnings.filterwarnings("ignore", message="Optimal order")
-        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
-                                category=RuntimeWarning)
         coarse = float(acc.get_epsilon(delta=delta))
         if acc.mechanism() != "prv":
             return coarse

@@ -16,10 +16,10 @@ Gaussian noise resists the floating-point attacks on DP-SGD (Mironov 2012, "On
 Significance of the Least Significant Bits for Differential Privacy"; Jin et al.
 2022, "Are We There Yet? Timing and Floating-Point Attacks on Differential Privacy
 Systems") as Opacus' ``secure_mode`` does: each value is the sum of four independent
-Gaussians divided by two (Holohan & Braghin 2021, section 5.1), two Box-Muller
-pairs, here from the CSPRNG keystream instead of torchcsprng, which no longer builds
-against current torch. Uniforms carry 24 random bits, as float32 Box-Muller in
-torch does.
+floating-point Gaussians, from four different Box-Muller pairs, divided by two
+(Holohan & Braghin 2021, section 5.1), here from the CSPRNG keystream instead of
+torchcsprng, which no longer builds against current torch. Uniforms carry 24 random
+bits, as float32 Box-Muller in torch does.
 
 The key is the only state besides per-stream counters; :meth:`DPRandomness.save`
 writes it 0600 in the job's server-side folder so a resumed worker continues the same
@@ -33,16 +33,15 @@ import json
 import math
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privtrain.atomic_files import atomic_write_bytes
 from privtrain.errors import FailedPrecondition
+from privtrain.trainer.keystream import keystream
 
 KEY_BYTES = 32
 SECRET_FILE = "dp-randomness.json"
@@ -85,13 +84,10 @@ class DPRandomness:
     def __init__(self, key: bytes, counters: dict[int, int] | None = None) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a DP randomness key has {KEY_BYTES} bytes, got {len(key)}")
-        self._cipher = algorithms.AES(key)
         self._key = key
         self._counters = {int(s): 0 for s in Stream}
         self._counters.update({int(k): int(v) for k, v in (counters or {}).items()})
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._prefetched: tuple[tuple[int, int, str, torch.dtype], Future[torch.Tensor]] | None = None
 
     @classmethod
     def fresh(cls) -> DPRandomness:
@@ -174,12 +170,7 @@ class DPRandomness:
         if not 0 <= lane < 1 << 16 or not 0 <= index < 1 << 64:
             raise ValueError(f"draw index {index} or lane {lane} out of range")
         nonce = (int(stream) << 16 | lane).to_bytes(4, "big") + index.to_bytes(8, "big") + bytes(4)
-        encryptor = Cipher(self._cipher, modes.CTR(nonce)).encryptor()
-        size = 4 * count
-        # CTR keystream = the encryption of zeros; update_into wants block_size - 1 bytes of room.
-        out = np.empty(size + 15, dtype=np.uint8)
-        encryptor.update_into(_zeros(size), memoryview(out))
-        return out[:size].view(np.uint32)
+        return keystream(self._key, nonce, 4 * count).view(np.uint32)
 
     # ------------------------------------------------------------------ distributions
     def bernoulli(self, stream: Stream, index: int, count: int, probability: float, *,
@@ -216,34 +207,12 @@ class DPRandomness:
 
     # ------------------------------------------------------------------ gradient noise
     def step_noise(self, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """N(0, 1) noise ``(count,)`` of the next logical step (stream NOISE), advancing it.
-
-        The noise of a step depends only on the key and the step, so the next step's
-        is drawn on a background thread while the current one trains; a request that
-        does not match the prefetched draw is drawn afresh.
-        """
-        index = self.take(Stream.NOISE)
-        wanted = (index, count, str(device), dtype)
-        with self._lock:
-            prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None and prefetched[0] == wanted:
-            noise = prefetched[1].result()
-        else:
-            noise = self.standard_normal(Stream.NOISE, index, count, device=device, dtype=dtype)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dp-noise")
-        future = self._pool.submit(self.standard_normal, Stream.NOISE, index + 1, count,
-                                   device=device, dtype=dtype)
-        with self._lock:
-            self._prefetched = ((index + 1, count, str(device), dtype), future)
-        return noise
+        """N(0, 1) noise ``(count,)`` of the next logical step (stream NOISE), advancing it."""
+        return self.standard_normal(Stream.NOISE, self.take(Stream.NOISE), count, device=device,
+                                    dtype=dtype)
 
     def close(self) -> None:
-        """Stop the background noise thread (a pending prefetch is dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        self._prefetched = None
+        """Nothing to release (kept so a job's code can end its randomness explicitly)."""
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned processes (the ranks of a multi-process job) get the key and counters only.
@@ -253,44 +222,69 @@ class DPRandomness:
         self.__init__(state["key"], state["counters"])  # type: ignore[misc]
 
 
-_ZEROS = bytearray()
-
-
-def _zeros(size: int) -> memoryview:
-    """``size`` zero bytes from one shared buffer (only ever read)."""
-    global _ZEROS
-    if len(_ZEROS) < size:
-        _ZEROS = bytearray(max(size, 2 * len(_ZEROS)))
-    return memoryview(_ZEROS)[:size]
-
-
 def _to_normal(words: np.ndarray, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """N(0, 1) ``(count,)`` from ``4 * count`` uniform words: the sum of four Gaussians, halved.
+    """N(0, 1) ``(count,)`` from ``4 * count`` uniform words: four Gaussians summed, halved.
 
-    Row pairs (0, 1) and (2, 3) of ``words.reshape(4, count)`` are two Box-Muller pairs
-    (radius r = sqrt(-2 ln u1), angle θ = 2π u2, u = (w mod 2^24 + 1) / 2^24 in (0, 1]).
-    A pair's two Gaussians r cos θ and r sin θ are independent, and their sum equals
-    √2 r sin(θ + π/4); as θ + π/4 is uniform modulo 2π, it is drawn as √2 r sin θ.
+    The words make ``2 * count`` Box-Muller pairs (radius r = sqrt(-2 ln u1), angle
+    θ = 2π u2, u = (w mod 2^24 + 1) / 2^24 in (0, 1]), each giving two independent
+    Gaussians r cos θ and r sin θ, as torch's own sampler does. Value j sums the cosines
+    of pairs j and count + j and the sines of pairs j + 1 and count + j + 1 (indices
+    modulo count): four floating-point Gaussians from four different pairs, as in
+    Opacus' secure mode (four ``torch.normal`` draws).
+
+    On CUDA the transform runs on the device; on the CPU, a draw of at least
+    :data:`COMPILED_MIN` values runs as one fused, multi-threaded kernel
+    (``torch.compile``: the noise of a large model each step), smaller ones in numpy.
     """
-    grid = words.reshape(4, count)
+    raw = torch.from_numpy(words.view(np.int32)).view(4, count)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     if device.type == "cuda":
-        raw = torch.from_numpy(grid.view(np.int32)).pin_memory().to(device, non_blocking=True)
-        work = torch.float64 if dtype == torch.float64 else torch.float32
-        radius = (raw[0::2] & _UNIFORM_MASK).to(work).add_(1.0).mul_(2.0 ** -_UNIFORM_BITS)
-        radius.log_().mul_(-4.0).sqrt_()
-        angle = (raw[1::2] & _UNIFORM_MASK).to(work).mul_(_TWO_PI * 2.0 ** -_UNIFORM_BITS)
-        return angle.sin_().mul_(radius).sum(dim=0).mul_(0.5).to(dtype)
-    real = np.float64 if dtype == torch.float64 else np.float32
+        return _sum_of_four(raw.pin_memory().to(device, non_blocking=True), work).to(dtype)
+    if count >= COMPILED_MIN and work == torch.float32 and _COMPILED.get("kernel", True) is not None:
+        try:
+            return _compiled_sum_of_four()(raw).to(dtype)
+        except Exception:  # noqa: BLE001 - no compiler or a backend error: numpy from now on
+            _COMPILED["kernel"] = None
+    real = np.float64 if work == torch.float64 else np.float32
+    grid = words.reshape(4, count)
     radius = (grid[0::2] & _UNIFORM_MASK).astype(real)
     radius += 1.0
     radius *= real(2.0 ** -_UNIFORM_BITS)
     np.log(radius, out=radius)
-    radius *= -4.0  # sqrt(2) * sqrt(-2 ln u) = sqrt(-4 ln u)
+    radius *= -2.0
     np.sqrt(radius, out=radius)
     angle = (grid[1::2] & _UNIFORM_MASK).astype(real)
     angle *= real(_TWO_PI * 2.0 ** -_UNIFORM_BITS)
+    cosines = np.cos(angle)
+    cosines *= radius
     np.sin(angle, out=angle)
     angle *= radius
-    total = angle[0] + angle[1]
+    total = cosines[0] + cosines[1]
+    total += np.roll(angle[0] + angle[1], -1)
     total *= 0.5
     return torch.from_numpy(total).to(dtype)
+
+
+# Draws of at least this many values use the compiled kernel on the CPU (compiling costs a few
+# seconds once per process; a model this large draws that much noise every step).
+COMPILED_MIN = 1 << 18
+_COMPILED: dict[str, Any] = {}
+
+
+def _sum_of_four(raw: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+    """The torch form of :func:`_to_normal` on ``(4, count)`` int32 words."""
+    radius = ((raw[0::2] & _UNIFORM_MASK).to(work) + 1.0) * (2.0 ** -_UNIFORM_BITS)
+    radius = torch.sqrt(-2.0 * torch.log(radius))
+    angle = (raw[1::2] & _UNIFORM_MASK).to(work) * (_TWO_PI * 2.0 ** -_UNIFORM_BITS)
+    total = (torch.cos(angle) * radius).sum(dim=0)
+    total = total + torch.roll((torch.sin(angle) * radius).sum(dim=0), -1)
+    return total * 0.5
+
+
+def _compiled_sum_of_four() -> Any:
+    """:func:`_sum_of_four` compiled by inductor (float32, one kernel per draw size); where
+    compiling fails, the caller draws with numpy (the same distribution, other rounding)."""
+    if _COMPILED.get("kernel") is None:
+        _COMPILED["kernel"] = torch.compile(lambda raw: _sum_of_four(raw, torch.float32),
+                                            dynamic=False)
+    return _COMPILED["kernel"]

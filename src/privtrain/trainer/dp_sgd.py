@@ -213,8 +213,8 @@ def run_dp_sgd(
         The admitted plan (:func:`privtrain.trainer.plan.plan_job`): q and steps from
         the published row counts, σ of every step, the accuracy releases.
     randomness : DPRandomness, optional
-        The job's secret randomness; default: the key saved in ``out_dir``, or a fresh
-        one saved there.
+        The job's secret randomness; default: the key saved in ``out_dir`` (required to
+        resume), or a fresh one saved there.
     should_stop : callable
         Polled before every physical batch; True raises :class:`JobCancelled`.
     resume : bool
@@ -241,7 +241,6 @@ def run_dp_sgd(
         ``should_stop`` returned True.
     """
     device = device or torch.device("cpu")
-    randomness = randomness or DPRandomness.load_or_create(out_dir)
     sample_rate, steps_per_epoch, total_steps = plan.sample_rate, plan.steps_per_epoch, plan.total_steps
     checkpoints = out_dir / "checkpoints"
     state: dict[str, Any] | None = None
@@ -249,6 +248,10 @@ def run_dp_sgd(
         path = latest_checkpoint(checkpoints)
         if path is None:
             raise FailedPrecondition(f"no checkpoint to resume from in {checkpoints}")
+    # A resumed job must continue its own streams: a missing key is an error, not a new key.
+    randomness = randomness or (DPRandomness.load(out_dir) if resume
+                                else DPRandomness.load_or_create(out_dir))
+    if resume:
         tensors, state = load_checkpoint(path)
         if state["spec"] != spec.to_dict() or state.get("plan") != plan.to_dict():
             raise FailedPrecondition("the checkpoint was written for another job spec or plan")

@@ -334,15 +334,17 @@ def _fit(
     x_test, y_test = test_arrays
     train_data = TensorDataset(torch.from_numpy(train_arrays[0]), torch.from_numpy(train_arrays[1]))
     if len(train_data) == 0:
-        # Decided by the owner's split alone, so saying it releases nothing about the rows' values.
+        # The worker's errors are the operator's to read (the trainer gets a fixed sentence).
         raise InvalidInput("the dataset has no training rows with a declared label")
 
     def evaluate(model: nn.Module) -> tuple[int, int]:
         return count_correct(model, x_test, y_test, device, progress=on_evaluation), len(y_test)
 
-    randomness = randomness or DPRandomness.load_or_create(out_dir)
+    if randomness is None and not resume:
+        randomness = DPRandomness.load_or_create(out_dir)
     canaries = None
     if audit is not None:
+        randomness = randomness or DPRandomness.load(out_dir)
         canaries = CanaryAudit(prepared.model, audit, randomness, sample_rate=plan.sample_rate,
                                delta=plan.delta)
     if spec.world_size > 1:

@@ -227,11 +227,13 @@ class BudgetLedger:
         """
         return self._add(ledger_id, dataset_id, history, kind="row_counts", settled=True)
 
-    def admit(self, job_id: str, plan_json: str, history: History) -> float:
+    def admit(self, job_id: str, plan_json: str, history: History | None) -> float:
         """Reserve a job's whole plan and store the plan on the job, atomically.
 
         The plan's history is composed with every entry of the job's ledger; the job is
-        admitted only if the result fits the budget. Returns the ledger's new ε.
+        admitted only if the result fits the budget. Returns the ledger's new ε. A job
+        that charges nothing (``history`` None: the privacy audit's check of itself,
+        which releases nothing to anyone but the operator) only gets its plan stored.
 
         Raises
         ------
@@ -258,6 +260,10 @@ class BudgetLedger:
                 raise FailedPrecondition(f"job {job_id} already holds a reservation")
             job.plan_json = plan_json
 
+        if history is None:
+            with self._tx.transaction() as session:
+                store(session)
+            return self.ledger(ledger_id).epsilon_committed
         return self._add(ledger_id, dataset_id, history, kind="job", settled=False, job_id=job_id,
                          also=store)
 
