@@ -137,7 +137,6 @@ def test_hooks_and_ghost_modes_take_the_same_adaptive_step() -> None:
             opt.zero_grad()
             nn.functional.cross_entropy(module(x), y).backward()
             opt.step()
-        randomness.close()
         assert randomness.peek(Stream.NOISE) == 1 and randomness.peek(Stream.COUNT) == 1
         results.append((float(opt.max_grad_norm), [p.detach().clone() for p in model.parameters()]))
     (bound_h, params_h), (bound_g, params_g) = results

@@ -278,7 +278,6 @@ def test_noise_is_the_jobs_secret_draw_in_both_modes() -> None:
         for g, e in zip([p.grad for p in m.parameters()], expected, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
         assert randomness.peek(Stream.NOISE) == 1
-        randomness.close()
 
 
 def test_physical_batches_accumulate_like_hooks_mode() -> None:

@@ -67,7 +67,6 @@ def _dp_step(mode: str, x: torch.Tensor, y: torch.Tensor, noise: float) -> tuple
         warnings.simplefilter("ignore")
         nn.functional.cross_entropy(module(x), y).backward()
     opt.step()
-    randomness.close()
     return ([p.grad.detach().clone() for p in model.parameters()],
             [p.detach().clone() for p in model.parameters()])
 

@@ -407,7 +407,6 @@ def _train_rank(
                 },
             )
             messages.put((_EPOCH, {"epoch": epoch, "epsilon": epsilon_now, "checkpoint": str(path)}))
-    randomness.close()
 
     _check_ranks_agree(model, world_size)
     if config["keep_rank_states"]:

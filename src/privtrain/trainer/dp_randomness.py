@@ -155,11 +155,6 @@ class DPRandomness:
         with self._lock:
             return self._counters[int(stream)]
 
-    def set_next(self, stream: Stream, index: int) -> None:
-        """Make ``index`` the stream's next draw (a resumed job's first step)."""
-        with self._lock:
-            self._counters[int(stream)] = int(index)
-
     # ------------------------------------------------------------------ raw bits
     def words(self, stream: Stream, index: int, count: int, *, lane: int = 0) -> np.ndarray:
         """``count`` uniform 32-bit words (``uint32``, ``(count,)``) of draw ``index``.
@@ -196,23 +191,11 @@ class DPRandomness:
         return _to_normal(self.words(stream, index, _WORDS_PER_GAUSSIAN * count), count,
                           torch.device(device), dtype)
 
-    def gaussian_like(self, reference: torch.Tensor, std: float, stream: Stream, index: int,
-                      ) -> torch.Tensor:
-        """N(0, std²) of ``reference``'s shape, device and dtype (a tensor of zeros for std 0)."""
-        if std == 0:
-            return torch.zeros_like(reference)
-        values = self.standard_normal(stream, index, reference.numel(), device=reference.device,
-                                      dtype=reference.dtype)
-        return values.mul_(std).view_as(reference)
-
     # ------------------------------------------------------------------ gradient noise
     def step_noise(self, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """N(0, 1) noise ``(count,)`` of the next logical step (stream NOISE), advancing it."""
         return self.standard_normal(Stream.NOISE, self.take(Stream.NOISE), count, device=device,
                                     dtype=dtype)
-
-    def close(self) -> None:
-        """Nothing to release (kept so a job's code can end its randomness explicitly)."""
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned processes (the ranks of a multi-process job) get the key and counters only.

@@ -319,59 +319,58 @@ def run_dp_sgd(
 
     last_loss, exact = float("nan"), float("nan")
     last_release: float | None = None if state is None else state.get("last_released_accuracy")
-    try:
-        for epoch in range(first_epoch, spec.epochs + 1):
-            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
-                                    optimizer=optimizer) as batches:
+    for epoch in range(first_epoch, spec.epochs + 1):
+        with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
+                                optimizer=optimizer) as batches:
+            loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
+            for xb, yb in batches:
+                if should_stop():
+                    raise JobCancelled(f"cancelled before step {step + 1}")
+                batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device,
+                                                          autocast_dtype=autocast_dtype)
+                loss_sum += batch_loss
+                samples += batch_samples
+                if logical_steps[0] == step:
+                    continue  # a physical batch inside a larger logical one
+                step = logical_steps[0]
+                if scheduler is not None:
+                    scheduler.step()
+                elapsed = max(time.perf_counter() - step_start, 1e-9)
+                mean_loss = loss_sum / samples if samples else None
+                if mean_loss is not None and math.isfinite(mean_loss):
+                    last_loss = mean_loss
+                reporter.on_step(StepReport(
+                    step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
+                    batch_size=samples, samples_per_s=samples / elapsed,
+                    epsilon=tracker.after(step) if tracker is not None else math.inf,
+                ))
                 loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
-                for xb, yb in batches:
-                    if should_stop():
-                        raise JobCancelled(f"cancelled before step {step + 1}")
-                    batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device,
-                                                              autocast_dtype=autocast_dtype)
-                    loss_sum += batch_loss
-                    samples += batch_samples
-                    if logical_steps[0] == step:
-                        continue  # a physical batch inside a larger logical one
-                    step = logical_steps[0]
-                    if scheduler is not None:
-                        scheduler.step()
-                    elapsed = max(time.perf_counter() - step_start, 1e-9)
-                    mean_loss = loss_sum / samples if samples else None
-                    if mean_loss is not None and math.isfinite(mean_loss):
-                        last_loss = mean_loss
-                    reporter.on_step(StepReport(
-                        step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
-                        batch_size=samples, samples_per_s=samples / elapsed,
-                        epsilon=tracker.after(step) if tracker is not None else math.inf,
-                    ))
-                    loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
-            correct, rows = evaluate(eval_model)
-            exact = correct / max(1, rows)
-            released = None
-            if epoch in plan.release_epochs:
-                released = release_accuracy(correct, plan, randomness, plan.release_epochs.index(epoch))
-                last_release = released
-                if private:
-                    accountant.history.append((plan.accuracy_noise, 1.0, 1))
-            epsilon_now = tracker.after(step) if tracker is not None else math.inf
-            reporter.on_epoch(epoch, released, exact, epsilon_now)
-            save_checkpoint(
-                checkpoints, epoch=epoch, model_state=gsm._module.state_dict(),
-                optimizer=optimizer.original_optimizer,
-                state={
-                    "epoch": epoch, "step": step, "epsilon": epsilon_now if private else None,
-                    "delta": plan.delta, "noise_multiplier": sigma, "sample_rate": sample_rate,
-                    "max_grad_norm": float(optimizer.max_grad_norm)
-                    if spec.clipping == "adaptive" else spec.max_grad_norm,
-                    "accountant": accountant_state(accountant), "spec": spec.to_dict(),
-                    "plan": plan.to_dict(), "randomness": randomness.state(),
-                    "last_released_accuracy": last_release,
-                    "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-                },
-            )
-    finally:
-        randomness.close()
+        correct, rows = evaluate(eval_model)
+        exact = correct / max(1, rows)
+        released = None
+        if epoch in plan.release_epochs:
+            released = release_accuracy(correct, plan, randomness, plan.release_epochs.index(epoch))
+            last_release = released
+            if private:
+                accountant.history.append((plan.accuracy_noise, 1.0, 1))
+        epsilon_now = tracker.after(step) if tracker is not None else math.inf
+        # The checkpoint first: a release that reached anyone always has one behind it, so a
+        # resumed job never releases the same epoch twice.
+        save_checkpoint(
+            checkpoints, epoch=epoch, model_state=gsm._module.state_dict(),
+            optimizer=optimizer.original_optimizer,
+            state={
+                "epoch": epoch, "step": step, "epsilon": epsilon_now if private else None,
+                "delta": plan.delta, "noise_multiplier": sigma, "sample_rate": sample_rate,
+                "max_grad_norm": float(optimizer.max_grad_norm)
+                if spec.clipping == "adaptive" else spec.max_grad_norm,
+                "accountant": accountant_state(accountant), "spec": spec.to_dict(),
+                "plan": plan.to_dict(), "randomness": randomness.state(),
+                "last_released_accuracy": last_release,
+                "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+            },
+        )
+        reporter.on_epoch(epoch, released, exact, epsilon_now)
 
     if not private:
         return LoopResult(epsilon=math.inf, noise_multiplier=0.0, sample_rate=sample_rate, steps=step,

@@ -16,7 +16,7 @@ from typing import Any
 
 from privtrain.errors import InvalidInput
 from privtrain.trainer.accounting import History, epsilon_for_history
-from privtrain.trainer.noise_schedule import NoiseSchedule, epoch_shape, plan_noise
+from privtrain.trainer.noise_schedule import NoiseSchedule, plan_noise
 from privtrain.trainer.spec import TrainingSpec
 
 MAX_STEPS = 1_000_000
@@ -165,8 +165,3 @@ def plan_job(spec: TrainingSpec, train_rows: int, test_rows: int) -> JobPlan:
     return JobPlan(train_rows=train_rows, test_rows=test_rows, noise=noise, release_epochs=epochs,
                    accuracy_noise=spec.test_accuracy_noise if epochs else 0.0,
                    accountant=spec.accountant, delta=spec.target_delta, epsilon=epsilon)
-
-
-def shape_of(spec: TrainingSpec) -> tuple[float, ...]:
-    """The spec's per-epoch σ multipliers."""
-    return epoch_shape(spec.noise_schedule, spec.noise_gamma, spec.noise_step_epochs, spec.epochs)
