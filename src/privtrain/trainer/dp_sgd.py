@@ -29,14 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from opacus.accountants import create_accountant
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from privtrain.errors import FailedPrecondition, PrivtrainError
+from privtrain.errors import FailedPrecondition, InvalidInput, PrivtrainError
 from privtrain.trainer.accounting import (
     EpsilonTracker,
     accountant_epsilon,
@@ -174,6 +176,33 @@ def physical_step(module: nn.Module, optimizer: DPOptimizer, criterion: nn.Modul
     return contribution, n
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a job: rank ``rank`` of ``world_size`` training processes.
+
+    With one process (the default) every collective is the identity; with several, the
+    ranks are a ``torch.distributed`` group (see :mod:`privtrain.trainer.distributed`):
+    each samples its own share of the rows, rank 0 alone draws the noise, evaluates,
+    releases, accounts and checkpoints, and the ranks agree on stopping after every step.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0 (the one that reports)."""
+        return self.rank == 0
+
+    def total(self, values: list[float], device: torch.device) -> list[float]:
+        """Sum of ``values`` over all ranks (one all-reduce; the values themselves with one rank)."""
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return [float(v) for v in tensor.tolist()]
+
+
 def run_dp_sgd(
     spec: TrainingSpec,
     model: nn.Module,
@@ -192,7 +221,8 @@ def run_dp_sgd(
     noise_observer: NoiseObserver | None = None,
     private: bool = True,
 ) -> LoopResult:
-    """Train ``model`` on ``train_data`` with DP-SGD for ``spec.epochs`` epochs.
+    """Train ``model`` on ``train_data`` with DP-SGD for ``spec.epochs`` epochs, in
+    ``spec.world_size`` processes (one loop, :func:`train_loop`, for every world size).
 
     Parameters
     ----------
@@ -200,11 +230,12 @@ def run_dp_sgd(
         Privacy and optimisation settings.
     model : nn.Module
         Opacus-compatible model, already on ``device``; inputs ``(batch, ...)``,
-        outputs ``(batch, classes)`` logits.
+        outputs ``(batch, classes)`` logits. It receives the final parameters.
     train_data : TensorDataset
         ``(features, labels)``, the training rows.
     evaluate : callable
-        ``model -> (correct, rows)`` on the held-out rows, called after every epoch.
+        ``model -> (correct, rows)`` on the held-out rows, called after every epoch (on
+        rank 0; picklable when ``spec.world_size`` > 1).
     out_dir : Path
         Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}``, the
         randomness key to ``out_dir/dp-randomness.json`` (0600).
@@ -216,7 +247,8 @@ def run_dp_sgd(
         The job's secret randomness; default: the key saved in ``out_dir`` (required to
         resume), or a fresh one saved there.
     should_stop : callable
-        Polled before every physical batch; True raises :class:`JobCancelled`.
+        Polled before every physical batch (one process) or logical step (several);
+        True raises :class:`JobCancelled`.
     resume : bool
         Continue from the latest checkpoint in ``out_dir`` (same spec and plan required).
     max_physical_batch_size : int, optional
@@ -225,7 +257,8 @@ def run_dp_sgd(
         Per-sample clipping implementation of flat and adaptive clipping; default: the
         fastest correct one for the model (per_layer clipping always runs in hooks mode).
     noise_observer : NoiseObserver, optional
-        Sees every step's clipped sums before and after the noise (the privacy audit).
+        Sees every step's clipped sums before and after the noise (the privacy audit; one
+        process only).
     private : bool
         False only for the privacy audit's check of itself (no noise; the caller
         disables clipping): nothing is accounted and the result's ε is infinite.
@@ -236,11 +269,67 @@ def run_dp_sgd(
         Batch larger than the data, or a noise multiplier above the target ε.
     FailedPrecondition
         Resume asked without a checkpoint or with another spec or plan; the final
-        accounting check failed.
+        accounting check failed; several processes ended with different parameters.
     JobCancelled
         ``should_stop`` returned True.
     """
     device = device or torch.device("cpu")
+    checkpoints = out_dir / "checkpoints"
+    if resume and latest_checkpoint(checkpoints) is None:
+        raise FailedPrecondition(f"no checkpoint to resume from in {checkpoints}")
+    # A resumed job must continue its own streams: a missing key is an error, not a new key.
+    randomness = randomness or (DPRandomness.load(out_dir) if resume
+                                else DPRandomness.load_or_create(out_dir))
+    options = LoopOptions(resume=resume, max_physical_batch_size=max_physical_batch_size,
+                          clipping_mode=clipping_mode, private=private)
+    if spec.world_size > 1:
+        if noise_observer is not None:
+            raise InvalidInput("the privacy audit runs in one process (world_size 1)")
+        from privtrain.trainer.distributed import run_ranks
+
+        return run_ranks(spec, model, train_data, evaluate, out_dir, reporter, plan=plan,
+                         randomness=randomness, should_stop=should_stop, device=device,
+                         options=options)
+    return train_loop(spec, model, train_data, evaluate, out_dir, reporter, plan=plan,
+                      randomness=randomness, should_stop=should_stop, device=device,
+                      options=options, noise_observer=noise_observer)
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """What :func:`run_dp_sgd` passes on to every rank's :func:`train_loop` (picklable)."""
+
+    resume: bool = False
+    max_physical_batch_size: int | None = None
+    clipping_mode: str | None = None
+    private: bool = True
+
+
+def train_loop(
+    spec: TrainingSpec,
+    model: nn.Module,
+    train_data: TensorDataset,
+    evaluate: Evaluate,
+    out_dir: Path,
+    reporter: Reporter,
+    *,
+    plan: JobPlan,
+    randomness: DPRandomness,
+    should_stop: Callable[[], bool],
+    device: torch.device,
+    options: LoopOptions,
+    ranks: Ranks = Ranks(),
+    noise_observer: NoiseObserver | None = None,
+) -> LoopResult:
+    """The DP-SGD loop of one process; :func:`run_dp_sgd` runs it once, or once per rank.
+
+    Every rank runs the same steps: its own Poisson share of the rows (lane ``rank`` of
+    the randomness), clipping, and one all-reduce of the clipped sums per logical step,
+    to which rank 0 alone adds the noise (:func:`privtrain.trainer.secure_noise.add_step_noise`);
+    so the update is (Σ clipped + N(0, σ²C²)) / B as with one process, and the privacy
+    analysis is that one. Rank 0 reports, evaluates, releases, accounts and checkpoints.
+    """
+    resume = options.resume
     sample_rate, steps_per_epoch, total_steps = plan.sample_rate, plan.steps_per_epoch, plan.total_steps
     checkpoints = out_dir / "checkpoints"
     state: dict[str, Any] | None = None
@@ -248,14 +337,14 @@ def run_dp_sgd(
         path = latest_checkpoint(checkpoints)
         if path is None:
             raise FailedPrecondition(f"no checkpoint to resume from in {checkpoints}")
-    # A resumed job must continue its own streams: a missing key is an error, not a new key.
-    randomness = randomness or (DPRandomness.load(out_dir) if resume
-                                else DPRandomness.load_or_create(out_dir))
-    if resume:
         tensors, state = load_checkpoint(path)
         if state["spec"] != spec.to_dict() or state.get("plan") != plan.to_dict():
             raise FailedPrecondition("the checkpoint was written for another job spec or plan")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    elif ranks.world_size > 1:
+        for tensor in model.state_dict().values():  # every rank starts from rank 0's initialisation
+            dist.broadcast(tensor, src=0)
+    private = options.private
     schedule = plan.noise
     sigma = schedule.scale if private else 0.0
     autocast_dtype = _autocast_dtype(spec, device)
@@ -266,7 +355,7 @@ def run_dp_sgd(
               else model.parameters())
     gsm, optimizer, clipping_mode = wrap_for_dp(
         spec, model, _optimizer(spec, params), noise_multiplier=sigma, randomness=randomness,
-        mode=clipping_mode,
+        mode=options.clipping_mode,
     )
     optimizer.noise_observer = noise_observer  # type: ignore[attr-defined]
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
@@ -299,19 +388,22 @@ def run_dp_sgd(
 
     optimizer.attach_step_hook(on_logical_step)
     loader = poisson_loader(train_data, sample_rate=sample_rate, steps=steps_per_epoch,
-                            randomness=randomness)
+                            randomness=randomness,
+                            rows=np.arange(ranks.rank, len(train_data), ranks.world_size),
+                            lane=ranks.rank)
     tracker = EpsilonTracker(plan.accountant, sigma, sample_rate, total_steps, plan.delta,
                              steps_per_epoch=steps_per_epoch,
                              history=lambda steps: plan.history(steps, plan.releases_by(steps))) \
-        if private else None
+        if private and ranks.main else None
     criterion = nn.CrossEntropyLoss()
-    physical = min(spec.max_physical_batch_size, max_physical_batch_size or spec.max_physical_batch_size)
+    physical = min(spec.max_physical_batch_size,
+                   options.max_physical_batch_size or spec.max_physical_batch_size)
     reporter.on_start({
         "max_physical_batch_size": physical, "clipping_mode": clipping_mode,
         "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "train_rows": len(train_data), "device": str(device),
         "resumed_at_step": step, "noise_schedule": spec.noise_schedule,
-        "precision": spec.precision,
+        "precision": spec.precision, "world_size": ranks.world_size,
     })
     # Only the eval forward is compiled: compiling the training step with the clipping hooks
     # showed no consistent gain (bench/compile_speed.py).
@@ -324,7 +416,8 @@ def run_dp_sgd(
                                 optimizer=optimizer) as batches:
             loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
             for xb, yb in batches:
-                if should_stop():
+                # Several ranks may only stop together, between logical steps (below).
+                if ranks.world_size == 1 and should_stop():
                     raise JobCancelled(f"cancelled before step {step + 1}")
                 batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device,
                                                           autocast_dtype=autocast_dtype)
@@ -335,16 +428,23 @@ def run_dp_sgd(
                 step = logical_steps[0]
                 if scheduler is not None:
                     scheduler.step()
-                elapsed = max(time.perf_counter() - step_start, 1e-9)
-                mean_loss = loss_sum / samples if samples else None
-                if mean_loss is not None and math.isfinite(mean_loss):
-                    last_loss = mean_loss
-                reporter.on_step(StepReport(
-                    step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
-                    batch_size=samples, samples_per_s=samples / elapsed,
-                    epsilon=tracker.after(step) if tracker is not None else math.inf,
-                ))
+                total_loss, total_samples, stopping = ranks.total(
+                    [loss_sum, samples, float(should_stop())], device)
+                if ranks.main:
+                    elapsed = max(time.perf_counter() - step_start, 1e-9)
+                    mean_loss = total_loss / total_samples if total_samples else None
+                    if mean_loss is not None and math.isfinite(mean_loss):
+                        last_loss = mean_loss
+                    reporter.on_step(StepReport(
+                        step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
+                        batch_size=int(total_samples), samples_per_s=total_samples / elapsed,
+                        epsilon=tracker.after(step) if tracker is not None else math.inf,
+                    ))
+                if stopping and step < total_steps:
+                    raise JobCancelled(f"cancelled before step {step + 1}")
                 loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
+        if not ranks.main:
+            continue
         correct, rows = evaluate(eval_model)
         exact = correct / max(1, rows)
         released = None
@@ -366,7 +466,7 @@ def run_dp_sgd(
                 if spec.clipping == "adaptive" else spec.max_grad_norm,
                 "accountant": accountant_state(accountant), "spec": spec.to_dict(),
                 "plan": plan.to_dict(), "randomness": randomness.state(),
-                "last_released_accuracy": last_release,
+                "last_released_accuracy": last_release, "world_size": ranks.world_size,
                 "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
             },
         )
@@ -376,8 +476,8 @@ def run_dp_sgd(
         return LoopResult(epsilon=math.inf, noise_multiplier=0.0, sample_rate=sample_rate, steps=step,
                           test_accuracy=None, exact_test_accuracy=exact, final_loss=last_loss,
                           model=gsm._module)
-    epsilon = accountant_epsilon(accountant, plan.delta)
-    if step != total_steps or epsilon > spec.target_epsilon:
+    epsilon = accountant_epsilon(accountant, plan.delta) if ranks.main else math.nan
+    if ranks.main and (step != total_steps or epsilon > spec.target_epsilon):
         raise FailedPrecondition(
             f"accounting check failed: {step}/{total_steps} steps, ε={epsilon:.6f} "
             f"(target {spec.target_epsilon})"

@@ -34,7 +34,6 @@ from privtrain.errors import InvalidInput
 from privtrain.trainer.audit import AuditSettings, CanaryAudit
 from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
-from privtrain.trainer.distributed import run_distributed
 from privtrain.trainer.dp_randomness import DPRandomness
 from privtrain.trainer.dp_sgd import JobCancelled, Reporter, StepReport, run_dp_sgd
 from privtrain.trainer.features import FeatureEncoder
@@ -179,6 +178,29 @@ def validate_model(model: nn.Module) -> None:
         ``ModuleValidator`` (strict) found unsupported modules.
     """
     validate_modules(model, fix=False)
+
+
+class TestRows:
+    """The held-out rows as the loop's ``evaluate``: ``model -> (correct, rows)``.
+
+    Picklable (the arrays and the device), so each rank of a multi-process job gets it;
+    ``progress`` (``(rows_done, rows_total)`` after every batch, for the stall monitor)
+    stays with the process that made it.
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, device: torch.device,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.features, self.labels, self.device, self.progress = features, labels, device, progress
+
+    def __call__(self, model: nn.Module) -> tuple[int, int]:
+        return count_correct(model, self.features, self.labels, self.device, self.progress), \
+            len(self.labels)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"features": self.features, "labels": self.labels, "device": str(self.device)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["features"], state["labels"], torch.device(state["device"]))  # type: ignore[misc]
 
 
 @torch.no_grad()
@@ -331,15 +353,11 @@ def _fit(
     audit: AuditSettings | None = None,
 ) -> TrainingResult:
     """Run DP-SGD on prepared inputs and write ``parameters.safetensors`` with ``metadata(ε)``."""
-    x_test, y_test = test_arrays
     train_data = TensorDataset(torch.from_numpy(train_arrays[0]), torch.from_numpy(train_arrays[1]))
     if len(train_data) == 0:
         # The worker's errors are the operator's to read (the trainer gets a fixed sentence).
         raise InvalidInput("the dataset has no training rows with a declared label")
-
-    def evaluate(model: nn.Module) -> tuple[int, int]:
-        return count_correct(model, x_test, y_test, device, progress=on_evaluation), len(y_test)
-
+    evaluate = TestRows(*test_arrays, device, on_evaluation)
     if randomness is None and not resume:
         randomness = DPRandomness.load_or_create(out_dir)
     canaries = None
@@ -347,23 +365,14 @@ def _fit(
         randomness = randomness or DPRandomness.load(out_dir)
         canaries = CanaryAudit(prepared.model, audit, randomness, sample_rate=plan.sample_rate,
                                delta=plan.delta)
-    if spec.world_size > 1:
-        if audit is not None:
-            raise InvalidInput("the privacy audit runs in one process (world_size 1)")
-        outcome = run_distributed(
-            spec, prepared.model.to(device), train_data, evaluate, out_dir, reporter, plan=plan,
-            randomness=randomness, should_stop=should_stop, resume=resume, device=device,
-            max_physical_batch_size=prepared.max_physical_batch_size,
-        )
-    else:
-        outcome = run_dp_sgd(
-            spec if canaries is None else canaries.training_spec(spec), prepared.model.to(device),
-            train_data, evaluate, out_dir, reporter, plan=plan, randomness=randomness,
-            should_stop=should_stop, resume=resume, device=device,
-            max_physical_batch_size=prepared.max_physical_batch_size,
-            clipping_mode=prepared.clipping_mode, noise_observer=canaries,
-            private=audit is None or audit.mechanism == "dp",
-        )
+    outcome = run_dp_sgd(
+        spec if canaries is None else canaries.training_spec(spec), prepared.model.to(device),
+        train_data, evaluate, out_dir, reporter, plan=plan, randomness=randomness,
+        should_stop=should_stop, resume=resume, device=device,
+        max_physical_batch_size=prepared.max_physical_batch_size,
+        clipping_mode=prepared.clipping_mode, noise_observer=canaries,
+        private=audit is None or audit.mechanism == "dp",
+    )
     params_path = out_dir / "parameters.safetensors"
     sha = save_parameters(params_path, outcome.model.state_dict(), metadata(outcome.epsilon))
     return TrainingResult(
@@ -371,7 +380,8 @@ def _fit(
         noise_multiplier=outcome.noise_multiplier, sample_rate=outcome.sample_rate,
         steps=outcome.steps, test_accuracy=outcome.test_accuracy, test_rows=plan.test_rows,
         train_rows=plan.train_rows, exact_test_accuracy=outcome.exact_test_accuracy,
-        exact_test_rows=len(y_test), exact_train_rows=len(train_data), final_loss=outcome.final_loss,
+        exact_test_rows=len(evaluate.labels), exact_train_rows=len(train_data),
+        final_loss=outcome.final_loss,
         parameters_path=params_path, parameters_sha256=sha,
         parameters_bytes=params_path.stat().st_size, device=str(device),
         train_seconds=time.perf_counter() - started,
