@@ -25,7 +25,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint, sa
 from privtrain.trainer.dp_randomness import DPRandomness, Stream
 from privtrain.trainer.plan import JobPlan
 from privtrain.trainer.private_wrapping import set_clip_bound, wrap_for_dp
-from privtrain.trainer.sampling import poisson_loader
+from privtrain.trainer.sampling import SecurePoissonSampler, poisson_loader
 from privtrain.trainer.secure_noise import NoiseObserver
 from privtrain.trainer.spec import TrainingSpec
 
@@ -203,6 +203,36 @@ class Ranks:
         return [float(v) for v in tensor.tolist()]
 
 
+@dataclass(frozen=True)
+class CheckpointCadence:
+    """How often a checkpoint is written inside an epoch (every epoch's end has one too).
+
+    Attributes
+    ----------
+    every_s : float
+        After the first logical step that ends this many seconds (wall clock) after the
+        last checkpoint; 0 never by time.
+    every_steps : int
+        After every this many logical steps; 0 never by steps.
+
+    A crash loses at most the steps since the last checkpoint, not a whole epoch.
+    """
+
+    every_s: float = 30.0
+    every_steps: int = 0
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """What :func:`run_dp_sgd` passes on to every rank's :func:`train_loop` (picklable)."""
+
+    resume: bool = False
+    max_physical_batch_size: int | None = None
+    clipping_mode: str | None = None
+    private: bool = True
+    checkpoint_every: CheckpointCadence = field(default_factory=lambda: CheckpointCadence())
+
+
 def run_dp_sgd(
     spec: TrainingSpec,
     model: nn.Module,
@@ -220,6 +250,7 @@ def run_dp_sgd(
     clipping_mode: str | None = None,
     noise_observer: NoiseObserver | None = None,
     private: bool = True,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> LoopResult:
     """Train ``model`` on ``train_data`` with DP-SGD for ``spec.epochs`` epochs, in
     ``spec.world_size`` processes (one loop, :func:`train_loop`, for every world size).
@@ -237,7 +268,8 @@ def run_dp_sgd(
         ``model -> (correct, rows)`` on the held-out rows, called after every epoch (on
         rank 0; picklable when ``spec.world_size`` > 1).
     out_dir : Path
-        Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}``, the
+        Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}`` at every
+        epoch's end and ``step-NNNNNNNN.*`` inside epochs (see ``checkpoint_every``), the
         randomness key to ``out_dir/dp-randomness.json`` (0600).
     reporter : Reporter
     plan : JobPlan
@@ -262,6 +294,8 @@ def run_dp_sgd(
     private : bool
         False only for the privacy audit's check of itself (no noise; the caller
         disables clipping): nothing is accounted and the result's ε is infinite.
+    checkpoint_every : CheckpointCadence, optional
+        Checkpoints inside epochs (default: every 30 s of training).
 
     Raises
     ------
@@ -281,7 +315,8 @@ def run_dp_sgd(
     randomness = randomness or (DPRandomness.load(out_dir) if resume
                                 else DPRandomness.load_or_create(out_dir))
     options = LoopOptions(resume=resume, max_physical_batch_size=max_physical_batch_size,
-                          clipping_mode=clipping_mode, private=private)
+                          clipping_mode=clipping_mode, private=private,
+                          checkpoint_every=checkpoint_every or CheckpointCadence())
     if spec.world_size > 1:
         if noise_observer is not None:
             raise InvalidInput("the privacy audit runs in one process (world_size 1)")
@@ -293,16 +328,6 @@ def run_dp_sgd(
     return train_loop(spec, model, train_data, evaluate, out_dir, reporter, plan=plan,
                       randomness=randomness, should_stop=should_stop, device=device,
                       options=options, noise_observer=noise_observer)
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    """What :func:`run_dp_sgd` passes on to every rank's :func:`train_loop` (picklable)."""
-
-    resume: bool = False
-    max_physical_batch_size: int | None = None
-    clipping_mode: str | None = None
-    private: bool = True
 
 
 def train_loop(
@@ -360,7 +385,7 @@ def train_loop(
     optimizer.noise_observer = noise_observer  # type: ignore[attr-defined]
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
     accountant = create_accountant(mechanism=plan.accountant)
-    step, first_epoch = 0, 1
+    step, first_epoch, done_in_epoch = 0, 1, 0
     if state is not None:
         optimizer.original_optimizer.load_state_dict(_optimizer_state(state, tensors, gsm))
         accountant = restore_accountant(state["accountant"])
@@ -368,6 +393,8 @@ def train_loop(
         if scheduler is not None:
             scheduler.load_state_dict(state["lr_scheduler"])
         step, first_epoch = int(state["step"]), int(state["epoch"]) + 1
+        # A within-epoch checkpoint: the rest of that epoch's steps come first.
+        done_in_epoch = step - int(state["epoch"]) * steps_per_epoch
         if spec.clipping == "adaptive":
             set_clip_bound(gsm, optimizer, float(state["max_grad_norm"]))
     # Opacus' hook records optimizer.noise_multiplier: the effective σ of the step just taken
@@ -411,7 +438,38 @@ def train_loop(
 
     last_loss, exact = float("nan"), float("nan")
     last_release: float | None = None if state is None else state.get("last_released_accuracy")
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, SecurePoissonSampler)
+    last_checkpoint = time.monotonic()
+
+    def checkpoint(epoch_done: int, *, within_epoch: bool) -> None:
+        nonlocal last_checkpoint
+        save_checkpoint(
+            checkpoints, epoch=epoch_done, model_state=gsm._module.state_dict(),
+            optimizer=optimizer.original_optimizer, within_epoch=within_epoch,
+            state={
+                "epoch": epoch_done, "step": step,
+                "epsilon": tracker.after(step) if tracker is not None else None,
+                "delta": plan.delta, "noise_multiplier": sigma, "sample_rate": sample_rate,
+                "max_grad_norm": float(optimizer.max_grad_norm)
+                if spec.clipping == "adaptive" else spec.max_grad_norm,
+                "accountant": accountant_state(accountant), "spec": spec.to_dict(),
+                "plan": plan.to_dict(), "randomness": randomness.state(),
+                "last_released_accuracy": last_release, "world_size": ranks.world_size,
+                "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+            },
+        )
+        last_checkpoint = time.monotonic()
+
+    def checkpoint_due(epoch_step: int) -> bool:
+        if epoch_step >= steps_per_epoch or not ranks.main:
+            return False  # the epoch's own checkpoint follows
+        every_s, every_steps = options.checkpoint_every.every_s, options.checkpoint_every.every_steps
+        return bool((every_steps and step % every_steps == 0)
+                    or (every_s and time.monotonic() - last_checkpoint >= every_s))
+
     for epoch in range(first_epoch, spec.epochs + 1):
+        sampler.steps = steps_per_epoch - (done_in_epoch if epoch == first_epoch else 0)
         with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
                                 optimizer=optimizer) as batches:
             loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
@@ -442,6 +500,8 @@ def train_loop(
                     ))
                 if stopping and step < total_steps:
                     raise JobCancelled(f"cancelled before step {step + 1}")
+                if checkpoint_due(step - (epoch - 1) * steps_per_epoch):
+                    checkpoint(epoch - 1, within_epoch=True)
                 loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
         if not ranks.main:
             continue
@@ -456,20 +516,7 @@ def train_loop(
         epsilon_now = tracker.after(step) if tracker is not None else math.inf
         # The checkpoint first: a release that reached anyone always has one behind it, so a
         # resumed job never releases the same epoch twice.
-        save_checkpoint(
-            checkpoints, epoch=epoch, model_state=gsm._module.state_dict(),
-            optimizer=optimizer.original_optimizer,
-            state={
-                "epoch": epoch, "step": step, "epsilon": epsilon_now if private else None,
-                "delta": plan.delta, "noise_multiplier": sigma, "sample_rate": sample_rate,
-                "max_grad_norm": float(optimizer.max_grad_norm)
-                if spec.clipping == "adaptive" else spec.max_grad_norm,
-                "accountant": accountant_state(accountant), "spec": spec.to_dict(),
-                "plan": plan.to_dict(), "randomness": randomness.state(),
-                "last_released_accuracy": last_release, "world_size": ranks.world_size,
-                "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-            },
-        )
+        checkpoint(epoch, within_epoch=False)
         reporter.on_epoch(epoch, released, exact, epsilon_now)
 
     if not private:

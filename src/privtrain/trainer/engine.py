@@ -35,7 +35,13 @@ from privtrain.trainer.audit import AuditSettings, CanaryAudit
 from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
 from privtrain.trainer.dp_randomness import DPRandomness
-from privtrain.trainer.dp_sgd import JobCancelled, Reporter, StepReport, run_dp_sgd
+from privtrain.trainer.dp_sgd import (
+    CheckpointCadence,
+    JobCancelled,
+    Reporter,
+    StepReport,
+    run_dp_sgd,
+)
 from privtrain.trainer.features import FeatureEncoder
 from privtrain.trainer.models import build_model
 from privtrain.trainer.plan import JobPlan
@@ -237,6 +243,7 @@ def train(
     on_evaluation: Callable[[int, int], None] | None = None,
     randomness: DPRandomness | None = None,
     audit: AuditSettings | None = None,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on ``table`` with DP-SGD and write checkpoints and parameters.
 
@@ -251,8 +258,8 @@ def train(
         The owner's declared split. Rows whose label is missing or undeclared are left
         out (each on its own; see :meth:`FeatureEncoder.encode_labelled`).
     out_dir : Path
-        Receives ``checkpoints/epoch-NNNN.*``, the randomness key (0600) and
-        ``parameters.safetensors``.
+        Receives ``checkpoints/`` (every epoch's end, and inside epochs as
+        ``checkpoint_every`` says), the randomness key (0600) and ``parameters.safetensors``.
     reporter : Reporter
         Gets every logical step and every epoch's test accuracy.
     plan : JobPlan
@@ -268,6 +275,8 @@ def train(
         The job's secret randomness (default: saved in / created for ``out_dir``).
     audit : AuditSettings, optional
         Run the privacy audit's canaries with this training (see :mod:`privtrain.trainer.audit`).
+    checkpoint_every : CheckpointCadence, optional
+        How often to checkpoint inside an epoch (default: every 30 s).
 
     Raises
     ------
@@ -287,7 +296,8 @@ def train(
     return _fit(spec, prepared, (x_train, y_train), (x_test, y_test), out_dir, reporter,
                 lambda epsilon: parameter_metadata(spec, encoder, split, epsilon), plan=plan,
                 should_stop=should_stop, resume=resume, device=device, started=started,
-                on_evaluation=on_evaluation, randomness=randomness, audit=audit)
+                on_evaluation=on_evaluation, randomness=randomness, audit=audit,
+                checkpoint_every=checkpoint_every)
 
 
 def train_images(
@@ -303,6 +313,7 @@ def train_images(
     on_evaluation: Callable[[int, int], None] | None = None,
     randomness: DPRandomness | None = None,
     audit: AuditSettings | None = None,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on a packed image dataset with DP-SGD; as :func:`train` otherwise.
 
@@ -331,7 +342,8 @@ def train_images(
                 (features[is_test], classes[is_test]), out_dir, reporter,
                 lambda epsilon: image_parameter_metadata(spec, manifest, epsilon), plan=plan,
                 should_stop=should_stop, resume=resume, device=device, started=started,
-                on_evaluation=on_evaluation, randomness=randomness, audit=audit)
+                on_evaluation=on_evaluation, randomness=randomness, audit=audit,
+                checkpoint_every=checkpoint_every)
 
 
 def _fit(
@@ -351,6 +363,7 @@ def _fit(
     on_evaluation: Callable[[int, int], None] | None = None,
     randomness: DPRandomness | None = None,
     audit: AuditSettings | None = None,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> TrainingResult:
     """Run DP-SGD on prepared inputs and write ``parameters.safetensors`` with ``metadata(ε)``."""
     train_data = TensorDataset(torch.from_numpy(train_arrays[0]), torch.from_numpy(train_arrays[1]))
@@ -371,7 +384,7 @@ def _fit(
         should_stop=should_stop, resume=resume, device=device,
         max_physical_batch_size=prepared.max_physical_batch_size,
         clipping_mode=prepared.clipping_mode, noise_observer=canaries,
-        private=audit is None or audit.mechanism == "dp",
+        private=audit is None or audit.mechanism == "dp", checkpoint_every=checkpoint_every,
     )
     params_path = out_dir / "parameters.safetensors"
     sha = save_parameters(params_path, outcome.model.state_dict(), metadata(outcome.epsilon))
