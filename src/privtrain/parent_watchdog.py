@@ -7,21 +7,30 @@ nobody reads.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import threading
 import time
 
 POLL_S = 1.0
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
 def exit_with_parent(exit_code: int = 3) -> None:
-    """Start a daemon thread that calls ``os._exit(exit_code)`` once the parent is gone.
+    """End this process as soon as its parent is gone.
 
-    The parent is the process that spawned this one when the call is made; a
-    change of ``os.getppid()`` (re-parenting to init) means it died. Polls every
-    :data:`POLL_S` seconds.
+    On Linux the kernel sends SIGKILL the moment the parent dies
+    (``prctl(PR_SET_PDEATHSIG)``), so a worker of a killed server never writes into
+    a job another host has resumed. Elsewhere, and as a fallback, a daemon thread
+    calls ``os._exit(exit_code)`` when ``os.getppid()`` changes (re-parenting to
+    init), polling every :data:`POLL_S` seconds.
     """
     parent = os.getppid()
+    _kill_with_parent()
+    if os.getppid() != parent:  # the parent died before the kernel was told
+        os._exit(exit_code)
 
     def watch() -> None:
         while True:
@@ -30,3 +39,13 @@ def exit_with_parent(exit_code: int = 3) -> None:
                 os._exit(exit_code)
 
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _kill_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the polling thread still ends the process

@@ -42,7 +42,7 @@ def test_upgrade_head_on_empty_database_creates_tables(
     assert _tables(db_url) == set()
     upgrade(db_url)
     assert _tables(db_url) == TABLES
-    assert current_revision(db_url) == head_revision() == "0002"
+    assert current_revision(db_url) == head_revision() == "0004"
 
 
 def test_upgrade_downgrade_upgrade_is_green(db_url: str) -> None:
@@ -72,6 +72,7 @@ def test_migrations_are_shipped_inside_the_package() -> None:
     assert (ALEMBIC_DIR / "script.py.mako").is_file()
     assert (ALEMBIC_DIR / "versions" / "0001_initial.py").is_file()
     assert (ALEMBIC_DIR / "versions" / "0002_privacy_ledgers.py").is_file()
+    assert (ALEMBIC_DIR / "versions" / "0004_job_leases.py").is_file()
 
 
 def test_summing_ledger_rows_become_fixed_entries_and_come_back(db_url: str) -> None:
@@ -124,8 +125,8 @@ _LATER_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "9999"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -136,7 +137,7 @@ _NEW = "state IN ('PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'PAU
 def upgrade():
     op.execute("UPDATE jobs SET request_id = id WHERE request_id IS NULL")
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_constraint(op.f("uq_jobs_request_id"), type_="unique")
+        batch.drop_constraint(op.f("uq_jobs_submitter_common_name_request_id"), type_="unique")
         batch.alter_column("request_id", existing_type=sa.String(255), nullable=False)
         batch.drop_constraint(op.f("ck_jobs_state"), type_="check")
         batch.create_check_constraint(op.f("ck_jobs_state"), sa.text(_NEW))
@@ -148,7 +149,8 @@ def downgrade():
         batch.drop_constraint(op.f("ck_jobs_state"), type_="check")
         batch.create_check_constraint(op.f("ck_jobs_state"), sa.text(_OLD))
         batch.alter_column("request_id", existing_type=sa.String(255), nullable=True)
-        batch.create_unique_constraint(op.f("uq_jobs_request_id"), ["request_id"])
+        batch.create_unique_constraint(op.f("uq_jobs_submitter_common_name_request_id"),
+                                       ["submitter_common_name", "request_id"])
 '''
 
 
@@ -173,7 +175,8 @@ def test_batch_migration_keeps_rows_and_foreign_keys(
     adds a job state runs up, down and up again with every existing row kept."""
     script_dir = tmp_path / "alembic"
     shutil.copytree(ALEMBIC_DIR, script_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    (script_dir / "versions" / "0003_test.py").write_text(_LATER_REVISION)
+    (script_dir / "versions" / "9999_test.py").write_text(
+        _LATER_REVISION.replace("{head}", head_revision()))
 
     upgrade(db_url)
     with Database(db_url) as db:
@@ -196,9 +199,9 @@ def test_batch_migration_keeps_rows_and_foreign_keys(
     finally:
         engine.dispose()
 
-    _migrate(db_url, script_dir, "downgrade", "0002")
+    _migrate(db_url, script_dir, "downgrade", head_revision())
     _migrate(db_url, script_dir, "upgrade", "head")
-    _migrate(db_url, script_dir, "downgrade", "0002")
+    _migrate(db_url, script_dir, "downgrade", head_revision())
     with Database(db_url) as db:
         assert {job.id for job in db.jobs.list()} == {first, second}
         assert db.jobs.get(second).request_id == "retry-key"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
-from server_harness import AnonymizedAdult, RunningServer, adult_spec, start_server, upload_adult, wait_terminal
+from server_harness import (
+    AnonymizedAdult,
+    RunningServer,
+    adult_spec,
+    ledger_entry,
+    start_server,
+    upload_adult,
+    wait_terminal,
+)
 
 from privtrain.errors import FailedPrecondition
 from privtrain.platform.config import ServerConfig
@@ -134,21 +143,30 @@ def test_exploding_loss_raises_nan_alert_and_the_job_still_ends(running: Running
     assert not [e for e in trainer_events if e.WhichOneof("event") == "alert"]
 
 
-def test_cancel_during_start_up_ends_cancelled(running: RunningServer, adult: AnonymizedAdult) -> None:
-    """A job cancelled before its first step is CANCELLED, with no DEAD_WORKER alert."""
+def test_cancel_during_start_up_ends_cancelled_within_2_s_and_charges_nothing(
+    running: RunningServer, adult: AnonymizedAdult
+) -> None:
+    """Issue 12: a job cancelled while its worker starts (before any step) is CANCELLED within
+    2 s, charged 0, and its worker ended itself (no DEAD_WORKER, no kill)."""
     ds = upload_adult(running, adult, epsilon=3.0)
     with running.client("trainer") as trainer, running.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0))
         for event in trainer.watch(job.id, timeout_s=60):
             if event.WhichOneof("event") == "state" and event.state.state == "RUNNING":
+                asked = time.monotonic()
                 trainer.cancel(job.id)
                 break
-        wait_terminal(trainer, job.id)
+        events = wait_terminal(trainer, job.id)
+        ended = time.monotonic()
         final = trainer.get_job(job.id)
         kinds = {a.kind for a in admin.list_alerts(job_id=job.id)}
     assert final.state == "CANCELLED"
+    assert ended - asked < 2.0
+    assert not [e for e in events if e.WhichOneof("event") == "step"]
     assert "DEAD_WORKER" not in kinds
-    assert final.epsilon_spent <= 1.0
+    assert final.epsilon_spent == 0.0
+    entry = ledger_entry(running, job.id)
+    assert entry.settled and entry.charged == []
 
 
 def test_tampered_stored_dataset_fails_the_job_not_trains_on_it(running: RunningServer,

@@ -14,6 +14,10 @@ class AlertKind(str, Enum):
     NAN_LOSS = "NAN_LOSS"
     THROUGHPUT_COLLAPSE = "THROUGHPUT_COLLAPSE"
     DEAD_WORKER = "DEAD_WORKER"
+    # Raised by the worker hosts and the reconciler, not by a detector:
+    STORAGE_ERROR = "STORAGE_ERROR"  # the job's files or the database could not be written
+    SETTLEMENT_FAILED = "SETTLEMENT_FAILED"  # the job ended but its ledger entry is not settled
+    RESUMES_EXHAUSTED = "RESUMES_EXHAUSTED"  # FAILED after its workers died too many times
 
 
 class AlertState(str, Enum):

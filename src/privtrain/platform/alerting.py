@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from privtrain.monitoring.alerts import AlertState, AlertTransition
+from privtrain.monitoring.alerts import AlertKind, AlertState, AlertTransition
 from privtrain.platform.db.records import AlertRecord
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.events import EventHub
@@ -46,6 +46,17 @@ class AlertSink:
                 log.warning("alert FIRING %s job=%s: %s", t.kind.value, t.job_id, t.message)
             else:
                 stored = self._db.alerts.resolve(t.job_id, t.kind, now)
-                log.info("alert RESOLVED %s job=%s: %s", t.kind.value, t.job_id, t.message)
+                if stored is not None:
+                    log.info("alert RESOLVED %s job=%s: %s", t.kind.value, t.job_id, t.message)
             if stored is not None:
                 self._hub.publish(t.job_id, "alert", alert_payload(stored))
+
+    def fire(self, job_id: str, kind: AlertKind, message: str, **details: Any) -> None:
+        """Raise one alert about a job (idempotent while it is FIRING)."""
+        self.apply([AlertTransition(job_id=job_id, kind=kind, state=AlertState.FIRING,
+                                    message=message, at=0.0, details=details)])
+
+    def resolve(self, job_id: str, kinds: Iterable[AlertKind], message: str) -> None:
+        """Resolve the job's alerts of these kinds that are FIRING (the others: nothing)."""
+        self.apply([AlertTransition(job_id=job_id, kind=kind, state=AlertState.RESOLVED,
+                                    message=message, at=0.0) for kind in kinds])

@@ -38,6 +38,7 @@ from privtrain.platform.cli_args import (  # noqa: E402
 )
 from privtrain.platform.cli_audit import add_audit_commands  # noqa: E402
 from privtrain.platform.cli_datasets import add_dataset_commands  # noqa: E402
+from privtrain.platform.cli_worker import add_host_arguments, add_worker_command  # noqa: E402
 
 
 # ---------------------------------------------------------------- certs / db / server
@@ -69,7 +70,8 @@ def _server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         home=args.home.resolve(), pki_dir=args.pki.resolve(), host=args.host, port=args.port,
-        database_url=args.db_url, max_running_jobs=args.max_running_jobs,
+        database_url=args.db_url, local_workers=args.local_workers, lease_s=args.lease_s,
+        max_failed_attempts=args.max_failed_attempts, checkpoint_every_s=args.checkpoint_every_s,
         stall=StallConfig(factor=args.stall_factor, floor_s=args.stall_floor_s,
                           first_step_s=args.stall_first_step_s),
         row_count_noise=args.row_count_noise, ledger_accountant=args.ledger_accountant,
@@ -257,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=PORT, default=50051, help="0 picks a free port")
     srv.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
     srv.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
-    srv.add_argument("--max-running-jobs", type=POSITIVE, default=1, help="worker processes at once")
+    srv.add_argument("--local-workers", type=int_at_least(0), default=1,
+                     help="jobs trained at once in the server's own worker processes; 0 leaves "
+                          "them to `privtrain worker` hosts (PostgreSQL)")
+    add_host_arguments(srv)
     srv.add_argument("--stall-factor", type=positive_float, default=10.0,
                      help="NO_PROGRESS after this many median step intervals without a step")
     srv.add_argument("--stall-floor-s", type=positive_float, default=60.0,
@@ -277,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(sub)
 
     add_audit_commands(sub)
+
+    add_worker_command(sub)
 
     job = sub.add_parser("job", help="DP training jobs").add_subparsers(dest="sub", required=True)
     sj = job.add_parser("submit", help="submit a DP-SGD job")

@@ -24,14 +24,26 @@ class ServerConfig:
         Address to bind; port 0 picks a free one.
     database_url : str or None
         SQLAlchemy URL; None means ``sqlite:///<home>/privtrain.db``.
-    max_running_jobs : int
-        Worker processes training at once.
+    local_workers : int
+        Jobs the server trains at once in its own worker processes; 0 leaves every job
+        to ``privtrain worker`` hosts (PostgreSQL).
     stall : StallConfig
         No-progress alert thresholds.
     monitor_interval_s : float
         How often (seconds) the stall check runs.
     cancel_grace_s : float
-        How long (seconds) a worker asked to stop may take before it is terminated.
+        How long (seconds) a worker asked to stop may take before it is killed (a worker
+        ends itself within about a second; only a frozen one is killed).
+    lease_s : float
+        Length (seconds) of a worker host's lease on a job, renewed every third of it; a
+        job whose host stops renewing resumes elsewhere after this long.
+    max_failed_attempts : int
+        Attempts of a job that may end without an outcome (a worker or its host died)
+        before the job fails.
+    checkpoint_every_s : float
+        Checkpoint cadence inside epochs (seconds of training).
+    reconcile_interval_s : float
+        How often (seconds) the scheduler admits jobs and looks for jobs to hand on.
     limits : TransportLimits
         gRPC message and chunk sizes, shared with clients.
     row_count_noise : float
@@ -45,10 +57,14 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     database_url: str | None = None
-    max_running_jobs: int = 1
+    local_workers: int = 1
     stall: StallConfig = field(default_factory=StallConfig)
     monitor_interval_s: float = 0.25
-    cancel_grace_s: float = 5.0
+    cancel_grace_s: float = 10.0
+    lease_s: float = 10.0
+    max_failed_attempts: int = 5
+    checkpoint_every_s: float = 30.0
+    reconcile_interval_s: float = 0.5
     limits: TransportLimits = field(default_factory=TransportLimits)
     row_count_noise: float = 20.0
     ledger_accountant: str = "prv"

@@ -167,7 +167,9 @@ def job_to_proto(job: JobRecord, *, epsilon_spent: float, admin: bool,
         if audit is not None and (admin or audit.get("mechanism") == "dp"):
             msg.result.audit.CopyFrom(pb.AuditResult(**{k: audit[k] for k in _AUDIT_FIELDS}))
     if admin:
-        monitoring = pb.JobMonitoring(error_detail=job.error_detail or "", worker_pid=worker_pid or 0)
+        monitoring = pb.JobMonitoring(error_detail=job.error_detail or "", worker_pid=worker_pid or 0,
+                                      worker_host=job.lease_owner or "", attempts=job.attempts,
+                                      failed_attempts=job.failed_attempts)
         if result:
             monitoring.test_accuracy = _finite(result.get("exact_test_accuracy"))
             monitoring.train_rows = result.get("exact_train_rows", 0)
@@ -223,7 +225,7 @@ def alert_to_proto(payload: dict[str, Any]) -> pb.Alert:
 def event_to_proto(event: EventRecord, *, admin: bool) -> pb.JobEvent | None:
     """A stored job event as a JobEvent message (None for kinds this viewer does not get).
 
-    A trainer gets state changes, each step's number and ε, and the released
+    A trainer gets state changes, resumptions, each step's number and ε, and the released
     accuracies; alerts and the exact figures (loss, batch sizes, throughput, exact
     accuracy) go to admins only.
     """
@@ -252,6 +254,9 @@ def event_to_proto(event: EventRecord, *, admin: bool) -> pb.JobEvent | None:
         msg.epoch.CopyFrom(epoch)
     elif event.kind == "alert" and admin:
         msg.alert.CopyFrom(alert_to_proto(p))
+    elif event.kind == "resumed":
+        # Public: when a job resumes depends on faults of the service, not on the rows.
+        msg.resumed.CopyFrom(pb.Resumed(attempt=p["attempt"], from_checkpoint=p["from_checkpoint"]))
     else:
         return None
     return msg

@@ -34,6 +34,11 @@ class EventHub:
         with self._cond:
             self._cond.notify_all()
 
+    def notify(self) -> None:
+        """Wake the watchers after events were appended in a caller's own transaction."""
+        with self._cond:
+            self._cond.notify_all()
+
     def wait_for(self, job_id: str, after_id: int, timeout_s: float) -> list[EventRecord]:
         """Events of ``job_id`` with id > ``after_id``; blocks up to ``timeout_s`` seconds for one."""
         with self._cond:

@@ -49,6 +49,10 @@ def watch_with_progress(client: Any, job_id: str, *, quiet: bool = False) -> int
                 exact = (f", exact {e.exact_test_accuracy:.4f}" if e.HasField("exact_test_accuracy")
                          else "")
                 console.print(f"epoch {e.epoch}: {released}{exact}, ε {e.epsilon:.3f}")
+            elif which == "resumed":
+                r = event.resumed
+                where = "its last checkpoint" if r.from_checkpoint else "the start (no checkpoint yet)"
+                console.print(f"[yellow]resumed from {where} (attempt {r.attempt})")
             elif which == "alert":
                 a = event.alert
                 console.print(f"[yellow]alert {a.state} {a.kind}: {a.message}")

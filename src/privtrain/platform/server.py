@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import threading
 from pathlib import Path
 from typing import IO
 
@@ -121,32 +120,20 @@ class PrivtrainServer:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        self._stop_monitor = threading.Event()
-        self._monitor_thread = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
 
     def start(self) -> None:
-        """Recover unfinished jobs, start the runner, the monitor and the gRPC server."""
+        """Reconcile unfinished jobs, start the runner (and its local workers) and the gRPC server."""
         self.runner.start()
-        self._monitor_thread.start()
         self._grpc.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("privtrain server listening on %s:%d (mTLS)", self.config.host, self.port)
-
-    def _monitor_loop(self) -> None:
-        while not self._stop_monitor.wait(self.config.monitor_interval_s):
-            try:
-                self.alerts.apply(self.monitor.check())
-            except Exception:  # a DB hiccup must not end monitoring
-                log.exception("monitor check failed")
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting calls, give in-flight calls and workers ``grace_s`` seconds, then stop."""
         self._health.enter_graceful_shutdown()
         stopped = self._grpc.stop(grace_s)
         self.runner.stop(grace_s)
-        self._stop_monitor.set()
-        self._monitor_thread.join(5)
         stopped.wait(grace_s + 1)
         self.db.close()
         self._home_lock.close()

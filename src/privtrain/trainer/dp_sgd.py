@@ -519,6 +519,11 @@ def train_loop(
         checkpoint(epoch, within_epoch=False)
         reporter.on_epoch(epoch, released, exact, epsilon_now)
 
+    if first_epoch > spec.epochs and ranks.main:
+        # Resumed from the last epoch's checkpoint (the worker died after it): nothing is left
+        # to train, but the exact figure for the operator is measured again.
+        correct, rows = evaluate(eval_model)
+        exact = correct / max(1, rows)
     if not private:
         return LoopResult(epsilon=math.inf, noise_multiplier=0.0, sample_rate=sample_rate, steps=step,
                           test_accuracy=None, exact_test_accuracy=exact, final_loss=last_loss,

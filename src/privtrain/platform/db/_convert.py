@@ -51,6 +51,13 @@ def job_record(row: Job) -> JobRecord:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        attempts=row.attempts,
+        failed_attempts=row.failed_attempts,
+        cancel_requested_at=row.cancel_requested_at,
+        steps_done=row.steps_done,
+        releases_done=row.releases_done,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import EllipsisType
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
@@ -38,8 +39,8 @@ class JobRepository:
         Parameters
         ----------
         request_id : str | None
-            Client-chosen idempotency key. A retry with a known key returns the job
-            created the first time.
+            Client-chosen idempotency key, scoped to the submitter: a retry with a key
+            the same submitter used returns the job created the first time.
         dataset_id : str
         submitter_common_name : str
             Common name of the trainer's client certificate.
@@ -66,7 +67,7 @@ class JobRepository:
         with self._tx.transaction() as session:
             if session.get(Dataset, dataset_id) is None:
                 raise NotFound(f"dataset {dataset_id!r} not found")
-            existing = self._by_request_id(session, request_id)
+            existing = self._by_request_id(session, submitter_common_name, request_id)
             if existing is not None:
                 return existing, False
             job = Job(
@@ -87,17 +88,18 @@ class JobRepository:
                     session.add(job)
                     session.flush()
             except IntegrityError:
-                existing = self._by_request_id(session, request_id)
+                existing = self._by_request_id(session, submitter_common_name, request_id)
                 if existing is None:
                     raise
                 return existing, False
             return job_record(job), True
 
     @staticmethod
-    def _by_request_id(session: Session, request_id: str | None) -> JobRecord | None:
+    def _by_request_id(session: Session, submitter: str, request_id: str | None) -> JobRecord | None:
         if request_id is None:
             return None
-        row = session.scalar(select(Job).where(Job.request_id == request_id))
+        row = session.scalar(select(Job).where(Job.submitter_common_name == submitter,
+                                               Job.request_id == request_id))
         return None if row is None else job_record(row)
 
     def get(self, job_id: str) -> JobRecord:
@@ -137,6 +139,7 @@ class JobRepository:
         error: str | None = None,
         error_detail: str | None = None,
         worker_pid: int | None = None,
+        owner: str | None | EllipsisType = ...,
     ) -> bool:
         """Move a job from ``expected`` to ``new`` as compare-and-set.
 
@@ -156,6 +159,10 @@ class JobRepository:
             Stored when given (the operator's version of the reason).
         worker_pid : int | None
             Stored when given (the worker process running the job).
+        owner : str or None, optional
+            When given, the job must also be held by this worker host (None: by no
+            host), so a host whose lease was handed on cannot finish the job.
+            Entering a terminal state clears the lease.
 
         Returns
         -------
@@ -178,16 +185,19 @@ class JobRepository:
         if new is JobState.RUNNING:
             values["started_at"] = now
         if new in TERMINAL_STATES:
-            values["finished_at"] = now
+            values.update(finished_at=now, lease_owner=None, lease_expires_at=None)
         if error is not None:
             values["error"] = error
         if error_detail is not None:
             values["error_detail"] = error_detail
         if worker_pid is not None:
             values["worker_pid"] = worker_pid
+        condition = [Job.id == job_id, Job.state == expected.value]
+        if owner is not ...:
+            condition.append(Job.lease_owner.is_(None) if owner is None else Job.lease_owner == owner)
         statement = (
             update(Job)
-            .where(Job.id == job_id, Job.state == expected.value)
+            .where(*condition)
             .values(**values)
             .execution_options(synchronize_session=False)
         )

@@ -133,10 +133,12 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (CheckConstraint(in_values_check("state", JobState), name="state"),)
+    __table_args__ = (CheckConstraint(in_values_check("state", JobState), name="state"),
+                      # A request_id names one submitter's request: another's may reuse it.
+                      UniqueConstraint("submitter_common_name", "request_id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    request_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_id: Mapped[str | None] = mapped_column(String(255))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     submitter_common_name: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16), default="train", server_default=text("'train'"))
@@ -151,6 +153,16 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The queue (db/leases.py): the host holding the job and until when; a RUNNING job
+    # without an owner is resumed by the first host that claims it after lease_expires_at.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The furthest step and release that reached the server, over all attempts.
+    steps_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    releases_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class LedgerEntry(Base):

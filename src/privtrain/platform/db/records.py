@@ -74,6 +74,10 @@ class JobRecord:
 
     ``plan_json`` is set when the job is admitted (its plan reserved on the ledger);
     ``error`` is what its submitter may read, ``error_detail`` the operator's version.
+    ``lease_owner`` names the worker host running it until ``lease_expires_at``;
+    ``attempts`` counts worker starts, ``failed_attempts`` those that ended without an
+    outcome; ``steps_done`` / ``releases_done`` are the furthest step and accuracy
+    release that reached the server (what an unfinished job is charged).
     """
 
     id: str
@@ -92,6 +96,13 @@ class JobRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    attempts: int = 0
+    failed_attempts: int = 0
+    cancel_requested_at: datetime | None = None
+    steps_done: int = 0
+    releases_done: int = 0
 
     @property
     def spec(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from privtrain.platform.db.datasets import DatasetRepository
 from privtrain.platform.db.engine import make_engine
 from privtrain.platform.db.events import EventRepository
 from privtrain.platform.db.jobs import JobRepository
+from privtrain.platform.db.leases import JobLeases
 from privtrain.platform.db.metrics import MetricRepository
 from privtrain.platform.db.transaction import Transactions
 
@@ -35,6 +36,8 @@ class Database:
     ----------
     datasets : DatasetRepository
     jobs : JobRepository
+    leases : JobLeases
+        The job queue of the worker hosts.
     budget : BudgetLedger
     events : EventRepository
     metrics : MetricRepository
@@ -47,6 +50,7 @@ class Database:
         self._tx = Transactions(self._engine)
         self.datasets = DatasetRepository(self._tx)
         self.jobs = JobRepository(self._tx)
+        self.leases = JobLeases(self._tx)
         self.budget = BudgetLedger(self._tx)
         self.events = EventRepository(self._tx)
         self.metrics = MetricRepository(self._tx)

@@ -274,7 +274,7 @@ class JobResult(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., test_rows: _Optional[int] = ..., train_rows: _Optional[int] = ..., parameters_sha256: _Optional[str] = ..., parameters_bytes: _Optional[int] = ..., device: _Optional[str] = ..., audit: _Optional[_Union[AuditResult, _Mapping]] = ...) -> None: ...
 
 class JobMonitoring(_message.Message):
-    __slots__ = ("test_accuracy", "train_rows", "test_rows", "final_loss", "train_seconds", "error_detail", "worker_pid")
+    __slots__ = ("test_accuracy", "train_rows", "test_rows", "final_loss", "train_seconds", "error_detail", "worker_pid", "worker_host", "attempts", "failed_attempts")
     TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
     TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,9 @@ class JobMonitoring(_message.Message):
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
     WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_HOST_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     test_accuracy: float
     train_rows: int
     test_rows: int
@@ -289,7 +292,10 @@ class JobMonitoring(_message.Message):
     train_seconds: float
     error_detail: str
     worker_pid: int
-    def __init__(self, test_accuracy: _Optional[float] = ..., train_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., error_detail: _Optional[str] = ..., worker_pid: _Optional[int] = ...) -> None: ...
+    worker_host: str
+    attempts: int
+    failed_attempts: int
+    def __init__(self, test_accuracy: _Optional[float] = ..., train_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., error_detail: _Optional[str] = ..., worker_pid: _Optional[int] = ..., worker_host: _Optional[str] = ..., attempts: _Optional[int] = ..., failed_attempts: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "spec", "submitter", "error", "result", "epsilon_spent", "created_at", "started_at", "finished_at", "plan", "kind", "monitoring")
@@ -396,7 +402,7 @@ class EpochSummary(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., epsilon: _Optional[float] = ..., exact_test_accuracy: _Optional[float] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("id", "job_id", "time", "state", "step", "alert", "epoch")
+    __slots__ = ("id", "job_id", "time", "state", "step", "alert", "epoch", "resumed")
     ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -404,6 +410,7 @@ class JobEvent(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     ALERT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     id: int
     job_id: str
     time: _timestamp_pb2.Timestamp
@@ -411,7 +418,16 @@ class JobEvent(_message.Message):
     step: StepMetrics
     alert: Alert
     epoch: EpochSummary
-    def __init__(self, id: _Optional[int] = ..., job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[StateChange, _Mapping]] = ..., step: _Optional[_Union[StepMetrics, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., epoch: _Optional[_Union[EpochSummary, _Mapping]] = ...) -> None: ...
+    resumed: Resumed
+    def __init__(self, id: _Optional[int] = ..., job_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[StateChange, _Mapping]] = ..., step: _Optional[_Union[StepMetrics, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., epoch: _Optional[_Union[EpochSummary, _Mapping]] = ..., resumed: _Optional[_Union[Resumed, _Mapping]] = ...) -> None: ...
+
+class Resumed(_message.Message):
+    __slots__ = ("attempt", "from_checkpoint")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    from_checkpoint: bool
+    def __init__(self, attempt: _Optional[int] = ..., from_checkpoint: _Optional[bool] = ...) -> None: ...
 
 class DownloadParametersRequest(_message.Message):
     __slots__ = ("job_id", "recipient_public_key")
