@@ -23,7 +23,8 @@ from privtrain.platform.db.migrate import (
 )
 from privtrain.platform.db.models import metadata
 
-TABLES = {"datasets", "jobs", "privacy_ledgers", "ledger_entries", "job_events", "job_metrics", "alerts"}
+TABLES = {"datasets", "jobs", "privacy_ledgers", "ledger_entries", "job_events", "job_metrics", "alerts",
+          "dataset_grants", "certificates", "audit_entries", "audit_head", "audit_signatures"}
 
 
 def _tables(url: str) -> set[str]:
@@ -42,7 +43,7 @@ def test_upgrade_head_on_empty_database_creates_tables(
     assert _tables(db_url) == set()
     upgrade(db_url)
     assert _tables(db_url) == TABLES
-    assert current_revision(db_url) == head_revision() == "0002"
+    assert current_revision(db_url) == head_revision() == "0003"
 
 
 def test_upgrade_downgrade_upgrade_is_green(db_url: str) -> None:
@@ -72,6 +73,40 @@ def test_migrations_are_shipped_inside_the_package() -> None:
     assert (ALEMBIC_DIR / "script.py.mako").is_file()
     assert (ALEMBIC_DIR / "versions" / "0001_initial.py").is_file()
     assert (ALEMBIC_DIR / "versions" / "0002_privacy_ledgers.py").is_file()
+    assert (ALEMBIC_DIR / "versions" / "0003_people_and_audit_log.py").is_file()
+
+
+def test_people_and_audit_log_revision_keeps_datasets_up_and_down(
+    db_url: str, make_dataset: Callable[..., DatasetRecord], submit: Callable[..., str],
+) -> None:
+    """C-D01 for 0003: datasets and jobs survive 0003 -> 0002 -> 0003; the audit log starts
+    again from an empty chain (head seq 0), and its table refuses changes at every step up."""
+    from privtrain.platform.db.audit_log import NewAuditEntry
+
+    upgrade(db_url)
+    with Database(db_url) as db:
+        dataset = make_dataset(db)
+        job = submit(db, dataset.id)
+        db.grants.grant(dataset.id, "bob", by="owner.example.test")
+        db.audit_log.append(NewAuditEntry("bob", "ab12", "trainer", "job.submit", f"job {job}", "ok"))
+        db.datasets.withdraw(dataset.id)
+    downgrade(db_url, "0002")
+    assert _tables(db_url) == TABLES - {"dataset_grants", "certificates", "audit_entries",
+                                        "audit_head", "audit_signatures"}
+    upgrade(db_url)
+    with Database(db_url) as db:
+        kept = db.datasets.get(dataset.id)
+        assert kept.name == dataset.name and not kept.withdrawn
+        assert [j.id for j in db.jobs.list()] == [job]
+        assert db.audit_log.head() == (0, "0" * 64)
+        appended = db.audit_log.append(NewAuditEntry("bob", "ab12", "trainer", "job.cancel", "x", "ok"))
+        assert appended.seq == 1
+    engine = make_engine(db_url)
+    try:
+        with pytest.raises(Exception, match="append-only"), engine.begin() as connection:
+            connection.execute(text("DELETE FROM audit_entries"))
+    finally:
+        engine.dispose()
 
 
 def test_summing_ledger_rows_become_fixed_entries_and_come_back(db_url: str) -> None:
@@ -124,8 +159,8 @@ _LATER_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -173,7 +208,7 @@ def test_batch_migration_keeps_rows_and_foreign_keys(
     adds a job state runs up, down and up again with every existing row kept."""
     script_dir = tmp_path / "alembic"
     shutil.copytree(ALEMBIC_DIR, script_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    (script_dir / "versions" / "0003_test.py").write_text(_LATER_REVISION)
+    (script_dir / "versions" / "0004_test.py").write_text(_LATER_REVISION)
 
     upgrade(db_url)
     with Database(db_url) as db:
@@ -196,9 +231,9 @@ def test_batch_migration_keeps_rows_and_foreign_keys(
     finally:
         engine.dispose()
 
-    _migrate(db_url, script_dir, "downgrade", "0002")
+    _migrate(db_url, script_dir, "downgrade", "0003")
     _migrate(db_url, script_dir, "upgrade", "head")
-    _migrate(db_url, script_dir, "downgrade", "0002")
+    _migrate(db_url, script_dir, "downgrade", "0003")
     with Database(db_url) as db:
         assert {job.id for job in db.jobs.list()} == {first, second}
         assert db.jobs.get(second).request_id == "retry-key"
