@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from privtrain.errors import PrivtrainError
+from privtrain.errors import FailedPrecondition, PrivtrainError
 from privtrain.monitoring.alerts import AlertKind, AlertState, AlertTransition
 from privtrain.monitoring.monitor import JobMonitor
 from privtrain.platform import worker as worker_module
@@ -167,6 +167,8 @@ class JobRunner:
         """
         try:
             dataset = self._db.datasets.get(job.dataset_id)
+            if dataset.withdrawn:
+                raise FailedPrecondition(f"dataset {dataset.id} was withdrawn by its owner")
             spec = TrainingSpec.from_dict(job.spec)
             plan = plan_job(spec, int(dataset.published_train_rows or 0),
                             int(dataset.published_test_rows or 0))
@@ -206,6 +208,10 @@ class JobRunner:
         run.pump = threading.Thread(target=self._pump, args=(run,), name=f"pump-{job.id}", daemon=True)
         with self._lock:
             self._running[job.id] = run
+        if self._db.datasets.get(job.dataset_id).withdrawn:
+            # Withdrawn while starting: the withdrawal may have missed this job; stop it here.
+            run.cancel.set()
+            run.cancel_requested_at = time.monotonic()
         self._hub.publish(job.id, "state", {"state": JobState.RUNNING.value, "error": ""})
         log.info("job %s RUNNING in worker pid %s", job.id, process.pid)
         run.pump.start()
@@ -330,7 +336,8 @@ class JobRunner:
             self._db.budget.refresh(ledger)
         if changed:
             self._hub.publish(job_id, "state", {"state": new.value, "error": error or ""})
-            log.info("job %s %s%s", job_id, new.value, f": {detail or error}" if error else "")
+            # The trainer's message only: the worker's own (error_detail) may quote private rows.
+            log.info("job %s %s%s", job_id, new.value, f": {error}" if error else "")
 
 
 def json_safe(value: Any) -> Any:
