@@ -233,7 +233,7 @@ def test_shutdown_with_short_grace_ends_promptly_and_restart_settles(
     """C-T06: stop(0.2 s) while a job trains returns within grace + one step (bounded here by
     a generous 10 s for a loaded machine); the worker is gone; a restarted server marks the job
     FAILED and keeps charging at least what it took."""
-    rs = start_server(tmp_path / "home", adult.pki)
+    rs = start_server(tmp_path / "home", adult.pki, adult.bundles)
     ds = upload_adult(rs, adult, epsilon=3.0)
     with rs.client("trainer") as trainer, rs.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=3, batch_size=64))
@@ -243,7 +243,7 @@ def test_shutdown_with_short_grace_ends_promptly_and_restart_settles(
     assert time.monotonic() - started < 10
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    rs2 = start_server(tmp_path / "home", adult.pki)
+    rs2 = start_server(tmp_path / "home", adult.pki, adult.bundles)
     try:
         with rs2.client("trainer") as trainer:
             final = trainer.get_job(job.id)
