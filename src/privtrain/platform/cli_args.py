@@ -129,8 +129,8 @@ def open_home_database(args: argparse.Namespace) -> Any:
         The database is unreadable or not at the latest migration.
     """
     from privtrain.platform.config import default_database_url
+    from privtrain.platform.db.migrate import check_migrated
     from privtrain.platform.db.repositories import Database
-    from privtrain.platform.server import check_migrated
 
     url = args.db_url or default_database_url(args.home or DEFAULT_HOME)
     check_migrated(url)

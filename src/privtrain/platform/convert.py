@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from privtrain.datasets.image_manifest import manifest_kind
 from privtrain.errors import InvalidInput
 from privtrain.platform.db.budget import EntryRecord, LedgerRecord, compose
 from privtrain.platform.db.records import DatasetRecord, EventRecord, JobRecord
+from privtrain.platform.proto_time import timestamp
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.secure_transport.envelope import SealedChunk, SealedHeader, SealedPart, SealedTrailer
 from privtrain.trainer.audit import AuditSettings
@@ -51,15 +49,6 @@ _RESULT_FIELDS = (
     "train_rows", "parameters_sha256", "parameters_bytes", "device",
 )
 _AUDIT_FIELDS = ("mechanism", "canaries", "guesses", "correct", "confidence", "delta", "epsilon_lower")
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    """A protobuf Timestamp for an aware datetime (None stays None)."""
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
@@ -219,6 +208,7 @@ def ledger_to_proto(ledger: LedgerRecord, entries: list[EntryRecord], dataset_na
 
     A job's line carries its plan's ε and δ (its own accountant) and the ε it spent; a
     release or fixed charge, its ε alone at the ledger's δ by the ledger's accountant.
+    ``created_at`` is when the charge was made (a job's: its admission).
     """
     msg = pb.DatasetLedger(ledger_id=ledger.id, accountant=ledger.accountant,
                            epsilon_budget=ledger.epsilon_budget, delta_budget=ledger.delta_budget,
@@ -227,6 +217,8 @@ def ledger_to_proto(ledger: LedgerRecord, entries: list[EntryRecord], dataset_na
         line = pb.LedgerLine(id=entry.id, kind=entry.kind, dataset_id=entry.dataset_id,
                              dataset_name=dataset_names.get(entry.dataset_id, ""),
                              epsilon_spent=entry.epsilon_spent, settled=entry.settled)
+        if entry.created_at is not None:
+            line.created_at.CopyFrom(timestamp(entry.created_at))
         job = jobs.get(entry.job_id or "")
         if job is not None:
             plan = job.plan or {}
@@ -234,7 +226,6 @@ def ledger_to_proto(ledger: LedgerRecord, entries: list[EntryRecord], dataset_na
             line.submitter = job.submitter_common_name
             line.planned_epsilon = float(plan.get("epsilon", 0.0))
             line.planned_delta = float(plan.get("delta", 0.0))
-            line.created_at.CopyFrom(timestamp(job.created_at))
             if job.finished_at is not None:
                 line.finished_at.CopyFrom(timestamp(job.finished_at))
         else:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from datetime import datetime
 
-from privtrain.platform.convert import timestamp
 from privtrain.platform.db.records import AuditRecord, CertificateRecord, SignedHead
+from privtrain.platform.proto_time import timestamp
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 
 

@@ -19,6 +19,7 @@ from privtrain.platform import people
 from privtrain.platform.alerting import AlertSink
 from privtrain.platform.audit_trail import Actor, AuditTrail
 from privtrain.platform.config import ServerConfig
+from privtrain.platform.db.migrate import check_migrated
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.events import EventHub
 from privtrain.platform.revocations import RevocationCache
@@ -62,27 +63,6 @@ def lock_home(home: Path) -> IO[bytes]:
         handle.close()
         raise FailedPrecondition(f"another privtrain server is already running on {home}") from None
     return handle
-
-
-def check_migrated(url: str) -> None:
-    """Refuse to serve a database that is not at the latest migration.
-
-    Raises
-    ------
-    FailedPrecondition
-        Naming the revision found and the command that fixes it.
-    """
-    from privtrain.platform.db.migrate import current_revision, head_revision
-
-    try:
-        current = current_revision(url)
-    except Exception as exc:  # SQLAlchemy or driver error: unreadable or unreachable database
-        raise FailedPrecondition(f"cannot read the database at {url}: {exc}") from None
-    if current != head_revision():
-        raise FailedPrecondition(
-            f"the database at {url} is at revision {current or 'none'}, not {head_revision()}: "
-            "run `privtrain db upgrade` first"
-        )
 
 
 class PrivtrainServer:

@@ -256,7 +256,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
             raise NotFound(f"no certificate was issued to {trainer!r}; ask the operator for the "
                            "trainer's name (privtrain certs list)")
         if role != Role.TRAINER.value:
-            raise InvalidInput(f"{trainer!r} is a {role}, not a trainer")
+            raise InvalidInput(f"{trainer!r} has role {role}, not trainer")
         if dataset.withdrawn:
             raise FailedPrecondition(f"dataset {dataset.id} is withdrawn")
         if self._db.grants.grant(dataset.id, trainer, by=identity.common_name):

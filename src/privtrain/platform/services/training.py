@@ -8,6 +8,7 @@ an admin also gets the exact monitoring figures.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from privtrain.trainer.plan import schedule
 from privtrain.trainer.spec import TrainingSpec
 from privtrain.trainer.validation import PreparedModel
 
+log = logging.getLogger(__name__)
 X25519_PUBLIC_KEY_BYTES = 32
 
 
@@ -200,6 +202,8 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
             )
         if created:
             self._hub.publish(job.id, "state", {"state": JobState.PENDING.value, "error": ""})
+            log.info("job %s PENDING: %s submitted by %s on dataset %s", job.id, job.kind,
+                     identity.common_name, dataset.id)
             self._runner.wake()
         return self._job_message(job, identity)
 
