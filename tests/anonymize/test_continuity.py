@@ -244,7 +244,8 @@ def test_image_manifest_is_refused_as_not_a_tables(
 ) -> None:
     """A packed image dataset's signed manifest cannot vouch for a table's continuity."""
     data = encode_image_arrays(
-        np.zeros((4, 1, 2, 2), dtype=np.float32), np.array([0, 1, 0, 1], dtype=np.int64)
+        np.zeros((4, 1, 2, 2), dtype=np.float32), np.array([0, 1, 0, 1], dtype=np.int64),
+        np.array([0, 0, 0, 1], dtype=np.uint8),
     )
     manifest = image_manifest("images.npz", data, 4, (1, 2, 2), (0, 1))
     path = release.folder / "images.safetensors.manifest.json"

@@ -201,3 +201,17 @@ def test_fixed_entries_from_before_composition_add_by_basic_composition() -> Non
     assert compose("prv", [fixed, job], 2e-5) == pytest.approx(
         epsilon_for_history("prv", JOB, 1e-5) + 0.5)
     assert compose("prv", [fixed, job], 1e-5) == float("inf")
+
+
+def test_a_job_cancelled_while_its_plan_was_calibrated_reserves_nothing(
+    db: Database, make_dataset: Callable[..., DatasetRecord], submit: Callable[..., str]
+) -> None:
+    """Admission composes outside the write lock; a cancel in between wins, and the late
+    reservation is refused instead of charging a job that will never run."""
+    dataset = make_dataset(db, epsilon=10.0, delta=2e-5)
+    job_id = submit(db, dataset.id)
+    assert db.jobs.transition(job_id, JobState.PENDING, JobState.CANCELLED)
+    with pytest.raises(FailedPrecondition, match="no longer waiting for admission"):
+        _admit(db, job_id, JOB)
+    assert db.budget.entry_of_job(job_id) is None
+    assert db.budget.of_dataset(dataset.id).epsilon_committed == 0.0

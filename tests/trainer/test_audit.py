@@ -236,7 +236,7 @@ def test_canary_is_clipped_like_a_sample(mechanism: str, bound: float, size: flo
 
 def test_engine_runs_the_audit_and_reports_its_figures(tmp_path: Path) -> None:
     """``train(..., audit=...)`` trains with the canaries and puts the audit's figures in the result;
-    the audit runs in one process only."""
+    the audit trains in one process only."""
     gen = np.random.default_rng(0)
     x = gen.normal(size=(400, 4))
     table = pd.DataFrame({f"f{i}": x[:, i] for i in range(4)}
@@ -256,6 +256,6 @@ def test_engine_runs_the_audit_and_reports_its_figures(tmp_path: Path) -> None:
     assert result.audit["canaries"] == 20 and result.audit["guesses"] == 4
     assert 0 <= result.audit["correct"] <= 4 and result.audit["epsilon_lower"] <= result.epsilon <= 2.0
     two = _spec(model="mlp", hidden_sizes=(16,), batch_size=30, max_physical_batch_size=30, world_size=2)
-    with pytest.raises(InvalidInput, match="the privacy audit runs in one process"):
+    with pytest.raises(InvalidInput, match="flat clipping, a constant noise schedule and world_size 1"):
         train(two, table, domains, split, tmp_path / "b", _Quiet(), plan=plan_job(two, 300, 100),
               audit=AuditSettings(canaries=20))

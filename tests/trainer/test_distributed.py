@@ -1,10 +1,16 @@
-"""DP-SGD over two processes (DPDDP, gloo on CPU): identical ranks, single-process ε."""
+"""DP-SGD over two processes (gloo on CPU), through the one training loop: identical ranks,
+single-process ε, and every option (adaptive clipping, noise schedules, bf16, resume)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +25,9 @@ from torch.utils.data import TensorDataset
 from privtrain.errors import FailedPrecondition, InvalidInput
 from privtrain.trainer.accounting import epsilon_for_history
 from privtrain.trainer.checkpoints import load_parameters
-from privtrain.trainer.distributed import RANKS_DIR, run_distributed
+from privtrain.trainer.distributed import RANKS_DIR, run_ranks
 from privtrain.trainer.dp_randomness import DPRandomness
-from privtrain.trainer.dp_sgd import JobCancelled, StepReport, run_dp_sgd
+from privtrain.trainer.dp_sgd import JobCancelled, LoopOptions, StepReport, run_dp_sgd
 from privtrain.trainer.engine import TableSplit, model_from_parameters, train
 from privtrain.trainer.plan import plan_job
 from privtrain.trainer.sampling import SecurePoissonSampler
@@ -102,8 +108,10 @@ def test_two_ranks_hold_identical_parameters_and_spend_single_process_epsilon(
     plan = plan_job(spec, len(data), 64)
     rec = Recorder()
     start = {k: v.clone() for k, v in _model().state_dict().items()}
-    result = run_distributed(spec, _model(), data, _half_right, tmp_path / "dist", rec, plan=plan,
-                             randomness=DPRandomness.fresh(), keep_rank_states=True)
+    result = run_ranks(spec, _model(), data, _half_right, tmp_path / "dist", rec, plan=plan,
+                       randomness=DPRandomness.fresh(), should_stop=lambda: False,
+                       device=torch.device("cpu"), options=LoopOptions(clipping_mode="hooks"),
+                       keep_rank_states=True)
 
     ranks = [load_file(str(tmp_path / "dist" / RANKS_DIR / f"rank-{r}.safetensors")) for r in range(2)]
     assert ranks[0].keys() == ranks[1].keys() == start.keys()
@@ -168,20 +176,19 @@ def test_cancel_stops_every_rank(tmp_path: Path) -> None:
     steps: list[StepReport] = rec.steps
     spec = _spec(epochs=50, release_test_accuracy="none")
     with pytest.raises(JobCancelled):
-        run_distributed(spec, _model(), _data(), _half_right, tmp_path, rec,
-                        plan=plan_job(spec, 64, 64), randomness=DPRandomness.fresh(),
-                        should_stop=lambda: len(steps) >= 2)
+        run_dp_sgd(spec, _model(), _data(), _half_right, tmp_path, rec,
+                   plan=plan_job(spec, 64, 64), should_stop=lambda: len(steps) >= 2)
     assert len(rec.steps) < 50 * 4
 
 
-def test_resume_and_too_few_rows_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(FailedPrecondition, match="resume"):
-        run_distributed(_spec(), _model(), _data(), _half_right, tmp_path, Recorder(),
-                        plan=plan_job(_spec(), 64, 64), randomness=DPRandomness.fresh(), resume=True)
+def test_resume_without_a_checkpoint_and_too_few_rows_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match="no checkpoint to resume from"):
+        run_dp_sgd(_spec(), _model(), _data(), _half_right, tmp_path, Recorder(),
+                   plan=plan_job(_spec(), 64, 64), resume=True)
     one_row = _spec(batch_size=1)
     with pytest.raises(InvalidInput, match="cannot be split"):
-        run_distributed(one_row, _model(), _data(1), _half_right, tmp_path, Recorder(),
-                        plan=plan_job(one_row, 1, 64), randomness=DPRandomness.fresh())
+        run_dp_sgd(one_row, _model(), _data(1), _half_right, tmp_path, Recorder(),
+                   plan=plan_job(one_row, 1, 64))
     with pytest.raises(InvalidInput, match="world_size"):
         _spec(world_size=0)
     with pytest.raises(InvalidInput, match="world_size"):
@@ -231,3 +238,81 @@ def test_world_size_travels_through_the_job_spec_message() -> None:
     with pytest.raises(InvalidInput, match="world_size"):
         spec_from_proto(pb.JobSpec(dataset_id="d", target_column="label", world_size=0))
     assert TrainingSpec.from_dict({"dataset_id": "d", "target_column": "label"}).world_size == 1
+
+
+KILLED_RANKS = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    import numpy as np, torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from privtrain.trainer.dp_sgd import run_dp_sgd
+    from privtrain.trainer.engine import TestRows
+    from privtrain.trainer.plan import plan_job
+    from privtrain.trainer.spec import TrainingSpec
+
+
+    class Report:
+        step = 0
+        def on_start(self, info): pass
+        def on_step(self, r): self.step = r.step
+        def on_epoch(self, e, released, exact, eps): pass
+
+
+    if __name__ == "__main__":
+        out, mode, world = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(128, 4)).astype(np.float32)
+        y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+        data = TensorDataset(torch.from_numpy(x[:96]), torch.from_numpy(y[:96]))
+        spec = TrainingSpec(dataset_id="d", target_column="label", model="mlp", hidden_sizes=(8,),
+                            batch_size=16, max_physical_batch_size=8, epochs=4, target_epsilon=6.0,
+                            target_delta=1e-5, learning_rate=0.1, accountant="prv", seed=3,
+                            world_size=world, clipping="adaptive", max_grad_norm=0.5,
+                            noise_schedule="exponential", noise_gamma=0.8, precision="bf16", unclipped_num_std=8.0,
+                            release_test_accuracy="final")
+        report = Report()
+
+        def kill_after_epoch_2():
+            if report.step >= 13:  # 2 epochs of 6 steps: the checkpoint of epoch 2 is written
+                os.killpg(0, signal.SIGKILL)  # the worker and its ranks, as kill -9 of a group
+            return False
+
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        plan = plan_job(spec, 96, 32)
+        result = run_dp_sgd(spec, model, data, TestRows(x[96:], y[96:], torch.device("cpu")), out,
+                            report, plan=plan, resume=mode == "resume",
+                            should_stop=kill_after_epoch_2 if mode == "kill" else (lambda: False))
+        print(json.dumps({"epsilon": result.epsilon, "steps": result.steps,
+                          "plan_epsilon": plan.epsilon, "clip": result.model is not None}))
+""")
+
+
+@pytest.mark.slow
+def test_two_ranks_with_adaptive_clipping_resume_after_kill_with_the_single_process_epsilon(
+    tmp_path: Path,
+) -> None:
+    """Issue 12: world size 2 with adaptive clipping, an exponential noise schedule and bf16,
+    killed (SIGKILL to the process group) after epoch 2, resumed in new processes: it ends
+    with every step taken once and the ε of the single-process job's plan."""
+    script = tmp_path / "job.py"
+    script.write_text(KILLED_RANKS)
+    out = tmp_path / "two"
+    killed = subprocess.run([sys.executable, str(script), str(out), "kill", "2"], capture_output=True,
+                            text=True, timeout=300, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    states = sorted((out / "checkpoints").glob("epoch-*.json"))
+    assert [p.name for p in states] == ["epoch-0001.json", "epoch-0002.json"]
+    assert json.loads(states[-1].read_text())["world_size"] == 2
+    resumed = subprocess.run([sys.executable, str(script), str(out), "resume", "2"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    figures = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert figures["steps"] == 24
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "run", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    assert figures["epsilon"] == pytest.approx(one["plan_epsilon"], rel=1e-9)
+    assert figures["epsilon"] == pytest.approx(one["epsilon"], rel=1e-9) and figures["epsilon"] <= 6.0

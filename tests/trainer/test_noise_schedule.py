@@ -133,8 +133,6 @@ def test_schedule_options_are_validated_with_one_clear_line() -> None:
         _spec(noise_gamma=1.5)
     with pytest.raises(InvalidInput, match="noise_step_epochs must be an integer >= 1"):
         _spec(noise_schedule="step", noise_step_epochs=0)
-    with pytest.raises(InvalidInput, match="runs in one process"):
-        _spec(world_size=2)
 
 
 

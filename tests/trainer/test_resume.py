@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent('''
     import json, os, signal, sys
     from pathlib import Path
     import numpy as np, pandas as pd
+    from privtrain.trainer.dp_sgd import CheckpointCadence
     from privtrain.trainer.engine import TableSplit, train
     from privtrain.trainer.plan import plan_job
     from privtrain.trainer.spec import TrainingSpec
@@ -54,10 +55,16 @@ SCRIPT = textwrap.dedent('''
             os.kill(os.getpid(), signal.SIGKILL)
         return False
 
-    stop = kill_after_epoch_3 if mode == "kill" else (lambda: False)
+    def kill_after_step_10():
+        if steps.step >= 10:  # inside epoch 3; the within-epoch checkpoint of step 9 is written
+            os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+    stop = {"kill": kill_after_epoch_3, "kill-mid": kill_after_step_10}.get(mode, lambda: False)
     split = TableSplit(column="split", train="train", test="test")
     result = train(spec, table, domains, split, out, steps, plan=plan_job(spec, 20, 20),
-                   should_stop=stop, resume=(mode == "resume"))
+                   should_stop=stop, resume=(mode == "resume"),
+                   checkpoint_every=CheckpointCadence(every_s=0, every_steps=3))
     print(json.dumps(result.to_dict()))
 ''')
 
@@ -115,6 +122,36 @@ def test_resume_after_kill_reproduces_epsilon_and_training(tmp_path: Path) -> No
         assert torch.equal(pa[key], pb[key]), key
     assert a["parameters_sha256"] == b["parameters_sha256"] != c["parameters_sha256"]
     assert all(not torch.equal(pa[key], pc[key]) for key in pa)
+
+
+def test_resume_inside_an_epoch_continues_the_same_steps(tmp_path: Path) -> None:
+    """Issue 12: checkpoints every 3 steps inside epochs (4 steps each); killed at step 10, the
+    job resumes from the within-epoch checkpoint of step 9 (not the end of epoch 2), keeps only
+    the newest within-epoch pair, and ends with the parameters and ε of an uninterrupted run."""
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    killed = _run(script, tmp_path / "interrupted", "kill-mid")
+    assert killed.returncode == -9, killed.stderr
+    folder = tmp_path / "interrupted" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.json")) == [
+        "epoch-0001.json", "epoch-0002.json", "step-00000009.json"]
+    checkpoint = latest_checkpoint(folder)
+    assert checkpoint is not None and checkpoint.name == "step-00000009.safetensors"
+    _, state = load_checkpoint(checkpoint)
+    assert (state["epoch"], state["step"]) == (2, 9)
+    assert state["randomness"]["SAMPLING"] == state["randomness"]["NOISE"] == 9
+
+    resumed = _run(script, tmp_path / "interrupted", "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(folder.glob("step-*"))  # superseded by the later epoch checkpoints
+    (tmp_path / "straight").mkdir()
+    shutil.copy(tmp_path / "interrupted" / "dp-randomness.json", tmp_path / "straight")
+    straight = _run(script, tmp_path / "straight", "full")
+    assert straight.returncode == 0, straight.stderr
+    a, b = json.loads(resumed.stdout), json.loads(straight.stdout)
+    assert a["steps"] == b["steps"] == 20
+    assert a["epsilon"] == pytest.approx(b["epsilon"], rel=1e-12)
+    assert a["parameters_sha256"] == b["parameters_sha256"]
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path: Path) -> None:

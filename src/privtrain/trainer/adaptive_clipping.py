@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from opacus.optimizers import AdaClipDPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
@@ -101,9 +102,17 @@ class ClipBoundEstimator:
     def update(self, bound: float, randomness: DPRandomness) -> float:
         """The new clip bound after one logical step (count noise from the job's randomness);
         resets the count."""
+        # Every rank draws the same count noise (one key, one index) and adds it to the same
+        # all-ranks total: one noisy count, as with one process.
         noise = float(randomness.standard_normal(Stream.COUNT, randomness.take(Stream.COUNT), 1)[0])
-        unclipped_fraction = (self.centred_count + self.unclipped_num_std * noise) \
-            / self.expected_batch_size + 0.5
+        count = self.centred_count
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+                else torch.device("cpu")
+            total = torch.tensor([count], dtype=torch.float64, device=on)
+            dist.all_reduce(total)
+            count = float(total[0])
+        unclipped_fraction = (count + self.unclipped_num_std * noise) / self.expected_batch_size + 0.5
         self.centred_count = 0.0
         new = bound * math.exp(-self.clipbound_learning_rate
                                * (unclipped_fraction - self.target_unclipped_quantile))

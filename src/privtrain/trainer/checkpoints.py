@@ -31,14 +31,17 @@ def save_checkpoint(
     model_state: Mapping[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
+    within_epoch: bool = False,
 ) -> Path:
-    """Save one epoch's checkpoint: ``epoch-NNNN.safetensors`` + ``epoch-NNNN.json``.
+    """Save one checkpoint: ``epoch-NNNN.{safetensors,json}`` at the end of epoch ``epoch``,
+    or ``step-NNNNNNNN.{safetensors,json}`` (``state["step"]``) inside an epoch.
 
     Tensors: model parameters under ``model.<name>``, optimizer state tensors
     (momentum buffers, Adam moments) under ``optimizer.<param index>.<name>``.
     JSON: ``state`` (step, accountant history, RNG states, ...) plus the
-    optimizer's scalar state and param groups under ``optimizer``.
-    Returns the safetensors path.
+    optimizer's scalar state and param groups under ``optimizer``. Epoch checkpoints
+    are all kept; a new checkpoint of either kind removes the older within-epoch ones,
+    which only the newest position needs. Returns the safetensors path.
     """
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
     opt = optimizer.state_dict()
@@ -51,10 +54,14 @@ def save_checkpoint(
                 scalars.setdefault(str(index), {})[name] = value
     full_state = {**state, "optimizer": {"scalars": scalars, "param_groups": opt["param_groups"]}}
     private_folder(directory)
-    stem = directory / f"epoch-{epoch:04d}"
+    stem = directory / (f"step-{int(state['step']):08d}" if within_epoch else f"epoch-{epoch:04d}")
     atomic_write_bytes(stem.with_suffix(".safetensors"), save(tensors), mode=0o600)
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(full_state, sort_keys=True).encode(),
                        mode=0o600)
+    # The new pair is complete before the older within-epoch pairs go.
+    for older in directory.glob("step-*"):
+        if older.stem != stem.name:
+            older.unlink(missing_ok=True)
     return stem.with_suffix(".safetensors")
 
 
@@ -66,10 +73,21 @@ def private_folder(directory: Path) -> Path:
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest ``epoch-NNNN.safetensors`` whose JSON half exists too, or None."""
-    candidates = sorted(directory.glob("epoch-*.safetensors")) if directory.is_dir() else []
-    complete = [p for p in candidates if p.with_suffix(".json").is_file()]
-    return complete[-1] if complete else None
+    """The checkpoint (``.safetensors`` path) furthest into training whose JSON half exists
+    too, epoch or within-epoch, or None."""
+    if not directory.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for path in directory.glob("*.safetensors"):
+        if not path.name.startswith(("epoch-", "step-")):
+            continue
+        try:
+            step = int(json.loads(path.with_suffix(".json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written pair (a crash between the two renames) or another file
+        if best is None or step > best[0]:
+            best = (step, path)
+    return None if best is None else best[1]
 
 
 def save_parameters(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> str:

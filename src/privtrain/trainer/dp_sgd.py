@@ -25,18 +25,20 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from opacus.accountants import create_accountant
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from privtrain.errors import FailedPrecondition, PrivtrainError
+from privtrain.errors import FailedPrecondition, InvalidInput, PrivtrainError
 from privtrain.trainer.accounting import (
     EpsilonTracker,
     accountant_epsilon,
@@ -47,7 +49,7 @@ from privtrain.trainer.checkpoints import latest_checkpoint, load_checkpoint, sa
 from privtrain.trainer.dp_randomness import DPRandomness, Stream
 from privtrain.trainer.plan import JobPlan
 from privtrain.trainer.private_wrapping import set_clip_bound, wrap_for_dp
-from privtrain.trainer.sampling import poisson_loader
+from privtrain.trainer.sampling import SecurePoissonSampler, poisson_loader
 from privtrain.trainer.secure_noise import NoiseObserver
 from privtrain.trainer.spec import TrainingSpec
 
@@ -174,6 +176,63 @@ def physical_step(module: nn.Module, optimizer: DPOptimizer, criterion: nn.Modul
     return contribution, n
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a job: rank ``rank`` of ``world_size`` training processes.
+
+    With one process (the default) every collective is the identity; with several, the
+    ranks are a ``torch.distributed`` group (see :mod:`privtrain.trainer.distributed`):
+    each samples its own share of the rows, rank 0 alone draws the noise, evaluates,
+    releases, accounts and checkpoints, and the ranks agree on stopping after every step.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0 (the one that reports)."""
+        return self.rank == 0
+
+    def total(self, values: list[float], device: torch.device) -> list[float]:
+        """Sum of ``values`` over all ranks (one all-reduce; the values themselves with one rank)."""
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return [float(v) for v in tensor.tolist()]
+
+
+@dataclass(frozen=True)
+class CheckpointCadence:
+    """How often a checkpoint is written inside an epoch (every epoch's end has one too).
+
+    Attributes
+    ----------
+    every_s : float
+        After the first logical step that ends this many seconds (wall clock) after the
+        last checkpoint; 0 never by time.
+    every_steps : int
+        After every this many logical steps; 0 never by steps.
+
+    A crash loses at most the steps since the last checkpoint, not a whole epoch.
+    """
+
+    every_s: float = 30.0
+    every_steps: int = 0
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """What :func:`run_dp_sgd` passes on to every rank's :func:`train_loop` (picklable)."""
+
+    resume: bool = False
+    max_physical_batch_size: int | None = None
+    clipping_mode: str | None = None
+    private: bool = True
+    checkpoint_every: CheckpointCadence = field(default_factory=lambda: CheckpointCadence())
+
+
 def run_dp_sgd(
     spec: TrainingSpec,
     model: nn.Module,
@@ -191,8 +250,10 @@ def run_dp_sgd(
     clipping_mode: str | None = None,
     noise_observer: NoiseObserver | None = None,
     private: bool = True,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> LoopResult:
-    """Train ``model`` on ``train_data`` with DP-SGD for ``spec.epochs`` epochs.
+    """Train ``model`` on ``train_data`` with DP-SGD for ``spec.epochs`` epochs, in
+    ``spec.world_size`` processes (one loop, :func:`train_loop`, for every world size).
 
     Parameters
     ----------
@@ -200,13 +261,15 @@ def run_dp_sgd(
         Privacy and optimisation settings.
     model : nn.Module
         Opacus-compatible model, already on ``device``; inputs ``(batch, ...)``,
-        outputs ``(batch, classes)`` logits.
+        outputs ``(batch, classes)`` logits. It receives the final parameters.
     train_data : TensorDataset
         ``(features, labels)``, the training rows.
     evaluate : callable
-        ``model -> (correct, rows)`` on the held-out rows, called after every epoch.
+        ``model -> (correct, rows)`` on the held-out rows, called after every epoch (on
+        rank 0; picklable when ``spec.world_size`` > 1).
     out_dir : Path
-        Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}``, the
+        Checkpoints go to ``out_dir/checkpoints/epoch-NNNN.{safetensors,json}`` at every
+        epoch's end and ``step-NNNNNNNN.*`` inside epochs (see ``checkpoint_every``), the
         randomness key to ``out_dir/dp-randomness.json`` (0600).
     reporter : Reporter
     plan : JobPlan
@@ -216,7 +279,8 @@ def run_dp_sgd(
         The job's secret randomness; default: the key saved in ``out_dir`` (required to
         resume), or a fresh one saved there.
     should_stop : callable
-        Polled before every physical batch; True raises :class:`JobCancelled`.
+        Polled before every physical batch (one process) or logical step (several);
+        True raises :class:`JobCancelled`.
     resume : bool
         Continue from the latest checkpoint in ``out_dir`` (same spec and plan required).
     max_physical_batch_size : int, optional
@@ -225,10 +289,13 @@ def run_dp_sgd(
         Per-sample clipping implementation of flat and adaptive clipping; default: the
         fastest correct one for the model (per_layer clipping always runs in hooks mode).
     noise_observer : NoiseObserver, optional
-        Sees every step's clipped sums before and after the noise (the privacy audit).
+        Sees every step's clipped sums before and after the noise (the privacy audit; one
+        process only).
     private : bool
         False only for the privacy audit's check of itself (no noise; the caller
         disables clipping): nothing is accounted and the result's ε is infinite.
+    checkpoint_every : CheckpointCadence, optional
+        Checkpoints inside epochs (default: every 30 s of training).
 
     Raises
     ------
@@ -236,11 +303,58 @@ def run_dp_sgd(
         Batch larger than the data, or a noise multiplier above the target ε.
     FailedPrecondition
         Resume asked without a checkpoint or with another spec or plan; the final
-        accounting check failed.
+        accounting check failed; several processes ended with different parameters.
     JobCancelled
         ``should_stop`` returned True.
     """
     device = device or torch.device("cpu")
+    checkpoints = out_dir / "checkpoints"
+    if resume and latest_checkpoint(checkpoints) is None:
+        raise FailedPrecondition(f"no checkpoint to resume from in {checkpoints}")
+    # A resumed job must continue its own streams: a missing key is an error, not a new key.
+    randomness = randomness or (DPRandomness.load(out_dir) if resume
+                                else DPRandomness.load_or_create(out_dir))
+    options = LoopOptions(resume=resume, max_physical_batch_size=max_physical_batch_size,
+                          clipping_mode=clipping_mode, private=private,
+                          checkpoint_every=checkpoint_every or CheckpointCadence())
+    if spec.world_size > 1:
+        if noise_observer is not None:
+            raise InvalidInput("the privacy audit runs in one process (world_size 1)")
+        from privtrain.trainer.distributed import run_ranks
+
+        return run_ranks(spec, model, train_data, evaluate, out_dir, reporter, plan=plan,
+                         randomness=randomness, should_stop=should_stop, device=device,
+                         options=options)
+    return train_loop(spec, model, train_data, evaluate, out_dir, reporter, plan=plan,
+                      randomness=randomness, should_stop=should_stop, device=device,
+                      options=options, noise_observer=noise_observer)
+
+
+def train_loop(
+    spec: TrainingSpec,
+    model: nn.Module,
+    train_data: TensorDataset,
+    evaluate: Evaluate,
+    out_dir: Path,
+    reporter: Reporter,
+    *,
+    plan: JobPlan,
+    randomness: DPRandomness,
+    should_stop: Callable[[], bool],
+    device: torch.device,
+    options: LoopOptions,
+    ranks: Ranks = Ranks(),
+    noise_observer: NoiseObserver | None = None,
+) -> LoopResult:
+    """The DP-SGD loop of one process; :func:`run_dp_sgd` runs it once, or once per rank.
+
+    Every rank runs the same steps: its own Poisson share of the rows (lane ``rank`` of
+    the randomness), clipping, and one all-reduce of the clipped sums per logical step,
+    to which rank 0 alone adds the noise (:func:`privtrain.trainer.secure_noise.add_step_noise`);
+    so the update is (Σ clipped + N(0, σ²C²)) / B as with one process, and the privacy
+    analysis is that one. Rank 0 reports, evaluates, releases, accounts and checkpoints.
+    """
+    resume = options.resume
     sample_rate, steps_per_epoch, total_steps = plan.sample_rate, plan.steps_per_epoch, plan.total_steps
     checkpoints = out_dir / "checkpoints"
     state: dict[str, Any] | None = None
@@ -248,14 +362,14 @@ def run_dp_sgd(
         path = latest_checkpoint(checkpoints)
         if path is None:
             raise FailedPrecondition(f"no checkpoint to resume from in {checkpoints}")
-    # A resumed job must continue its own streams: a missing key is an error, not a new key.
-    randomness = randomness or (DPRandomness.load(out_dir) if resume
-                                else DPRandomness.load_or_create(out_dir))
-    if resume:
         tensors, state = load_checkpoint(path)
         if state["spec"] != spec.to_dict() or state.get("plan") != plan.to_dict():
             raise FailedPrecondition("the checkpoint was written for another job spec or plan")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    elif ranks.world_size > 1:
+        for tensor in model.state_dict().values():  # every rank starts from rank 0's initialisation
+            dist.broadcast(tensor, src=0)
+    private = options.private
     schedule = plan.noise
     sigma = schedule.scale if private else 0.0
     autocast_dtype = _autocast_dtype(spec, device)
@@ -266,12 +380,12 @@ def run_dp_sgd(
               else model.parameters())
     gsm, optimizer, clipping_mode = wrap_for_dp(
         spec, model, _optimizer(spec, params), noise_multiplier=sigma, randomness=randomness,
-        mode=clipping_mode,
+        mode=options.clipping_mode,
     )
     optimizer.noise_observer = noise_observer  # type: ignore[attr-defined]
     scheduler = _lr_scheduler(spec, optimizer.original_optimizer, total_steps)
     accountant = create_accountant(mechanism=plan.accountant)
-    step, first_epoch = 0, 1
+    step, first_epoch, done_in_epoch = 0, 1, 0
     if state is not None:
         optimizer.original_optimizer.load_state_dict(_optimizer_state(state, tensors, gsm))
         accountant = restore_accountant(state["accountant"])
@@ -279,6 +393,8 @@ def run_dp_sgd(
         if scheduler is not None:
             scheduler.load_state_dict(state["lr_scheduler"])
         step, first_epoch = int(state["step"]), int(state["epoch"]) + 1
+        # A within-epoch checkpoint: the rest of that epoch's steps come first.
+        done_in_epoch = step - int(state["epoch"]) * steps_per_epoch
         if spec.clipping == "adaptive":
             set_clip_bound(gsm, optimizer, float(state["max_grad_norm"]))
     # Opacus' hook records optimizer.noise_multiplier: the effective σ of the step just taken
@@ -299,19 +415,22 @@ def run_dp_sgd(
 
     optimizer.attach_step_hook(on_logical_step)
     loader = poisson_loader(train_data, sample_rate=sample_rate, steps=steps_per_epoch,
-                            randomness=randomness)
+                            randomness=randomness,
+                            rows=np.arange(ranks.rank, len(train_data), ranks.world_size),
+                            lane=ranks.rank)
     tracker = EpsilonTracker(plan.accountant, sigma, sample_rate, total_steps, plan.delta,
                              steps_per_epoch=steps_per_epoch,
                              history=lambda steps: plan.history(steps, plan.releases_by(steps))) \
-        if private else None
+        if private and ranks.main else None
     criterion = nn.CrossEntropyLoss()
-    physical = min(spec.max_physical_batch_size, max_physical_batch_size or spec.max_physical_batch_size)
+    physical = min(spec.max_physical_batch_size,
+                   options.max_physical_batch_size or spec.max_physical_batch_size)
     reporter.on_start({
         "max_physical_batch_size": physical, "clipping_mode": clipping_mode,
         "noise_multiplier": sigma, "sample_rate": sample_rate, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "train_rows": len(train_data), "device": str(device),
         "resumed_at_step": step, "noise_schedule": spec.noise_schedule,
-        "precision": spec.precision,
+        "precision": spec.precision, "world_size": ranks.world_size,
     })
     # Only the eval forward is compiled: compiling the training step with the clipping hooks
     # showed no consistent gain (bench/compile_speed.py).
@@ -319,12 +438,44 @@ def run_dp_sgd(
 
     last_loss, exact = float("nan"), float("nan")
     last_release: float | None = None if state is None else state.get("last_released_accuracy")
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, SecurePoissonSampler)
+    last_checkpoint = time.monotonic()
+
+    def checkpoint(epoch_done: int, *, within_epoch: bool) -> None:
+        nonlocal last_checkpoint
+        save_checkpoint(
+            checkpoints, epoch=epoch_done, model_state=gsm._module.state_dict(),
+            optimizer=optimizer.original_optimizer, within_epoch=within_epoch,
+            state={
+                "epoch": epoch_done, "step": step,
+                "epsilon": tracker.after(step) if tracker is not None else None,
+                "delta": plan.delta, "noise_multiplier": sigma, "sample_rate": sample_rate,
+                "max_grad_norm": float(optimizer.max_grad_norm)
+                if spec.clipping == "adaptive" else spec.max_grad_norm,
+                "accountant": accountant_state(accountant), "spec": spec.to_dict(),
+                "plan": plan.to_dict(), "randomness": randomness.state(),
+                "last_released_accuracy": last_release, "world_size": ranks.world_size,
+                "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+            },
+        )
+        last_checkpoint = time.monotonic()
+
+    def checkpoint_due(epoch_step: int) -> bool:
+        if epoch_step >= steps_per_epoch or not ranks.main:
+            return False  # the epoch's own checkpoint follows
+        every_s, every_steps = options.checkpoint_every.every_s, options.checkpoint_every.every_steps
+        return bool((every_steps and step % every_steps == 0)
+                    or (every_s and time.monotonic() - last_checkpoint >= every_s))
+
     for epoch in range(first_epoch, spec.epochs + 1):
+        sampler.steps = steps_per_epoch - (done_in_epoch if epoch == first_epoch else 0)
         with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
                                 optimizer=optimizer) as batches:
             loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
             for xb, yb in batches:
-                if should_stop():
+                # Several ranks may only stop together, between logical steps (below).
+                if ranks.world_size == 1 and should_stop():
                     raise JobCancelled(f"cancelled before step {step + 1}")
                 batch_loss, batch_samples = physical_step(gsm, optimizer, criterion, xb, yb, device,
                                                           autocast_dtype=autocast_dtype)
@@ -335,16 +486,25 @@ def run_dp_sgd(
                 step = logical_steps[0]
                 if scheduler is not None:
                     scheduler.step()
-                elapsed = max(time.perf_counter() - step_start, 1e-9)
-                mean_loss = loss_sum / samples if samples else None
-                if mean_loss is not None and math.isfinite(mean_loss):
-                    last_loss = mean_loss
-                reporter.on_step(StepReport(
-                    step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
-                    batch_size=samples, samples_per_s=samples / elapsed,
-                    epsilon=tracker.after(step) if tracker is not None else math.inf,
-                ))
+                total_loss, total_samples, stopping = ranks.total(
+                    [loss_sum, samples, float(should_stop())], device)
+                if ranks.main:
+                    elapsed = max(time.perf_counter() - step_start, 1e-9)
+                    mean_loss = total_loss / total_samples if total_samples else None
+                    if mean_loss is not None and math.isfinite(mean_loss):
+                        last_loss = mean_loss
+                    reporter.on_step(StepReport(
+                        step=step, total_steps=total_steps, epoch=epoch, loss=mean_loss,
+                        batch_size=int(total_samples), samples_per_s=total_samples / elapsed,
+                        epsilon=tracker.after(step) if tracker is not None else math.inf,
+                    ))
+                if stopping and step < total_steps:
+                    raise JobCancelled(f"cancelled before step {step + 1}")
+                if checkpoint_due(step - (epoch - 1) * steps_per_epoch):
+                    checkpoint(epoch - 1, within_epoch=True)
                 loss_sum, samples, step_start = 0.0, 0, time.perf_counter()
+        if not ranks.main:
+            continue
         correct, rows = evaluate(eval_model)
         exact = correct / max(1, rows)
         released = None
@@ -356,28 +516,15 @@ def run_dp_sgd(
         epsilon_now = tracker.after(step) if tracker is not None else math.inf
         # The checkpoint first: a release that reached anyone always has one behind it, so a
         # resumed job never releases the same epoch twice.
-        save_checkpoint(
-            checkpoints, epoch=epoch, model_state=gsm._module.state_dict(),
-            optimizer=optimizer.original_optimizer,
-            state={
-                "epoch": epoch, "step": step, "epsilon": epsilon_now if private else None,
-                "delta": plan.delta, "noise_multiplier": sigma, "sample_rate": sample_rate,
-                "max_grad_norm": float(optimizer.max_grad_norm)
-                if spec.clipping == "adaptive" else spec.max_grad_norm,
-                "accountant": accountant_state(accountant), "spec": spec.to_dict(),
-                "plan": plan.to_dict(), "randomness": randomness.state(),
-                "last_released_accuracy": last_release,
-                "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-            },
-        )
+        checkpoint(epoch, within_epoch=False)
         reporter.on_epoch(epoch, released, exact, epsilon_now)
 
     if not private:
         return LoopResult(epsilon=math.inf, noise_multiplier=0.0, sample_rate=sample_rate, steps=step,
                           test_accuracy=None, exact_test_accuracy=exact, final_loss=last_loss,
                           model=gsm._module)
-    epsilon = accountant_epsilon(accountant, plan.delta)
-    if step != total_steps or epsilon > spec.target_epsilon:
+    epsilon = accountant_epsilon(accountant, plan.delta) if ranks.main else math.nan
+    if ranks.main and (step != total_steps or epsilon > spec.target_epsilon):
         raise FailedPrecondition(
             f"accounting check failed: {step}/{total_steps} steps, ε={epsilon:.6f} "
             f"(target {spec.target_epsilon})"

@@ -34,9 +34,14 @@ from privtrain.errors import InvalidInput
 from privtrain.trainer.audit import AuditSettings, CanaryAudit
 from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
-from privtrain.trainer.distributed import run_distributed
 from privtrain.trainer.dp_randomness import DPRandomness
-from privtrain.trainer.dp_sgd import JobCancelled, Reporter, StepReport, run_dp_sgd
+from privtrain.trainer.dp_sgd import (
+    CheckpointCadence,
+    JobCancelled,
+    Reporter,
+    StepReport,
+    run_dp_sgd,
+)
 from privtrain.trainer.features import FeatureEncoder
 from privtrain.trainer.models import build_model
 from privtrain.trainer.plan import JobPlan
@@ -181,6 +186,29 @@ def validate_model(model: nn.Module) -> None:
     validate_modules(model, fix=False)
 
 
+class TestRows:
+    """The held-out rows as the loop's ``evaluate``: ``model -> (correct, rows)``.
+
+    Picklable (the arrays and the device), so each rank of a multi-process job gets it;
+    ``progress`` (``(rows_done, rows_total)`` after every batch, for the stall monitor)
+    stays with the process that made it.
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, device: torch.device,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.features, self.labels, self.device, self.progress = features, labels, device, progress
+
+    def __call__(self, model: nn.Module) -> tuple[int, int]:
+        return count_correct(model, self.features, self.labels, self.device, self.progress), \
+            len(self.labels)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"features": self.features, "labels": self.labels, "device": str(self.device)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["features"], state["labels"], torch.device(state["device"]))  # type: ignore[misc]
+
+
 @torch.no_grad()
 def count_correct(model: nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device,
                   progress: Callable[[int, int], None] | None = None) -> int:
@@ -215,6 +243,7 @@ def train(
     on_evaluation: Callable[[int, int], None] | None = None,
     randomness: DPRandomness | None = None,
     audit: AuditSettings | None = None,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on ``table`` with DP-SGD and write checkpoints and parameters.
 
@@ -229,8 +258,8 @@ def train(
         The owner's declared split. Rows whose label is missing or undeclared are left
         out (each on its own; see :meth:`FeatureEncoder.encode_labelled`).
     out_dir : Path
-        Receives ``checkpoints/epoch-NNNN.*``, the randomness key (0600) and
-        ``parameters.safetensors``.
+        Receives ``checkpoints/`` (every epoch's end, and inside epochs as
+        ``checkpoint_every`` says), the randomness key (0600) and ``parameters.safetensors``.
     reporter : Reporter
         Gets every logical step and every epoch's test accuracy.
     plan : JobPlan
@@ -246,6 +275,8 @@ def train(
         The job's secret randomness (default: saved in / created for ``out_dir``).
     audit : AuditSettings, optional
         Run the privacy audit's canaries with this training (see :mod:`privtrain.trainer.audit`).
+    checkpoint_every : CheckpointCadence, optional
+        How often to checkpoint inside an epoch (default: every 30 s).
 
     Raises
     ------
@@ -265,7 +296,8 @@ def train(
     return _fit(spec, prepared, (x_train, y_train), (x_test, y_test), out_dir, reporter,
                 lambda epsilon: parameter_metadata(spec, encoder, split, epsilon), plan=plan,
                 should_stop=should_stop, resume=resume, device=device, started=started,
-                on_evaluation=on_evaluation, randomness=randomness, audit=audit)
+                on_evaluation=on_evaluation, randomness=randomness, audit=audit,
+                checkpoint_every=checkpoint_every)
 
 
 def train_images(
@@ -281,6 +313,7 @@ def train_images(
     on_evaluation: Callable[[int, int], None] | None = None,
     randomness: DPRandomness | None = None,
     audit: AuditSettings | None = None,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> TrainingResult:
     """Train ``spec.model`` on a packed image dataset with DP-SGD; as :func:`train` otherwise.
 
@@ -309,7 +342,8 @@ def train_images(
                 (features[is_test], classes[is_test]), out_dir, reporter,
                 lambda epsilon: image_parameter_metadata(spec, manifest, epsilon), plan=plan,
                 should_stop=should_stop, resume=resume, device=device, started=started,
-                on_evaluation=on_evaluation, randomness=randomness, audit=audit)
+                on_evaluation=on_evaluation, randomness=randomness, audit=audit,
+                checkpoint_every=checkpoint_every)
 
 
 def _fit(
@@ -329,17 +363,14 @@ def _fit(
     on_evaluation: Callable[[int, int], None] | None = None,
     randomness: DPRandomness | None = None,
     audit: AuditSettings | None = None,
+    checkpoint_every: CheckpointCadence | None = None,
 ) -> TrainingResult:
     """Run DP-SGD on prepared inputs and write ``parameters.safetensors`` with ``metadata(ε)``."""
-    x_test, y_test = test_arrays
     train_data = TensorDataset(torch.from_numpy(train_arrays[0]), torch.from_numpy(train_arrays[1]))
     if len(train_data) == 0:
         # The worker's errors are the operator's to read (the trainer gets a fixed sentence).
         raise InvalidInput("the dataset has no training rows with a declared label")
-
-    def evaluate(model: nn.Module) -> tuple[int, int]:
-        return count_correct(model, x_test, y_test, device, progress=on_evaluation), len(y_test)
-
+    evaluate = TestRows(*test_arrays, device, on_evaluation)
     if randomness is None and not resume:
         randomness = DPRandomness.load_or_create(out_dir)
     canaries = None
@@ -347,23 +378,14 @@ def _fit(
         randomness = randomness or DPRandomness.load(out_dir)
         canaries = CanaryAudit(prepared.model, audit, randomness, sample_rate=plan.sample_rate,
                                delta=plan.delta)
-    if spec.world_size > 1:
-        if audit is not None:
-            raise InvalidInput("the privacy audit runs in one process (world_size 1)")
-        outcome = run_distributed(
-            spec, prepared.model.to(device), train_data, evaluate, out_dir, reporter, plan=plan,
-            randomness=randomness, should_stop=should_stop, resume=resume, device=device,
-            max_physical_batch_size=prepared.max_physical_batch_size,
-        )
-    else:
-        outcome = run_dp_sgd(
-            spec if canaries is None else canaries.training_spec(spec), prepared.model.to(device),
-            train_data, evaluate, out_dir, reporter, plan=plan, randomness=randomness,
-            should_stop=should_stop, resume=resume, device=device,
-            max_physical_batch_size=prepared.max_physical_batch_size,
-            clipping_mode=prepared.clipping_mode, noise_observer=canaries,
-            private=audit is None or audit.mechanism == "dp",
-        )
+    outcome = run_dp_sgd(
+        spec if canaries is None else canaries.training_spec(spec), prepared.model.to(device),
+        train_data, evaluate, out_dir, reporter, plan=plan, randomness=randomness,
+        should_stop=should_stop, resume=resume, device=device,
+        max_physical_batch_size=prepared.max_physical_batch_size,
+        clipping_mode=prepared.clipping_mode, noise_observer=canaries,
+        private=audit is None or audit.mechanism == "dp", checkpoint_every=checkpoint_every,
+    )
     params_path = out_dir / "parameters.safetensors"
     sha = save_parameters(params_path, outcome.model.state_dict(), metadata(outcome.epsilon))
     return TrainingResult(
@@ -371,7 +393,8 @@ def _fit(
         noise_multiplier=outcome.noise_multiplier, sample_rate=outcome.sample_rate,
         steps=outcome.steps, test_accuracy=outcome.test_accuracy, test_rows=plan.test_rows,
         train_rows=plan.train_rows, exact_test_accuracy=outcome.exact_test_accuracy,
-        exact_test_rows=len(y_test), exact_train_rows=len(train_data), final_loss=outcome.final_loss,
+        exact_test_rows=len(evaluate.labels), exact_train_rows=len(train_data),
+        final_loss=outcome.final_loss,
         parameters_path=params_path, parameters_sha256=sha,
         parameters_bytes=params_path.stat().st_size, device=str(device),
         train_seconds=time.perf_counter() - started,

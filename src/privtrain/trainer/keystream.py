@@ -4,8 +4,8 @@ Gradient noise needs 16 bytes of keystream per parameter and step (four 32-bit
 uniforms), which is megabytes per step for a model of a few hundred thousand
 parameters. ``cryptography`` computes AES-CTR with OpenSSL but holds the GIL, so the
 training thread waits on it. OpenSSL's own EVP interface, called through ``ctypes``
-(which releases the GIL), lets the keystream be drawn on two threads at once, each
-over its own range of counter blocks: the bytes are exactly those of one AES-256-CTR
+(which releases the GIL), lets the keystream be drawn on several threads at once
+(half the cores, at most four), each over its own range of counter blocks: the bytes are exactly those of one AES-256-CTR
 stream (NIST SP 800-38A), whichever way they are drawn. Where the system's
 ``libcrypto`` cannot be loaded, ``cryptography`` draws them on one thread.
 """
@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 BLOCK = 16
 # Below this many bytes one thread draws the whole range (a thread hand-off costs more).
 PARALLEL_MIN_BYTES = 1 << 20
-_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Half the cores at most: the training step's own threads use the rest (on 2 cores, drawing on
+# a second thread only competed with them in bench/dp_overhead.py).
+_THREADS = max(1, min(4, (os.cpu_count() or 1) // 2))
 _POOL: ThreadPoolExecutor | None = None
 
 

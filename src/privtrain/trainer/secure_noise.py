@@ -1,10 +1,12 @@
 """Gradient noise from the job's secret randomness, and per-sample sums that stay bounded.
 
 Every DP optimizer privtrain trains with (Opacus' ``DPOptimizer`` and
-``DPPerLayerOptimizer`` in hooks mode, the book-keeping and adaptive optimizers, the
-distributed one) adds its noise through :func:`add_step_noise`: one draw of the
-job's :class:`~privtrain.trainer.dp_randomness.DPRandomness` per logical step, never
-a ``torch.Generator`` a seed could reproduce.
+``DPPerLayerOptimizer`` in hooks mode, the book-keeping and adaptive optimizers) adds
+its noise through :func:`add_step_noise`: one draw of the job's
+:class:`~privtrain.trainer.dp_randomness.DPRandomness` per logical step, never a
+``torch.Generator`` a seed could reproduce. In a job of several processes it is also
+where the ranks' clipped sums meet: rank 0 alone adds the noise, then one all-reduce
+sums the (noised) sums of every rank, so every optimizer works at every world size.
 
 A sample whose per-sample gradient is not finite (a NaN or infinite loss, an
 overflow) would make the clipped sum, and so the released parameters, NaN: the
@@ -17,8 +19,8 @@ for every input.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
-from opacus.optimizers.ddpoptimizer import DistributedDPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
 from privtrain.trainer.dp_randomness import DPRandomness
@@ -37,11 +39,13 @@ class NoiseObserver:
 
 
 def add_step_noise(optimizer: DPOptimizer, std: float) -> None:
-    """``p.grad = p.summed_grad + N(0, std²)`` for every parameter, from one secret draw.
+    """``p.grad = Σ_ranks p.summed_grad + N(0, std²)`` for every parameter, from one secret draw.
 
     The draw covers all parameters of the step at once (``(Σ numel,)`` float32 on the
     first parameter's device), in the order of ``optimizer.params``; the sums are
-    noised in place. ``std`` is σ·C (0: no noise, nothing drawn).
+    noised in place. ``std`` is σ·C (0: no noise, nothing drawn). With several ranks
+    (an initialised ``torch.distributed`` group), rank 0 alone adds the noise and the
+    sums are then all-reduced, so every rank holds the same noised total.
 
     Raises
     ------
@@ -54,7 +58,8 @@ def add_step_noise(optimizer: DPOptimizer, std: float) -> None:
     observer: NoiseObserver | None = getattr(optimizer, "noise_observer", None)
     if observer is not None:
         observer.before_noise(params, float(optimizer.max_grad_norm))
-    if std > 0 and params:
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if std > 0 and params and (not distributed or dist.get_rank() == 0):
         randomness: DPRandomness = optimizer.randomness  # type: ignore[attr-defined]
         total = sum(p.summed_grad.numel() for p in params)
         noise = randomness.step_noise(total, params[0].summed_grad.device, torch.float32)
@@ -64,11 +69,24 @@ def add_step_noise(optimizer: DPOptimizer, std: float) -> None:
             part = noise[offset:offset + count].view_as(p.summed_grad)
             p.summed_grad.add_(part.to(p.summed_grad.device, p.summed_grad.dtype), alpha=std)
             offset += count
+    if distributed and params:
+        _all_reduce_sums(params)
     for p in params:
         p.grad = p.summed_grad.view_as(p)
         _mark_as_processed(p.summed_grad)
     if observer is not None:
         observer.after_noise(params)
+
+
+def _all_reduce_sums(params: list[torch.nn.Parameter]) -> None:
+    """Sum every rank's ``summed_grad`` in place, through one flat buffer (one collective)."""
+    flat = torch.cat([p.summed_grad.reshape(-1).float() for p in params])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        count = p.summed_grad.numel()
+        p.summed_grad.copy_(flat[offset:offset + count].view_as(p.summed_grad))
+        offset += count
 
 
 def attach_randomness(optimizer: DPOptimizer, randomness: DPRandomness) -> DPOptimizer:
@@ -121,16 +139,3 @@ class SecureDPPerLayerOptimizer(DPPerLayerOptimizer):
     def add_noise(self) -> None:
         """Noise σ·C (C the norm of the per-layer bounds) from the job's randomness."""
         add_step_noise(self, self.noise_multiplier * self.max_grad_norm)
-
-
-class SecureDistributedDPOptimizer(DistributedDPOptimizer):
-    """Opacus' ``DistributedDPOptimizer``: rank 0 alone adds the secret noise, once."""
-
-    def clip_and_accumulate(self) -> None:
-        """Zero non-finite samples, then Opacus' flat clipping."""
-        zero_nonfinite_samples(self)
-        super().clip_and_accumulate()
-
-    def add_noise(self) -> None:
-        """Noise σ·C on rank 0; the other ranks pass their sums on unchanged."""
-        add_step_noise(self, self.noise_multiplier * self.max_grad_norm if self.rank == 0 else 0.0)

@@ -35,6 +35,7 @@ from privtrain.platform.db._convert import check_privacy_amount
 from privtrain.platform.db.errors import PrivacyBudgetExceeded
 from privtrain.platform.db.models import Dataset, Job, LedgerEntry, PrivacyLedger, utcnow
 from privtrain.platform.db.transaction import Transactions
+from privtrain.platform.job_states import JobState
 
 if TYPE_CHECKING:  # the accountants (Opacus, torch) load when something is composed
     from privtrain.trainer.accounting import History
@@ -250,7 +251,7 @@ class BudgetLedger:
         NotFound
             No such job.
         FailedPrecondition
-            The job already has a reservation.
+            The job already has a reservation, or is no longer PENDING.
         """
         with self._tx.read() as session:
             job = session.get(Job, job_id)
@@ -263,6 +264,9 @@ class BudgetLedger:
         def store(session: Session) -> None:
             job = session.get(Job, job_id)
             assert job is not None
+            if job.state != JobState.PENDING.value:
+                # Cancelled while its plan was being calibrated: nothing to reserve.
+                raise FailedPrecondition(f"job {job_id} is {job.state}, no longer waiting for admission")
             if session.scalar(select(LedgerEntry.id).where(LedgerEntry.job_id == job_id)) is not None:
                 raise FailedPrecondition(f"job {job_id} already holds a reservation")
             job.plan_json = plan_json
