@@ -122,20 +122,24 @@ def _child(kind: str, path: Path, work: Path) -> None:
     else:
         from privtrain.anonymize import anonymize_file
         from privtrain.anonymize.keys import generate_key
+        from privtrain.secure_transport.issuing import ClientBundle, issue_bundle
         from privtrain.secure_transport.pki import init_pki
+        from privtrain.secure_transport.roles import Role
 
         key = work / "owner.hmac.key"
         if not key.exists():
             generate_key(key)
-        layout = init_pki(work / "pki", overwrite=True)
+        owner = ClientBundle(work / "owner")
+        issue_bundle(init_pki(work / "pki", overwrite=True), role=Role.DATA_OWNER, name="owner",
+                     out=owner.directory, overwrite=True)
         t0 = time.perf_counter()
         report = anonymize_file(
             path,
             cache_dir() / "policy.toml",
             key,
             work / "anon.parquet",
-            signing_key_path=layout.key("data-owner"),
-            signing_cert_path=layout.cert("data-owner"),
+            signing_key_path=owner.key,
+            signing_cert_path=owner.cert,
         )
         seconds = time.perf_counter() - t0
         rows = report.rows_raw

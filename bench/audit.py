@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from privtrain.datasets.adult import fetch_adult
-from privtrain.platform.demo import POLICY, privtrain, start_server
+from privtrain.platform.demo import PEOPLE, POLICY, privtrain, start_server
 
 WORK = Path(".privtrain-audit")
 
@@ -43,22 +43,33 @@ def main(argv: list[str] | None = None) -> int:
     pki, home = work / "pki", work / "home"
     privtrain("certs", "init", "--dir", pki)
     privtrain("db", "upgrade", "--home", home)
+    bundles = {name: work / "people" / name for name in PEOPLE}
+    for name, role in PEOPLE.items():
+        privtrain("certs", "issue", "--role", role, "--name", name, "--out", bundles[name],
+                  "--pki", pki, "--home", home)
     key, anon = work / "owner.hmac", work / "adult.anon.parquet"
     privtrain("anonymize", "keygen", "--out", key)
     privtrain("anonymize", "run", fetch_adult(), "--policy", POLICY, "--key", key, "--out", anon,
-              "--signing-key", pki / "data-owner.key", "--signing-cert", pki / "data-owner.pem")
+              "--signing-key", bundles["alice"] / "client.key",
+              "--signing-cert", bundles["alice"] / "client.pem")
     server, target = start_server(work)
-    connection = ["--server", target, "--pki", str(pki)]
+
+    def connection(name: str) -> list[str]:
+        return ["--server", target, "--bundle", str(bundles[name])]
+
     try:
         manifest = json.loads(anon.with_name(anon.name + ".manifest.json").read_text())["manifest"]
         split = [] if "split" in manifest else ["--split-column", "split", "--train-split", "train",
                                                 "--test-split", "test"]
         uploaded = json.loads(privtrain("dataset", "upload", anon, "--name", "adult", "--epsilon", "50",
-                                        "--delta", "2e-5", *split, "--json", *connection))
+                                        "--delta", "2e-5", *split, "--json", *connection("alice")))
+        privtrain("dataset", "grant", uploaded["id"], "--trainer", "bob", *connection("alice"))
         common = ["audit", "run", "--dataset", uploaded["id"], "--epsilon", str(args.epsilon),
-                  "--canaries", str(args.canaries), "--epochs", str(args.epochs), "--json", *connection]
-        runs = [json.loads(privtrain(*common).strip().splitlines()[-1]) for _ in range(args.runs)]
-        none = json.loads(privtrain(*common, "--mechanism", "none").strip().splitlines()[-1])
+                  "--canaries", str(args.canaries), "--epochs", str(args.epochs), "--json"]
+        runs = [json.loads(privtrain(*common, *connection("bob")).strip().splitlines()[-1])
+                for _ in range(args.runs)]
+        none = json.loads(privtrain(*common, "--mechanism", "none", *connection("carol"))
+                          .strip().splitlines()[-1])
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

@@ -32,7 +32,9 @@ from privtrain.anonymize.keys import generate_key
 from privtrain.anonymize.pipeline import anonymize_file
 from privtrain.datasets.adult import fetch_adult
 from privtrain.datasets.mnist_subset import fetch_mnist_subset
+from privtrain.secure_transport.issuing import ClientBundle, issue_bundle
 from privtrain.secure_transport.pki import init_pki
+from privtrain.secure_transport.roles import Role
 from privtrain.trainer.dp_sgd import run_dp_sgd
 from privtrain.trainer.engine import accuracy, build_encoder, split_rows
 from privtrain.trainer.spec import TrainingSpec
@@ -57,12 +59,13 @@ class _Silent:
 
 def adult_tensors(work: Path) -> tuple[TensorDataset, np.ndarray, np.ndarray, tuple[int, ...], int, dict]:
     """Anonymize Adult once; return train data, test arrays, input shape, classes, domains."""
-    pki = init_pki(work / "pki")
+    owner = ClientBundle(work / "owner")
+    issue_bundle(init_pki(work / "pki"), role=Role.DATA_OWNER, name="owner", out=owner.directory)
     key = work / "owner.hmac"
     generate_key(key)
     out = work / "adult.anon.parquet"
-    anonymize_file(fetch_adult(), POLICY, key, out, signing_key_path=pki.key("data-owner"),
-                   signing_cert_path=pki.cert("data-owner"))
+    anonymize_file(fetch_adult(), POLICY, key, out, signing_key_path=owner.key,
+                   signing_cert_path=owner.cert)
     manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())["manifest"]
     table = pq.read_table(out).to_pandas()
     spec = TrainingSpec(dataset_id="adult", **ADULT)  # type: ignore[arg-type]

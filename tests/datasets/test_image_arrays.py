@@ -24,22 +24,28 @@ from privtrain.datasets.image_arrays import (
 from privtrain.datasets.pack_images import image_manifest, pack_images
 from privtrain.errors import InvalidInput
 from privtrain.platform.cli import main
-from privtrain.secure_transport.pki import PkiLayout, init_pki
+from privtrain.secure_transport.issuing import ClientBundle, issue_bundle
+from privtrain.secure_transport.pki import init_pki
+from privtrain.secure_transport.roles import Role
 
 # Images per digit 0..9 in the UCI optical digits test set that scikit-learn ships.
 DIGIT_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiLayout:
-    return init_pki(tmp_path_factory.mktemp("pki") / "pki")
+def owner(tmp_path_factory: pytest.TempPathFactory) -> ClientBundle:
+    """A data owner's bundle from a fresh CA: the manifests' signer."""
+    folder = tmp_path_factory.mktemp("pki")
+    bundle = ClientBundle(folder / "alice")
+    issue_bundle(init_pki(folder / "pki"), role=Role.DATA_OWNER, name="alice", out=bundle.directory)
+    return bundle
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory: pytest.TempPathFactory, pki: PkiLayout) -> Path:
+def packed(tmp_path_factory: pytest.TempPathFactory, owner: ClientBundle) -> Path:
     out = tmp_path_factory.mktemp("digits") / "digits.safetensors"
-    pack_images("digits", out, signing_key_path=pki.key("data-owner"),
-                signing_cert_path=pki.cert("data-owner"))
+    pack_images("digits", out, signing_key_path=owner.key,
+                signing_cert_path=owner.cert)
     return out
 
 
@@ -61,7 +67,7 @@ def test_digits_are_the_1797_real_images_scaled_to_unit_range() -> None:
     assert np.array_equal(images * 16, np.round(images * 16))
 
 
-def test_packed_file_verifies_against_its_signed_manifest(packed: Path, pki: PkiLayout) -> None:
+def test_packed_file_verifies_against_its_signed_manifest(packed: Path, owner: ClientBundle) -> None:
     manifest_file = packed.with_name(packed.name + ".manifest.json")
     verified = verify_manifest(manifest_file.read_bytes(), packed.read_bytes())
     m = verified.manifest
@@ -113,12 +119,12 @@ def test_a_flipped_byte_fails_verification(packed: Path) -> None:
     (lambda m: m.update(split={"method": "random_holdout", "tensor": "split", "test_share": 0.2,
                                "seed": 1}), "image manifest split must be"),
 ])
-def test_malformed_image_manifest_is_refused_naming_the_field(packed: Path, pki: PkiLayout,
+def test_malformed_image_manifest_is_refused_naming_the_field(packed: Path, owner: ClientBundle,
                                                               change, needle: str) -> None:
     manifest = copy.deepcopy(_manifest(packed))
     change(manifest)
     with pytest.raises(ManifestError, match=needle):
-        sign_manifest(manifest, pki.key("data-owner").read_bytes(), pki.cert("data-owner").read_bytes())
+        sign_manifest(manifest, owner.key.read_bytes(), owner.cert.read_bytes())
 
 
 def test_layout_other_than_the_manifest_is_refused(packed: Path) -> None:
@@ -192,25 +198,25 @@ def test_split_tensor_must_hold_only_zeros_and_ones(tmp_path: Path) -> None:
         check_image_file(path, manifest)
 
 
-def test_manifest_without_a_split_still_signs(packed: Path, pki: PkiLayout) -> None:
+def test_manifest_without_a_split_still_signs(packed: Path, owner: ClientBundle) -> None:
     """``split`` is optional in older manifests; when present it declares the random hold-out."""
     manifest = {k: v for k, v in _manifest(packed).items() if k != "split"}
-    sign_manifest(manifest, pki.key("data-owner").read_bytes(), pki.cert("data-owner").read_bytes())
+    sign_manifest(manifest, owner.key.read_bytes(), owner.cert.read_bytes())
 
 
-def test_pack_refuses_unknown_source_and_overwriting_the_key(tmp_path: Path, pki: PkiLayout) -> None:
+def test_pack_refuses_unknown_source_and_overwriting_the_key(tmp_path: Path, owner: ClientBundle) -> None:
     with pytest.raises(InvalidInput, match="unknown image source 'cifar'"):
-        pack_images("cifar", tmp_path / "x.safetensors", signing_key_path=pki.key("data-owner"),
-                    signing_cert_path=pki.cert("data-owner"))
+        pack_images("cifar", tmp_path / "x.safetensors", signing_key_path=owner.key,
+                    signing_cert_path=owner.cert)
     with pytest.raises(InvalidInput, match="would overwrite the signing key"):
-        pack_images("digits", pki.key("data-owner"), signing_key_path=pki.key("data-owner"),
-                    signing_cert_path=pki.cert("data-owner"))
+        pack_images("digits", owner.key, signing_key_path=owner.key,
+                    signing_cert_path=owner.cert)
 
 
-def test_manifest_bounds_admit_int64_extremes_and_100000_classes(packed: Path, pki: PkiLayout) -> None:
+def test_manifest_bounds_admit_int64_extremes_and_100000_classes(packed: Path, owner: ClientBundle) -> None:
     """The bounds refuse only the impossible: int64's own extremes, exactly MAX_CLASSES classes
     and a 3 x 4096 x 4096 image still sign, as the packed digits manifest does."""
-    key, cert = pki.key("data-owner").read_bytes(), pki.cert("data-owner").read_bytes()
+    key, cert = owner.key.read_bytes(), owner.cert.read_bytes()
     base = _manifest(packed)
     sign_manifest(base, key, cert)
     sign_manifest({**base, "n_classes": 2, "label_values": [-(2**63), 2**63 - 1]}, key, cert)
@@ -256,14 +262,14 @@ def test_stored_file_check_refuses_undeclared_labels_like_the_trainer(tmp_path: 
                                     "(2 values: [0, 1])")
 
 
-def _pack_cli(out: Path, pki: PkiLayout, *extra: str) -> int:
+def _pack_cli(out: Path, owner: ClientBundle, *extra: str) -> int:
     return main(["dataset", "pack-images", "--source", "digits", "--out", str(out),
-                 "--signing-key", str(pki.key("data-owner")), "--signing-cert", str(pki.cert("data-owner")),
+                 "--signing-key", str(owner.key), "--signing-cert", str(owner.cert),
                  *extra])
 
 
 @pytest.mark.parametrize("existing", ["out", "manifest"])
-def test_pack_refuses_an_existing_output_without_force(tmp_path: Path, pki: PkiLayout, existing: str,
+def test_pack_refuses_an_existing_output_without_force(tmp_path: Path, owner: ClientBundle, existing: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """An existing --out or OUT.manifest.json: exit 2, one line naming it and --force, nothing
     written; with --force both are replaced by a verifying pair."""
@@ -272,18 +278,18 @@ def test_pack_refuses_an_existing_output_without_force(tmp_path: Path, pki: PkiL
     kept = out if existing == "out" else manifest
     kept.write_text("keep me\n")
     capsys.readouterr()
-    assert _pack_cli(out, pki) == 2
+    assert _pack_cli(out, owner) == 2
     err = capsys.readouterr().err
     assert err == f"error: {kept} already exists; pass --force to replace\n"
     assert kept.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
-    assert _pack_cli(out, pki, "--force") == 0
+    assert _pack_cli(out, owner, "--force") == 0
     verified = verify_manifest(manifest.read_bytes(), out.read_bytes())
     assert verified.manifest["output_rows"] == 1797
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, manifest.name]
 
 
-def test_pack_refuses_a_directory_out_naming_it(tmp_path: Path, pki: PkiLayout,
+def test_pack_refuses_a_directory_out_naming_it(tmp_path: Path, owner: ClientBundle,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """--out naming a folder, with or without --force: exit 2, a line naming the folder the user
     gave (no temporary file), nothing written."""
@@ -291,13 +297,13 @@ def test_pack_refuses_a_directory_out_naming_it(tmp_path: Path, pki: PkiLayout,
     folder.mkdir()
     for extra in ((), ("--force",)):
         capsys.readouterr()
-        assert _pack_cli(folder, pki, *extra) == 2
+        assert _pack_cli(folder, owner, *extra) == 2
         err = capsys.readouterr().err
         assert err == (f"error: --out {folder} is a directory; give a file name such as "
                        f"{folder / 'images.safetensors'}\n")
         assert ".tmp" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and list(folder.iterdir()) == []
     capsys.readouterr()
-    assert _pack_cli(tmp_path / "missing" / "x.safetensors", pki) == 2
+    assert _pack_cli(tmp_path / "missing" / "x.safetensors", owner) == 2
     assert capsys.readouterr().err == (f"error: cannot write --out {tmp_path / 'missing' / 'x.safetensors'}: "
                                        f"folder {tmp_path / 'missing'} does not exist\n")

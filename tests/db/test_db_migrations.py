@@ -23,7 +23,8 @@ from privtrain.platform.db.migrate import (
 )
 from privtrain.platform.db.models import metadata
 
-TABLES = {"datasets", "jobs", "privacy_ledgers", "ledger_entries", "job_events", "job_metrics", "alerts"}
+TABLES = {"datasets", "jobs", "privacy_ledgers", "ledger_entries", "job_events", "job_metrics", "alerts",
+          "dataset_grants", "certificates", "audit_entries", "audit_head", "audit_signatures"}
 
 
 def _tables(url: str) -> set[str]:
@@ -73,6 +74,40 @@ def test_migrations_are_shipped_inside_the_package() -> None:
     assert (ALEMBIC_DIR / "versions" / "0001_initial.py").is_file()
     assert (ALEMBIC_DIR / "versions" / "0002_privacy_ledgers.py").is_file()
     assert (ALEMBIC_DIR / "versions" / "0004_job_leases.py").is_file()
+    assert (ALEMBIC_DIR / "versions" / "0003_people_and_audit_log.py").is_file()
+
+
+def test_people_and_audit_log_revision_keeps_datasets_up_and_down(
+    db_url: str, make_dataset: Callable[..., DatasetRecord], submit: Callable[..., str],
+) -> None:
+    """C-D01 for 0003: datasets and jobs survive 0003 -> 0002 -> 0003; the audit log starts
+    again from an empty chain (head seq 0), and its table refuses changes at every step up."""
+    from privtrain.platform.db.audit_log import NewAuditEntry
+
+    upgrade(db_url)
+    with Database(db_url) as db:
+        dataset = make_dataset(db)
+        job = submit(db, dataset.id)
+        db.grants.grant(dataset.id, "bob", by="owner.example.test")
+        db.audit_log.append(NewAuditEntry("bob", "ab12", "trainer", "job.submit", f"job {job}", "ok"))
+        db.datasets.withdraw(dataset.id)
+    downgrade(db_url, "0002")
+    assert _tables(db_url) == TABLES - {"dataset_grants", "certificates", "audit_entries",
+                                        "audit_head", "audit_signatures"}
+    upgrade(db_url)
+    with Database(db_url) as db:
+        kept = db.datasets.get(dataset.id)
+        assert kept.name == dataset.name and not kept.withdrawn
+        assert [j.id for j in db.jobs.list()] == [job]
+        assert db.audit_log.head() == (0, "0" * 64)
+        appended = db.audit_log.append(NewAuditEntry("bob", "ab12", "trainer", "job.cancel", "x", "ok"))
+        assert appended.seq == 1
+    engine = make_engine(db_url)
+    try:
+        with pytest.raises(Exception, match="append-only"), engine.begin() as connection:
+            connection.execute(text("DELETE FROM audit_entries"))
+    finally:
+        engine.dispose()
 
 
 def test_summing_ledger_rows_become_fixed_entries_and_come_back(db_url: str) -> None:

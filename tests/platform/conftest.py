@@ -20,7 +20,7 @@ def adult(tmp_path_factory: pytest.TempPathFactory) -> AnonymizedAdult:
 @pytest.fixture
 def running(tmp_path: Path, adult: AnonymizedAdult) -> Iterator[RunningServer]:
     """A server for one test, with stall thresholds short enough to drill."""
-    rs = start_server(tmp_path / "home", adult.pki,
+    rs = start_server(tmp_path / "home", adult.pki, adult.bundles,
                       stall=StallConfig(factor=10.0, floor_s=1.5, first_step_s=60.0),
                       cancel_grace_s=5.0)
     yield rs

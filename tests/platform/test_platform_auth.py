@@ -9,9 +9,7 @@ from privtrain.platform.client import PrivtrainClient
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.channels import ClientTLS, create_channel
-from privtrain.secure_transport.pki import init_pki
-
-from server_harness import RunningServer, adult_spec
+from server_harness import RunningServer, adult_spec, make_people
 
 
 def test_client_without_certificate_is_refused(running: RunningServer) -> None:
@@ -26,10 +24,10 @@ def test_client_without_certificate_is_refused(running: RunningServer) -> None:
 
 def test_client_certificate_from_another_ca_is_refused(running: RunningServer, tmp_path) -> None:
     """A trainer certificate issued by another CA is not trusted: UNAVAILABLE."""
-    other = init_pki(tmp_path / "other")
+    _, other = make_people(tmp_path / "other")
     mixed = ClientTLS(ca_pem=running.pki.ca_cert.read_bytes(),
-                      cert_pem=other.cert("trainer").read_bytes(),
-                      key_pem=other.key("trainer").read_bytes())
+                      cert_pem=other["trainer"].cert.read_bytes(),
+                      key_pem=other["trainer"].key.read_bytes())
     channel = create_channel(running.target, mixed)
     with pytest.raises(grpc.RpcError) as err:
         pb_grpc.TrainingServiceStub(channel).ListJobs(pb.ListJobsRequest(), timeout=5)

@@ -44,7 +44,7 @@ def test_refused_call_prints_status_and_exit_1(running: RunningServer,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """A NOT_FOUND from the server is one line with the status name."""
     code = main(["job", "get", "no-such-job", "--server", running.target,
-                 "--pki", str(running.pki.directory)])
+                 "--bundle", str(running.bundles["trainer"].directory)])
     assert code == 1
     assert capsys.readouterr().err.startswith("error: NOT_FOUND:")
 
@@ -54,8 +54,8 @@ def test_json_output_keeps_64_bit_integers_numeric(running: RunningServer, adult
     """`dataset list --json` gives rows and size_bytes as numbers, as the server stored them
     (to the dataset's owner: a trainer gets only the published counts)."""
     ds = upload_adult(running, adult)
-    assert main(["dataset", "list", "--json", "--role", "data-owner", "--server", running.target,
-                 "--pki", str(running.pki.directory)]) == 0
+    assert main(["dataset", "list", "--json", "--server", running.target,
+                 "--bundle", str(running.bundles["data-owner"].directory)]) == 0
     [listed] = json.loads(capsys.readouterr().out)
     assert listed["rows"] == ds.rows and isinstance(listed["rows"], int)
     assert listed["size_bytes"] == ds.size_bytes
@@ -65,7 +65,7 @@ def test_cli_runs_as_a_module_and_prints_help() -> None:
     """`python -m privtrain.platform.cli --help` lists every command."""
     out = subprocess.run([sys.executable, "-m", "privtrain.platform.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    for command in ("certs", "db", "server", "anonymize", "dataset", "job", "alerts"):
+    for command in ("certs", "db", "server", "anonymize", "dataset", "job", "alerts", "audit-log"):
         assert command in out
 
 
@@ -84,14 +84,15 @@ def test_argument_mistakes_are_one_error_line_and_exit_2(argv: list[str],
 def test_dataset_fetch_writes_the_verified_raw_table(
     source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A new user gets the real tables to anonymize without the demo; an existing file
-    is kept unless --force."""
+    """A new user gets the real tables to anonymize without the demo, readable by them alone;
+    an existing file is kept unless --force."""
     from privtrain.datasets import fetch_adult, fetch_compas
 
     out = tmp_path / f"{source}.csv"
     assert main(["dataset", "fetch", "--source", source, "--out", str(out)]) == 0
     expected = (fetch_adult() if source == "adult" else fetch_compas()).read_bytes()
     assert out.read_bytes() == expected
+    assert (out.stat().st_mode & 0o777) == 0o600  # raw personal data: the owner's alone
     out.write_text("mine")
     assert main(["dataset", "fetch", "--source", source, "--out", str(out)]) == 2
     assert out.read_text() == "mine"

@@ -55,7 +55,7 @@ def test_published_counts_are_noisy_not_exact(tmp_path: Path, adult: AnonymizedA
 
     published = set()
     for i in range(5):
-        rs = start_server(tmp_path / f"home{i}", adult.pki)
+        rs = start_server(tmp_path / f"home{i}", adult.pki, adult.bundles)
         try:
             published.add(upload_adult(rs, adult).published_train_rows)
         finally:
@@ -97,8 +97,8 @@ def test_manifest_signed_by_someone_else_is_refused(running: RunningServer, adul
                                                     tmp_path: Path) -> None:
     """A manifest validly signed, but by the trainer's key, is not the uploader's."""
     manifest = adult.manifest_dict
-    resigned = sign_manifest(manifest, adult.pki.key("trainer").read_bytes(),
-                             adult.pki.cert("trainer").read_bytes())
+    resigned = sign_manifest(manifest, adult.bundles["trainer"].key.read_bytes(),
+                             adult.bundles["trainer"].cert.read_bytes())
     path = tmp_path / "resigned.manifest.json"
     path.write_bytes(resigned)
     with running.client("data-owner") as owner, pytest.raises(grpc.RpcError) as err:
@@ -167,8 +167,8 @@ def test_later_release_of_the_same_source_draws_on_the_same_budget(
     key = tmp_path / "owner.hmac"
     generate_key(key)
     later = tmp_path / "adult.v2.parquet"
-    anonymize_file(fetch_adult(), POLICY, key, later, signing_key_path=adult.pki.key("data-owner"),
-                   signing_cert_path=adult.pki.cert("data-owner"), previous_manifest=adult.manifest,
+    anonymize_file(fetch_adult(), POLICY, key, later, signing_key_path=adult.bundles["data-owner"].key,
+                   signing_cert_path=adult.bundles["data-owner"].cert, previous_manifest=adult.manifest,
                    rotate_key=True)
     with running.client("data-owner") as owner:
         second = owner.upload(later, later.with_name(later.name + ".manifest.json"), name="adult-v2",
@@ -177,8 +177,8 @@ def test_later_release_of_the_same_source_draws_on_the_same_budget(
             third, key3 = tmp_path / "adult.v3.parquet", tmp_path / "owner3.hmac"
             generate_key(key3)
             anonymize_file(fetch_adult(), POLICY, key3, third,
-                           signing_key_path=adult.pki.key("data-owner"),
-                           signing_cert_path=adult.pki.cert("data-owner"),
+                           signing_key_path=adult.bundles["data-owner"].key,
+                           signing_cert_path=adult.bundles["data-owner"].cert,
                            previous_manifest=later.with_name(later.name + ".manifest.json"),
                            rotate_key=True)
             owner.upload(third, third.with_name(third.name + ".manifest.json"), name="adult-v3",
@@ -188,6 +188,37 @@ def test_later_release_of_the_same_source_draws_on_the_same_budget(
     assert second.ledger_id == first.ledger_id
     # Both uploads' count releases are composed on the one ledger: more spent than by one.
     assert second.epsilon_remaining < first.epsilon_remaining
-    with running.client("trainer") as trainer:
-        budgets = {d.name: (d.ledger_id, d.epsilon_remaining) for d in trainer.list_datasets()}
+    with running.client("data-owner") as owner:
+        budgets = {d.name: (d.ledger_id, d.epsilon_remaining) for d in owner.list_datasets()}
     assert budgets["adult"] == budgets["adult-v2"]
+
+
+def test_withdrawal_deletes_the_file_cancels_running_jobs_and_keeps_the_ledger(
+    running: RunningServer, adult: AnonymizedAdult
+) -> None:
+    """The owner withdraws a dataset a job is training on: the file is gone, the job ends
+    CANCELLED (charged what it took), no new job is admitted, trainers no longer see it, and the
+    ledger with the job's entry stays readable by the owner."""
+    from server_harness import adult_spec, ledger_entry, wait_terminal
+
+    ds = upload_adult(running, adult)
+    with running.client("trainer") as trainer, running.client("data-owner") as owner:
+        job = trainer.submit(adult_spec(ds.id, epochs=3, batch_size=64))
+        for event in trainer.watch(job.id, timeout_s=120):
+            if event.WhichOneof("event") == "step":
+                break
+        withdrawn = owner.withdraw(ds.id)
+        assert withdrawn.HasField("withdrawn_at")
+        assert _stored_files(running) == []
+        wait_terminal(trainer, job.id)
+        assert trainer.get_job(job.id).state == "CANCELLED"
+        assert trainer.list_datasets() == []
+        with pytest.raises(grpc.RpcError) as err:
+            trainer.submit(adult_spec(ds.id))
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as err:
+            owner.withdraw(ds.id)
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        ledger = owner.ledger(ds.id)
+    assert [e.job_id for e in ledger.entries if e.kind == "job"] == [job.id]
+    assert ledger_entry(running, job.id).settled

@@ -199,7 +199,7 @@ def test_second_server_on_the_same_home_is_refused(running: RunningServer) -> No
 def test_second_server_on_a_busy_port_is_refused(running: RunningServer, tmp_path: Path) -> None:
     """No SO_REUSEPORT: binding a port another server serves fails."""
     with pytest.raises(FailedPrecondition, match="cannot listen"):
-        start_server(tmp_path / "other-home", running.pki, port=running.server.port)
+        start_server(tmp_path / "other-home", running.pki, running.bundles, port=running.server.port)
 
 
 def test_server_on_an_unmigrated_database_is_refused(running: RunningServer, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import safetensors.numpy
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from server_harness import RunningServer, start_server, wait_terminal
+from server_harness import PEOPLE, RunningServer, make_people, start_server, wait_terminal
 
 from privtrain.anonymize.manifest import ECDSA_P256, ED25519, canonical_json, sign_manifest
 from privtrain.datasets.image_arrays import encode_image_arrays, read_image_arrays
@@ -23,7 +23,8 @@ from privtrain.datasets.pack_images import image_manifest
 from privtrain.platform.cli import main
 from privtrain.platform.client import job_spec
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
-from privtrain.secure_transport.pki import PkiLayout, init_pki
+from privtrain.secure_transport.issuing import ClientBundle
+from privtrain.secure_transport.pki import PkiLayout
 from privtrain.trainer.evaluate import evaluate_image_parameters
 
 # Two 3x3 convolutions with pooling: (1, 8, 8) -> (16, 4, 4) -> (32, 2, 2) -> 10 logits.
@@ -43,10 +44,10 @@ def _events(events: list[pb.JobEvent], kind: str) -> list:
     return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]
 
 
-def _pack(pki: PkiLayout, source: str, out: Path) -> Path:
-    """Pack through the CLI, as a data owner would."""
+def _pack(owner: ClientBundle, source: str, out: Path) -> Path:
+    """Pack through the CLI, as a data owner would (signed with their bundle's key)."""
     code = main(["dataset", "pack-images", "--source", source, "--out", str(out),
-                 "--signing-key", str(pki.key("data-owner")), "--signing-cert", str(pki.cert("data-owner"))])
+                 "--signing-key", str(owner.key), "--signing-cert", str(owner.cert)])
     assert code == 0
     return out
 
@@ -54,8 +55,10 @@ def _pack(pki: PkiLayout, source: str, out: Path) -> Path:
 def _upload(rs: RunningServer, path: Path, *, epsilon: float = 5.0, manifest: Path | None = None,
             name: str = "digits") -> pb.Dataset:
     with rs.client("data-owner") as owner:
-        return owner.upload(path, manifest or path.with_name(path.name + ".manifest.json"), name=name,
-                            epsilon_budget=epsilon, delta_budget=1e-4)
+        ds = owner.upload(path, manifest or path.with_name(path.name + ".manifest.json"), name=name,
+                          epsilon_budget=epsilon, delta_budget=1e-4)
+        owner.grant(ds.id, PEOPLE["trainer"])
+        return ds
 
 
 def digits_spec(dataset_id: str, **overrides: object) -> pb.JobSpec:
@@ -70,18 +73,23 @@ def digits_spec(dataset_id: str, **overrides: object) -> pb.JobSpec:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiLayout:
-    return init_pki(tmp_path_factory.mktemp("pki") / "pki")
+def people(tmp_path_factory: pytest.TempPathFactory) -> tuple[PkiLayout, dict[str, ClientBundle]]:
+    return make_people(tmp_path_factory.mktemp("people"))
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory, pki: PkiLayout) -> Path:
-    return _pack(pki, "digits", tmp_path_factory.mktemp("owner") / "digits.safetensors")
+def owner(people: tuple[PkiLayout, dict[str, ClientBundle]]) -> ClientBundle:
+    return people[1]["data-owner"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory, owner: ClientBundle) -> Path:
+    return _pack(owner, "digits", tmp_path_factory.mktemp("owner") / "digits.safetensors")
 
 
 @pytest.fixture
-def server(tmp_path: Path, pki: PkiLayout) -> Iterator[RunningServer]:
-    rs = start_server(tmp_path / "home", pki)
+def server(tmp_path: Path, people: tuple[PkiLayout, dict[str, ClientBundle]]) -> Iterator[RunningServer]:
+    rs = start_server(tmp_path / "home", *people)
     yield rs
     rs.server.stop(1.0)
 
@@ -101,10 +109,11 @@ class TrainedDigits:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, pki: PkiLayout, digits: Path) -> Iterator[TrainedDigits]:
+def trained(tmp_path_factory: pytest.TempPathFactory, people: tuple[PkiLayout, dict[str, ClientBundle]],
+            digits: Path) -> Iterator[TrainedDigits]:
     """Signed upload → DP-SGD job → sealed download, once for the tests that read its outcome."""
     folder = tmp_path_factory.mktemp("trained")
-    rs = start_server(folder / "home", pki)
+    rs = start_server(folder / "home", *people)
     try:
         ds = _upload(rs, digits)
         assert (ds.kind, ds.k_anonymity, ds.rows) == ("image_array", 0, 1797)
@@ -181,7 +190,7 @@ def test_tampered_image_file_is_refused_at_upload(server: RunningServer, digits:
 
 
 def test_file_whose_tensors_differ_from_its_signed_manifest_is_refused(
-    server: RunningServer, digits: Path, pki: PkiLayout, tmp_path: Path
+    server: RunningServer, digits: Path, owner: ClientBundle, tmp_path: Path
 ) -> None:
     """A correctly hashed and signed file whose manifest lies about the image shape is refused
     at upload naming the tensor, not later in a worker."""
@@ -191,8 +200,8 @@ def test_file_whose_tensors_differ_from_its_signed_manifest_is_refused(
     out.write_bytes(data)
     manifest = image_manifest("digits", data, 1797, (1, 8, 8), tuple(range(10)))
     signed = tmp_path / "wrong.safetensors.manifest.json"
-    signed.write_bytes(sign_manifest(manifest, pki.key("data-owner").read_bytes(),
-                                     pki.cert("data-owner").read_bytes()))
+    signed.write_bytes(sign_manifest(manifest, owner.key.read_bytes(),
+                                     owner.cert.read_bytes()))
     with pytest.raises(grpc.RpcError) as err:
         _upload(server, out)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -207,10 +216,10 @@ def _digits_arrays(digits: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         "output_rows": 1797, "feature_shape": [1, 8, 8], "label_values": list(range(10))})
 
 
-def _sign_bypassing_field_checks(manifest: dict, pki: PkiLayout) -> bytes:
+def _sign_bypassing_field_checks(manifest: dict, owner: ClientBundle) -> bytes:
     """Sign as the data owner without the client's field checks, as a forger with the owner's
     key can: only the server's own checks stand between this manifest and a dataset."""
-    key = serialization.load_pem_private_key(pki.key("data-owner").read_bytes(), password=None)
+    key = serialization.load_pem_private_key(owner.key.read_bytes(), password=None)
     payload = canonical_json(manifest)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         signature, algorithm = key.sign(payload, ec.ECDSA(hashes.SHA256())), ECDSA_P256
@@ -219,7 +228,7 @@ def _sign_bypassing_field_checks(manifest: dict, pki: PkiLayout) -> bytes:
         signature, algorithm = key.sign(payload), ED25519
     return json.dumps({"manifest": manifest, "signature": base64.b64encode(signature).decode(),
                        "signature_algorithm": algorithm,
-                       "signer_certificate": pki.cert("data-owner").read_text()}).encode()
+                       "signer_certificate": owner.cert.read_text()}).encode()
 
 
 def _nan_pixel(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -252,7 +261,7 @@ def _split_value_two(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
     (_split_value_two, "split tensor holds values other than 0 (train) and 1 (test)"),
 ])
 def test_bad_image_content_under_a_valid_owner_signature_is_refused_at_upload(
-    server: RunningServer, digits: Path, pki: PkiLayout, tmp_path: Path, forge, needle: str
+    server: RunningServer, digits: Path, owner: ClientBundle, tmp_path: Path, forge, needle: str
 ) -> None:
     """A correctly hashed file whose manifest the data owner signed, but whose pixels or labels
     the worker would refuse (NaN, a label not declared, a label value past int64, 200,000
@@ -266,7 +275,7 @@ def test_bad_image_content_under_a_valid_owner_signature_is_refused_at_upload(
     out = tmp_path / "forged.safetensors"
     out.write_bytes(data)
     manifest = image_manifest("digits", data, 1797, (1, 8, 8), label_values)
-    out.with_name(out.name + ".manifest.json").write_bytes(_sign_bypassing_field_checks(manifest, pki))
+    out.with_name(out.name + ".manifest.json").write_bytes(_sign_bypassing_field_checks(manifest, owner))
     with pytest.raises(grpc.RpcError) as err:
         _upload(server, out)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -317,11 +326,11 @@ def test_wrong_job_for_an_image_dataset_is_invalid_argument_before_any_reservati
 
 
 @pytest.mark.slow
-def test_mnist_subset_cnn_trains_through_the_platform(server: RunningServer, pki: PkiLayout,
+def test_mnist_subset_cnn_trains_through_the_platform(server: RunningServer, owner: ClientBundle,
                                                       tmp_path: Path) -> None:
     """The 5,000-image MNIST subset with the Opacus MNIST CNN: SUCCEEDED within ε, well above
     chance, and the client's accuracy equals the server's."""
-    packed = _pack(pki, "mnist-subset", tmp_path / "mnist.safetensors")
+    packed = _pack(owner, "mnist-subset", tmp_path / "mnist.safetensors")
     ds = _upload(server, packed, name="mnist-subset")
     assert ds.rows == 5000
     with server.client("trainer") as trainer:

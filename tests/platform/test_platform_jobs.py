@@ -209,7 +209,7 @@ def test_killed_worker_resumes_from_its_checkpoint_and_succeeds(
     """Issue 12: SIGKILL of the worker mid-run fires DEAD_WORKER; the job resumes in a new
     worker from its latest checkpoint (every 2 s here), the alert resolves, the job SUCCEEDS
     within its target and the ledger charges exactly its plan (no step twice)."""
-    rs = start_server(tmp_path / "home", adult.pki, checkpoint_every_s=0.5)
+    rs = start_server(tmp_path / "home", adult.pki, adult.bundles, checkpoint_every_s=0.5)
     try:
         ds = upload_adult(rs, adult, epsilon=3.0)
         with rs.client("trainer") as trainer, rs.client("admin") as admin:
@@ -240,7 +240,7 @@ def test_a_job_whose_workers_keep_dying_fails_with_an_alert_and_is_charged_what_
     """Issue 12: with max_failed_attempts 2, two SIGKILLs end the job FAILED with the reason and
     a RESUMES_EXHAUSTED alert (DEAD_WORKER resolved); it is charged the steps that reached the
     server, fewer than its plan."""
-    rs = start_server(tmp_path / "home", adult.pki, max_failed_attempts=2)
+    rs = start_server(tmp_path / "home", adult.pki, adult.bundles, max_failed_attempts=2)
     try:
         ds = upload_adult(rs, adult, epsilon=3.0)
         with rs.client("trainer") as trainer, rs.client("admin") as admin:
@@ -287,7 +287,7 @@ def test_shutdown_suspends_the_job_and_a_restarted_server_resumes_it(
     """C-T06 and issue 12: stop(0.2 s) while a job trains returns promptly (bounded here by a
     generous 10 s for a loaded machine) and the worker is gone; the job stays RUNNING without
     a host, and the restarted server resumes it to SUCCEEDED, charged exactly its plan."""
-    rs = start_server(tmp_path / "home", adult.pki, checkpoint_every_s=0.5)
+    rs = start_server(tmp_path / "home", adult.pki, adult.bundles, checkpoint_every_s=0.5)
     ds = upload_adult(rs, adult, epsilon=3.0)
     with rs.client("trainer") as trainer, rs.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=2, batch_size=64))
@@ -298,7 +298,7 @@ def test_shutdown_suspends_the_job_and_a_restarted_server_resumes_it(
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert rs.server.db.jobs.get(job.id).lease_owner is None
-    rs2 = start_server(tmp_path / "home", adult.pki)
+    rs2 = start_server(tmp_path / "home", adult.pki, adult.bundles)
     try:
         with rs2.client("trainer") as trainer:
             events = wait_terminal(trainer, job.id)

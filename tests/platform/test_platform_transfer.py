@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save
-from server_harness import AnonymizedAdult, RunningServer, adult_spec, upload_adult
+from server_harness import PEOPLE, AnonymizedAdult, RunningServer, adult_spec, upload_adult
 
 from privtrain.platform.job_states import JobState
 
@@ -24,7 +24,7 @@ def _succeeded_job_with_blob(rs: RunningServer, adult: AnonymizedAdult, mib: int
     path.write_bytes(data)
     db = rs.server.db
     job, _ = db.jobs.submit(request_id=None, dataset_id=ds.id,
-                            submitter_common_name="privtrain-trainer",
+                            submitter_common_name=PEOPLE["trainer"],
                             spec_json=json.dumps({"dataset_id": ds.id}))
     assert db.jobs.transition(job.id, JobState.PENDING, JobState.RUNNING)
     db.jobs.set_result(job.id, {"parameters_path": str(path),

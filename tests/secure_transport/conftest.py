@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,8 +21,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from privtrain.errors import PrivtrainError
 from privtrain.secure_transport.channels import ClientTLS, ServerTLS, create_channel, create_server
+from privtrain.secure_transport.issuing import ClientBundle, issue_bundle
 from privtrain.secure_transport.pki import PkiLayout, init_pki, load_certificate, load_private_key
-from privtrain.secure_transport.roles import peer_identity
+from privtrain.secure_transport.roles import Role, peer_identity
 
 WHOAMI_METHOD = "/privtrain.test.Whoami/Get"
 RPC_TIMEOUT_S = 5.0
@@ -37,6 +39,29 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiLayout:
 def other_pki(tmp_path_factory: pytest.TempPathFactory) -> PkiLayout:
     """A second, unrelated PKI: its certificates must never be trusted by ours."""
     return init_pki(tmp_path_factory.mktemp("other-pki"))
+
+
+PEOPLE = {"data-owner": "alice", "trainer": "bob", "admin": "carol"}
+
+
+def _bundles(layout: PkiLayout, folder: Path) -> dict[str, ClientBundle]:
+    bundles = {role: ClientBundle(folder / name) for role, name in PEOPLE.items()}
+    for role, bundle in bundles.items():
+        issue_bundle(layout, role=Role(role), name=PEOPLE[role], out=bundle.directory)
+    return bundles
+
+
+@pytest.fixture(scope="session")
+def bundles(pki: PkiLayout, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientBundle]:
+    """One person per client role (alice, bob, carol) with a bundle issued by our CA."""
+    return _bundles(pki, tmp_path_factory.mktemp("people"))
+
+
+@pytest.fixture(scope="session")
+def other_bundles(other_pki: PkiLayout,
+                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientBundle]:
+    """The same people, issued by the unrelated CA."""
+    return _bundles(other_pki, tmp_path_factory.mktemp("other-people"))
 
 
 @pytest.fixture(scope="session")

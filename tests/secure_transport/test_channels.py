@@ -24,6 +24,7 @@ from privtrain.secure_transport.channels import (
     diagnose_connection,
     grpc_options,
 )
+from privtrain.secure_transport.issuing import ClientBundle
 from privtrain.secure_transport.pki import PkiLayout
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -33,21 +34,21 @@ FailureCode = Callable[[Callable[[], object]], grpc.StatusCode]
 
 
 def test_client_dialing_127_0_0_1_gets_serving(
-    pki: PkiLayout, serve: Serve, health_status: Probe
+    pki: PkiLayout, serve: Serve, health_status: Probe, bundles: dict[str, ClientBundle]
 ) -> None:
     """C-X01: a trainer dialing 127.0.0.1 with init_pki certificates completes mTLS; health says
     SERVING.
     """
     port = serve(ServerTLS.from_layout(pki))
-    assert health_status(f"127.0.0.1:{port}", ClientTLS.from_layout(pki, "trainer")) == SERVING
+    assert health_status(f"127.0.0.1:{port}", ClientTLS.from_bundle(bundles["trainer"])) == SERVING
 
 
 def test_client_dialing_localhost_name_gets_serving(
-    pki: PkiLayout, serve: Serve, health_status: Probe
+    pki: PkiLayout, serve: Serve, health_status: Probe, bundles: dict[str, ClientBundle]
 ) -> None:
     """The DNS SAN localhost works too, for a server bound on 127.0.0.1."""
     port = serve(ServerTLS.from_layout(pki))
-    assert health_status(f"localhost:{port}", ClientTLS.from_layout(pki, "admin")) == SERVING
+    assert health_status(f"localhost:{port}", ClientTLS.from_bundle(bundles["admin"])) == SERVING
 
 
 def test_client_without_certificate_is_refused(
@@ -65,11 +66,11 @@ def test_client_certificate_from_another_ca_is_refused(
     other_pki: PkiLayout,
     serve: Serve,
     health_status: Probe,
-    failure_code: FailureCode,
+    failure_code: FailureCode, other_bundles: dict[str, ClientBundle]
 ) -> None:
     """A client certificate from a foreign CA fails with UNAVAILABLE even if it trusts our CA."""
     port = serve(ServerTLS.from_layout(pki))
-    foreign = ClientTLS.from_layout(other_pki, "trainer")
+    foreign = ClientTLS.from_bundle(other_bundles["trainer"])
     stranger = ClientTLS(pki.ca_cert.read_bytes(), foreign.cert_pem, foreign.key_pem)
     code = failure_code(lambda: health_status(f"127.0.0.1:{port}", stranger))
     assert code == grpc.StatusCode.UNAVAILABLE
@@ -80,14 +81,14 @@ def test_server_certificate_from_another_ca_is_refused(
     other_pki: PkiLayout,
     serve: Serve,
     health_status: Probe,
-    failure_code: FailureCode,
+    failure_code: FailureCode, bundles: dict[str, ClientBundle]
 ) -> None:
     """Our client refuses a server whose certificate chains to a foreign CA: UNAVAILABLE."""
     foreign = ServerTLS.from_layout(other_pki)
     # The impostor trusts our CA, so only our client's verification can stop the call.
     port = serve(ServerTLS(pki.ca_cert.read_bytes(), foreign.cert_pem, foreign.key_pem))
     code = failure_code(
-        lambda: health_status(f"127.0.0.1:{port}", ClientTLS.from_layout(pki, "trainer"))
+        lambda: health_status(f"127.0.0.1:{port}", ClientTLS.from_bundle(bundles["trainer"]))
     )
     assert code == grpc.StatusCode.UNAVAILABLE
 
@@ -97,7 +98,7 @@ def test_diagnose_explains_server_cert_not_covering_ip(
     bad_server_tls: ServerTLS,
     serve_raw: Callable[[ServerTLS], int],
     health_status: Probe,
-    failure_code: FailureCode,
+    failure_code: FailureCode, bundles: dict[str, ClientBundle]
 ) -> None:
     """C-X01: a server forced onto a certificate not covering 127.0.0.1 fails every call, and
     diagnose_connection names 127.0.0.1 and the presented names.
@@ -108,7 +109,7 @@ def test_diagnose_explains_server_cert_not_covering_ip(
     codes therefore deserve a diagnose_connection in the CLI.
     """
     port = serve_raw(bad_server_tls)
-    client = ClientTLS.from_layout(pki, "trainer")
+    client = ClientTLS.from_bundle(bundles["trainer"])
     has_san = b"training-01.test" in _san_dump(bad_server_tls.cert_pem)
     expected = grpc.StatusCode.UNAVAILABLE if has_san else grpc.StatusCode.UNAUTHENTICATED
     assert failure_code(lambda: health_status(f"127.0.0.1:{port}", client)) == expected
@@ -118,18 +119,20 @@ def test_diagnose_explains_server_cert_not_covering_ip(
     assert ("SAN DNS:training-01.test" in message) or ("CN=127.0.0.1, no SAN" in message)
 
 
-def test_diagnose_names_foreign_issuer(pki: PkiLayout, other_pki: PkiLayout, serve: Serve) -> None:
+def test_diagnose_names_foreign_issuer(pki: PkiLayout, other_pki: PkiLayout, serve: Serve,
+                                       bundles: dict[str, ClientBundle]) -> None:
     """diagnose_connection says the server certificate is not from our CA and names its issuer."""
     foreign = ServerTLS.from_layout(other_pki)
     port = serve(ServerTLS(pki.ca_cert.read_bytes(), foreign.cert_pem, foreign.key_pem))
-    message = diagnose_connection("127.0.0.1", port, ClientTLS.from_layout(pki, "trainer"))
+    message = diagnose_connection("127.0.0.1", port, ClientTLS.from_bundle(bundles["trainer"]))
     assert message is not None and "not issued by our CA" in message and "privtrain CA" in message
 
 
-def test_diagnose_returns_none_for_a_healthy_server(pki: PkiLayout, serve: Serve) -> None:
+def test_diagnose_returns_none_for_a_healthy_server(pki: PkiLayout, serve: Serve,
+                                                    bundles: dict[str, ClientBundle]) -> None:
     """A correctly configured server gets no complaint."""
     port = serve(ServerTLS.from_layout(pki))
-    assert diagnose_connection("127.0.0.1", port, ClientTLS.from_layout(pki, "trainer")) is None
+    assert diagnose_connection("127.0.0.1", port, ClientTLS.from_bundle(bundles["trainer"])) is None
 
 
 def test_diagnose_never_raises_on_connection_errors(pki: PkiLayout) -> None:
@@ -158,13 +161,15 @@ def test_insecure_dev_warns_and_identifies_nobody(
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_message_size_limit_is_shared_by_server_and_client(pki: PkiLayout, serve: Serve) -> None:
+def test_message_size_limit_is_shared_by_server_and_client(
+    pki: PkiLayout, serve: Serve, bundles: dict[str, ClientBundle]
+) -> None:
     """grpc_options gives both sides the same cap: a request over max_message_bytes is
     RESOURCE_EXHAUSTED.
     """
     limits = TransportLimits(max_message_bytes=256 * 1024, chunk_bytes=128 * 1024)
     port = serve(ServerTLS.from_layout(pki), limits=limits)
-    client = ClientTLS.from_layout(pki, "trainer")
+    client = ClientTLS.from_bundle(bundles["trainer"])
     with (
         create_channel(f"127.0.0.1:{port}", client, limits=limits) as channel,
         pytest.raises(grpc.RpcError) as err,
@@ -206,10 +211,10 @@ def test_chunk_exactly_fitting_with_overhead_is_accepted() -> None:
     assert limits.chunk_bytes == 1024
 
 
-def test_client_tls_from_layout_refuses_non_client_roles(pki: PkiLayout) -> None:
-    """Only data-owner, trainer and admin hold client certificates."""
-    with pytest.raises(InvalidInput, match="no client certificate for role 'server'"):
-        ClientTLS.from_layout(pki, "server")
+def test_client_tls_from_a_folder_without_a_bundle_says_how_to_get_one(pki: PkiLayout) -> None:
+    """The operator's folder is no client bundle: no person's key is kept there."""
+    with pytest.raises(InvalidInput, match="not a client bundle .*certs issue"):
+        ClientTLS.from_bundle(ClientBundle(pki.directory))
 
 
 def _san_dump(cert_pem: bytes) -> bytes:

@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store
 
 from privtrain.errors import FailedPrecondition, InvalidInput
+from privtrain.secure_transport.issuing import ClientBundle
 from privtrain.secure_transport.pki import (
     LEAF_NAMES,
     PkiLayout,
@@ -29,7 +30,7 @@ from privtrain.secure_transport.pki import (
 )
 from privtrain.secure_transport.roles import Role
 
-CLIENT_NAMES = ("data-owner", "trainer", "admin")
+CLIENT_ROLES = ("data-owner", "trainer", "admin")
 
 
 E = TypeVar("E", bound=x509.ExtensionType)
@@ -54,18 +55,18 @@ def test_server_cert_passes_strict_server_verifier_for_name_and_ip(pki: PkiLayou
         assert chain[-1] == ca
 
 
-@pytest.mark.parametrize("name", CLIENT_NAMES)
-def test_client_certs_pass_strict_client_verifier(pki: PkiLayout, name: str) -> None:
-    """C-X03: every client leaf verifies under cryptography's webpki client policy."""
+@pytest.mark.parametrize("role", CLIENT_ROLES)
+def test_client_certs_pass_strict_client_verifier(
+    pki: PkiLayout, bundles: dict[str, ClientBundle], role: str
+) -> None:
+    """C-X03: every person's leaf verifies under cryptography's webpki client policy; its name is
+    the subject the verifier reports."""
     ca = load_certificate(pki.ca_cert)
-    verified = (
-        PolicyBuilder()
-        .store(Store([ca]))
-        .build_client_verifier()
-        .verify(load_certificate(pki.cert(name)), [])
-    )
+    cert = load_certificate(bundles[role].cert)
+    verified = PolicyBuilder().store(Store([ca])).build_client_verifier().verify(cert, [])
     assert verified.chain[-1] == ca
-    assert DNSName(f"privtrain-{name}") in (verified.subjects or [])
+    name = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert DNSName(str(name)) in (verified.subjects or [])
 
 
 def test_signing_cert_is_ed25519_leaf_of_ca_with_digital_signature_only(pki: PkiLayout) -> None:
@@ -123,11 +124,8 @@ def test_leaf_profile(pki: PkiLayout, name: str) -> None:
     assert aki.key_identifier == _ext(ca, x509.SubjectKeyIdentifier).value.digest
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(days=397, minutes=5)
     assert 0 < leaf.serial_number < 2**159
-    expected_eku = {"server": [ExtendedKeyUsageOID.SERVER_AUTH], "signing": None}.get(
-        name, [ExtendedKeyUsageOID.CLIENT_AUTH]
-    )
-    if expected_eku is not None:
-        assert list(_ext(leaf, x509.ExtendedKeyUsage).value) == expected_eku
+    if name == "server":
+        assert list(_ext(leaf, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
 
 
 def test_server_san_has_ips_as_ip_addresses_and_names_as_dns(pki: PkiLayout) -> None:
@@ -160,7 +158,12 @@ def test_custom_server_names_split_into_ip_and_dns(tmp_path: Path) -> None:
 
 
 def test_private_keys_are_0600_and_certificates_0644(pki: PkiLayout) -> None:
-    """C-X03: every private key file is mode 0600 (owner only); certificates are 0644."""
+    """C-X03: every private key file is mode 0600 (owner only), certificates 0644; the operator's
+    folder and the CA key's own folder are 0700, and no person's key is kept there."""
+    assert stat.S_IMODE(os.stat(pki.directory).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(pki.ca_dir).st_mode) == 0o700
+    assert pki.ca_key.parent == pki.ca_dir != pki.directory
+    assert sorted(p.name for p in pki.directory.glob("*.key")) == ["server.key", "signing.key"]
     for name in LEAF_NAMES:
         assert stat.S_IMODE(os.stat(pki.key(name)).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(pki.cert(name)).st_mode) == 0o644
@@ -178,7 +181,8 @@ def test_key_files_stay_0600_under_a_permissive_umask(tmp_path: Path) -> None:
         layout = init_pki(tmp_path)
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(layout.key("trainer")).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(layout.key("server")).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(layout.ca_key).st_mode) == 0o600
 
 
 def test_init_pki_refuses_to_replace_a_ca_unless_asked(tmp_path: Path) -> None:

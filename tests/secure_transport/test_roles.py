@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from privtrain.errors import Unauthenticated
 from privtrain.secure_transport.channels import ClientTLS, ServerTLS
+from privtrain.secure_transport.issuing import ClientBundle
 from privtrain.secure_transport.pki import PkiLayout, load_certificate
-from privtrain.secure_transport.roles import Role, identity_of, role_of
+from privtrain.secure_transport.roles import Role, identity_of, role_of, serial_hex
 
 EXPECTED_ROLES = {
     "server": Role.SERVER,
@@ -25,11 +26,12 @@ EXPECTED_ROLES = {
 
 
 @pytest.mark.parametrize(("name", "role"), sorted(EXPECTED_ROLES.items()))
-def test_role_of_reads_the_uri_san_of_each_init_pki_cert(
-    pki: PkiLayout, name: str, role: Role
+def test_role_of_reads_the_uri_san_of_each_certificate(
+    pki: PkiLayout, bundles: dict[str, ClientBundle], name: str, role: Role
 ) -> None:
-    """role_of returns the role init_pki wrote as urn:privtrain:role:<role>; the OU repeats it."""
-    cert = load_certificate(pki.cert(name))
+    """role_of returns the role init_pki or issue_bundle wrote as urn:privtrain:role:<role>; the
+    OU repeats it."""
+    cert = load_certificate(bundles[name].cert if name in bundles else pki.cert(name))
     assert role_of(cert) is role
     ou = cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATIONAL_UNIT_NAME)
     assert ou[0].value == role.value
@@ -51,11 +53,13 @@ def test_role_of_rejects_certificates_without_a_role(
             role_of(x509.load_pem_x509_certificate(cert_pem))
 
 
-def test_identity_of_fingerprints_the_der(pki: PkiLayout) -> None:
-    """PeerIdentity carries CN, role, hex SHA-256 of the DER, and the PEM."""
-    cert = load_certificate(pki.cert("trainer"))
+def test_identity_of_fingerprints_the_der(bundles: dict[str, ClientBundle]) -> None:
+    """PeerIdentity carries the person's name (CN), role, serial, hex SHA-256 of the DER, and the
+    PEM."""
+    cert = load_certificate(bundles["trainer"].cert)
     identity = identity_of(cert)
-    assert identity.common_name == "privtrain-trainer"
+    assert (identity.common_name, identity.role) == ("bob", Role.TRAINER)
+    assert identity.serial == serial_hex(cert) == format(cert.serial_number, "x")
     assert (
         identity.fingerprint_sha256
         == hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
@@ -66,6 +70,7 @@ def test_identity_of_fingerprints_the_der(pki: PkiLayout) -> None:
 @pytest.mark.parametrize("role_name", ["trainer", "data-owner", "admin"])
 def test_peer_identity_in_a_servicer_is_the_callers_certificate_role(
     pki: PkiLayout,
+    bundles: dict[str, ClientBundle],
     serve: Callable[..., int],
     whoami: Callable[[str, ClientTLS], str],
     role_name: str,
@@ -74,4 +79,4 @@ def test_peer_identity_in_a_servicer_is_the_callers_certificate_role(
     certificate.
     """
     port = serve(ServerTLS.from_layout(pki))
-    assert whoami(f"127.0.0.1:{port}", ClientTLS.from_layout(pki, role_name)) == role_name
+    assert whoami(f"127.0.0.1:{port}", ClientTLS.from_bundle(bundles[role_name])) == role_name

@@ -80,6 +80,6 @@ def test_create_server_refuses_a_key_of_another_certificate(pki: PkiLayout) -> N
     later.
     """
     tls = ServerTLS.from_layout(pki)
-    mixed = ServerTLS(tls.ca_pem, tls.cert_pem, pki.key("trainer").read_bytes())
+    mixed = ServerTLS(tls.ca_pem, tls.cert_pem, pki.key("signing").read_bytes())
     with pytest.raises(InvalidInput, match="does not belong"):
         create_server(mixed)

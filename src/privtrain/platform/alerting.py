@@ -43,11 +43,13 @@ class AlertSink:
                 stored: AlertRecord | None = self._db.alerts.fire(
                     t.job_id, t.kind, t.message, t.details, now
                 )
-                log.warning("alert FIRING %s job=%s: %s", t.kind.value, t.job_id, t.message)
+                # Kind and job only: the message may carry exact figures (a loss, a batch's
+                # size, a throughput), which are for admins through the API, not for the log.
+                log.warning("alert FIRING %s job=%s", t.kind.value, t.job_id)
             else:
                 stored = self._db.alerts.resolve(t.job_id, t.kind, now)
                 if stored is not None:
-                    log.info("alert RESOLVED %s job=%s: %s", t.kind.value, t.job_id, t.message)
+                    log.info("alert RESOLVED %s job=%s", t.kind.value, t.job_id)
             if stored is not None:
                 self._hub.publish(t.job_id, "alert", alert_payload(stored))
 

@@ -8,7 +8,6 @@ traceback for a user mistake.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -37,26 +36,20 @@ from privtrain.platform.cli_args import (  # noqa: E402
     positive_float,
 )
 from privtrain.platform.cli_audit import add_audit_commands  # noqa: E402
+from privtrain.platform.cli_audit_log import add_audit_log_commands  # noqa: E402
+from privtrain.platform.cli_certs import add_certs_commands  # noqa: E402
 from privtrain.platform.cli_datasets import add_dataset_commands  # noqa: E402
 from privtrain.platform.cli_worker import add_host_arguments, add_worker_command  # noqa: E402
 
 
-# ---------------------------------------------------------------- certs / db / server
-def _certs_init(args: argparse.Namespace) -> int:
-    from privtrain.secure_transport.pki import init_pki
-
-    names = args.server_name or ("localhost", "127.0.0.1", "::1")
-    layout = init_pki(args.dir, server_names=names, overwrite=args.overwrite)
-    print(f"CA and certificates for server, signing, data-owner, trainer, admin in {layout.directory}")
-    return 0
-
-
+# ---------------------------------------------------------------- db / server
 def _db_upgrade(args: argparse.Namespace) -> int:
     from privtrain.platform.config import default_database_url
     from privtrain.platform.db.migrate import upgrade
+    from privtrain.trainer.checkpoints import private_folder
 
     url = args.url or default_database_url(args.home)
-    args.home.mkdir(parents=True, exist_ok=True)
+    private_folder(args.home)
     upgrade(url)
     print(f"database at head: {url}")
     return 0
@@ -65,9 +58,10 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     from privtrain.monitoring.detectors.stall import StallConfig
     from privtrain.platform.config import ServerConfig
+    from privtrain.platform.log_setup import configure_logging
     from privtrain.platform.server import PrivtrainServer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     config = ServerConfig(
         home=args.home.resolve(), pki_dir=args.pki.resolve(), host=args.host, port=args.port,
         database_url=args.db_url, local_workers=args.local_workers, lease_s=args.lease_s,
@@ -75,6 +69,7 @@ def _server(args: argparse.Namespace) -> int:
         stall=StallConfig(factor=args.stall_factor, floor_s=args.stall_floor_s,
                           first_step_s=args.stall_first_step_s),
         row_count_noise=args.row_count_noise, ledger_accountant=args.ledger_accountant,
+        audit_sign_interval_s=args.audit_sign_interval_s,
     )
     server = PrivtrainServer(config)
     server.start()
@@ -114,7 +109,7 @@ def _job_submit(args: argparse.Namespace) -> int:
         noise_schedule=args.noise_schedule, noise_gamma=args.noise_gamma,
         noise_step_epochs=args.noise_step_epochs, precision=args.precision, compile=args.compile,
     )
-    with connect(args, "trainer") as client:
+    with connect(args) as client:
         job = client.submit(spec, request_id=args.request_id)
         if not args.watch:
             emit(args, message_dict(job), f"job {job.id} {job.state}")
@@ -135,13 +130,13 @@ def _watch_to_end(args: argparse.Namespace, client: Any, job_id: str) -> int:
 
 
 def _job_watch(args: argparse.Namespace) -> int:
-    with connect(args, args.role) as client:
+    with connect(args) as client:
         client.get_job(args.job_id)  # NOT_FOUND / PERMISSION_DENIED before any progress bar
         return _watch_to_end(args, client, args.job_id)
 
 
 def _job_get(args: argparse.Namespace) -> int:
-    with connect(args, args.role) as client:
+    with connect(args) as client:
         job = client.get_job(args.job_id)
     emit(args, message_dict(job), _job_line(job))
     return 0
@@ -161,14 +156,14 @@ def _job_line(job: Any) -> str:
 
 
 def _job_list(args: argparse.Namespace) -> int:
-    with connect(args, args.role) as client:
+    with connect(args) as client:
         jobs = client.list_jobs(args.state or "")
     emit(args, [message_dict(j) for j in jobs], "\n".join(_job_line(j) for j in jobs) or "no jobs")
     return 0
 
 
 def _job_cancel(args: argparse.Namespace) -> int:
-    with connect(args, args.role) as client:
+    with connect(args) as client:
         job = client.cancel(args.job_id)
     emit(args, message_dict(job), _job_line(job))
     return 0
@@ -180,9 +175,9 @@ def _job_download(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.force:
         raise InvalidInput(f"{args.out} exists; choose another --out or pass --force to replace it")
-    with connect(args, "trainer") as client:
+    with connect(args) as client:
         blob = client.download_parameters(args.job_id)
-    atomic_write_bytes(args.out, blob.plaintext)
+    atomic_write_bytes(args.out, blob.plaintext, mode=0o600)
     digest = sha256_hex(blob.plaintext)
     emit(args, {"path": str(args.out), "sha256": digest, "bytes": len(blob.plaintext),
                   "signer": blob.signer.common_name, "verified": True},
@@ -221,7 +216,7 @@ def _job_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- alerts
 def _alerts(args: argparse.Namespace) -> int:
-    with connect(args, "admin") as client:
+    with connect(args) as client:
         alerts = client.list_alerts(args.state or "", args.job or "")
     lines = [f"{a.state:<8} {a.kind:<19} job {a.job_id}  {a.message}" for a in alerts]
     emit(args, [message_dict(a) for a in alerts], "\n".join(lines) or "no alerts")
@@ -235,14 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="privtrain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    certs = sub.add_parser("certs", help="PKI for mTLS").add_subparsers(dest="sub", required=True)
-    init = certs.add_parser("init", help="make a CA and server/client certificates")
-    init.add_argument("--dir", type=Path, default=DEFAULT_PKI)
-    init.add_argument("--server-name", action="append", default=None,
-                      help="DNS name or IP the server is reached at (repeatable; replaces the "
-                           "default localhost, 127.0.0.1, ::1)")
-    init.add_argument("--overwrite", action="store_true", help="replace an existing CA")
-    init.set_defaults(func=_certs_init)
+    add_certs_commands(sub)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="sub", required=True)
     up = db.add_parser("upgrade", help="apply Alembic migrations up to head")
@@ -253,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("server", help="run the training service (mTLS gRPC)")
     srv.add_argument("--home", type=Path, default=Path("privtrain-home"),
                      help="state folder: database, datasets, job outputs")
-    srv.add_argument("--pki", type=Path, default=DEFAULT_PKI, help="folder made by `certs init`")
+    srv.add_argument("--pki", type=Path, default=DEFAULT_PKI,
+                     help="the operator's folder made by `certs init`")
     srv.add_argument("--host", default="127.0.0.1",
                      help="address to bind; must be one of the server certificate's names")
     srv.add_argument("--port", type=PORT, default=50051, help="0 picks a free port")
@@ -275,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="std (rows) of the noise on the row counts published at upload")
     srv.add_argument("--ledger-accountant", default="prv", choices=["prv", "rdp"],
                      help="accountant composing a new dataset's privacy ledger")
+    srv.add_argument("--audit-sign-interval-s", type=positive_float, default=60.0,
+                     help="how often the audit log's head is signed (when it moved)")
+    srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    srv.add_argument("--log-format", default="text", choices=["text", "json"],
+                     help="text lines, or one JSON object per line")
     srv.set_defaults(func=_server)
 
     add_anonymize_commands(sub)
@@ -282,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(sub)
 
     add_audit_commands(sub)
+
+    add_audit_log_commands(sub)
 
     add_worker_command(sub)
 
@@ -364,13 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   ("cancel", _job_cancel, "cancel a job")]:
         p = job.add_parser(name, help=help_text)
         p.add_argument("job_id")
-        p.add_argument("--role", default="trainer", choices=["trainer", "admin"],
-                       help="admins also see the exact monitoring figures")
         add_connection_args(p)
         p.set_defaults(func=func)
-    jl = job.add_parser("list", help="list jobs")
+    jl = job.add_parser("list", help="list your jobs (admins: every job, with exact figures)")
     jl.add_argument("--state", default=None, help="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED")
-    jl.add_argument("--role", default="trainer", choices=["trainer", "admin"])
     add_connection_args(jl)
     jl.set_defaults(func=_job_list)
     dl = job.add_parser("download", help="download, verify and decrypt trained parameters")
@@ -474,11 +467,11 @@ def _diagnose(args: argparse.Namespace, exc: grpc.RpcError) -> str | None:
     if not server:
         return None
     from privtrain.secure_transport.channels import ClientTLS, diagnose_connection
-    from privtrain.secure_transport.pki import PkiLayout
+    from privtrain.secure_transport.issuing import ClientBundle
 
     try:
         host, port = parse_target(server)
-        tls = ClientTLS.from_layout(PkiLayout(args.pki), "trainer")
+        tls = ClientTLS.from_bundle(ClientBundle(args.bundle))
     except PrivtrainError:
         return None
     return diagnose_connection(host, port, tls)

@@ -1,9 +1,11 @@
 """What the ``privtrain`` commands share: argument types, the client options and
-connection, and printing a result as text or JSON."""
+connection, the operator's options for the server's home, and printing a result as
+text or JSON."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -13,6 +15,8 @@ from typing import Any
 from privtrain.errors import InvalidInput
 
 DEFAULT_PKI = Path(os.environ.get("PRIVTRAIN_PKI", "pki"))
+DEFAULT_BUNDLE = Path(os.environ.get("PRIVTRAIN_BUNDLE", "bundle"))
+DEFAULT_HOME = Path("privtrain-home")
 DEFAULT_SERVER = os.environ.get("PRIVTRAIN_SERVER", "127.0.0.1:50051")
 
 
@@ -40,6 +44,16 @@ def positive_float(text: str) -> float:
     if not (value > 0 and value < float("inf")):
         raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
     return value
+
+
+def iso_time(text: str) -> dt.datetime:
+    """An argparse type: an ISO 8601 date or time (UTC unless it names a zone)."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or time, e.g. 2026-12-06 or 2026-12-06T09:30") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 POSITIVE = int_at_least(1)
@@ -72,21 +86,55 @@ def parse_target(target: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """``--server``, ``--pki`` and ``--json``, the options of every client command."""
+def add_connection_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """``--server``, ``--bundle`` and ``--json``, the options of every client command."""
     parser.add_argument("--server", default=DEFAULT_SERVER,
                         help="HOST:PORT of the server (env PRIVTRAIN_SERVER)")
-    parser.add_argument("--pki", type=Path, default=DEFAULT_PKI,
-                        help="folder made by `privtrain certs init` (env PRIVTRAIN_PKI)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE,
+                        help="your client bundle from `privtrain certs issue` (env PRIVTRAIN_BUNDLE)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def connect(args: argparse.Namespace, role: str) -> Any:
-    """A :class:`~privtrain.platform.client.PrivtrainClient` for ``--server`` as ``role``."""
+def connect(args: argparse.Namespace) -> Any:
+    """A :class:`~privtrain.platform.client.PrivtrainClient` to ``--server`` with ``--bundle``."""
     from privtrain.platform.client import PrivtrainClient
 
     parse_target(args.server)
-    return PrivtrainClient(args.server, args.pki, role)
+    return PrivtrainClient(args.server, args.bundle)
+
+
+def add_home_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--home`` and ``--db-url``: the server's own database, for an operator's command on the
+    server's machine. Not ``required``: without them the command asks the server (admin)."""
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME if required else None,
+                        help="the server's home (its SQLite database)"
+                             + ("" if required else "; without it (and --db-url) the running "
+                                "server is asked, with --server and an admin --bundle"))
+    parser.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
+
+
+def is_local(args: argparse.Namespace) -> bool:
+    """Whether an operator's command works on the server's home rather than through the API."""
+    return args.home is not None or args.db_url is not None
+
+
+def open_home_database(args: argparse.Namespace) -> Any:
+    """The server's migrated :class:`~privtrain.platform.db.Database` named by ``--home`` /
+    ``--db-url``.
+
+    Raises
+    ------
+    FailedPrecondition
+        The database is unreadable or not at the latest migration.
+    """
+    from privtrain.platform.config import default_database_url
+    from privtrain.platform.db.migrate import check_migrated
+    from privtrain.platform.db.repositories import Database
+
+    url = args.db_url or default_database_url(args.home or DEFAULT_HOME)
+    check_migrated(url)
+    return Database(url)
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:

@@ -24,7 +24,6 @@ def _audit_run(args: argparse.Namespace) -> int:
     from privtrain.platform.progress import watch_with_progress
     from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 
-    role = args.role or ("admin" if args.mechanism == "none" else "trainer")
     spec = job_spec(
         dataset_id=args.dataset, model=args.model, hidden_sizes=args.hidden or [],
         target_column=args.target or "", target_epsilon=args.epsilon, target_delta=args.delta,
@@ -33,7 +32,7 @@ def _audit_run(args: argparse.Namespace) -> int:
     )
     audit = pb.AuditSettings(canaries=args.canaries, mechanism=args.mechanism,
                              guesses=args.guesses or 0, confidence=args.confidence)
-    with connect(args, role) as client:
+    with connect(args) as client:
         job = client.submit_audit(spec, audit)
         if not args.json:
             print(f"audit job {job.id} {job.state}")
@@ -90,7 +89,5 @@ def add_audit_commands(sub: Any) -> None:
     run.add_argument("--max-grad-norm", type=positive_float, default=1.0)
     run.add_argument("--lr", type=positive_float, default=0.5)
     run.add_argument("--accountant", default="prv", choices=["prv", "rdp"])
-    run.add_argument("--role", default=None, choices=["trainer", "admin"],
-                     help="certificate to present (default: admin for --mechanism none)")
     add_connection_args(run)
     run.set_defaults(func=_audit_run)

@@ -10,7 +10,6 @@ another host resumes them from their last checkpoint. See ``docs/architecture.md
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import threading
 from pathlib import Path
@@ -41,6 +40,9 @@ def add_worker_command(sub: Any) -> None:
     add_host_arguments(worker)
     worker.add_argument("--grace-s", type=positive_float, default=10.0,
                         help="seconds the workers get to stop at shutdown")
+    worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    worker.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text lines, or one JSON object per line")
     worker.set_defaults(func=_worker)
 
 
@@ -50,10 +52,11 @@ def _worker(args: argparse.Namespace) -> int:
     from privtrain.platform.alerting import AlertSink
     from privtrain.platform.db.repositories import Database
     from privtrain.platform.events import EventHub
-    from privtrain.platform.server import check_migrated
+    from privtrain.platform.log_setup import configure_logging
+    from privtrain.platform.db.migrate import check_migrated
     from privtrain.platform.worker_host import HostSettings, WorkerHost
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     storage = args.storage.resolve()
     if not (storage / "datasets").is_dir():
         raise FailedPrecondition(f"{storage} has no datasets/ folder: give --storage the server's "

@@ -16,37 +16,38 @@ from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
 from privtrain.secure_transport.channels import ClientTLS, TransportLimits, create_channel
 from privtrain.secure_transport.envelope import OpenedBlob, generate_recipient_keypair, open_sealed
-from privtrain.secure_transport.pki import PkiLayout, load_certificate
+from privtrain.secure_transport.issuing import ClientBundle
+from privtrain.secure_transport.pki import load_certificate
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 class PrivtrainClient:
-    """One mTLS channel to a privtrain server, authenticated as one role.
+    """One mTLS channel to a privtrain server, authenticated as one person.
 
     Parameters
     ----------
     target : str
         ``host:port`` of the server.
-    pki_dir : Path
-        Folder written by ``privtrain certs init`` (CA and client pairs).
-    role : str
-        ``data-owner``, ``trainer`` or ``admin``: which client certificate to present.
+    bundle_dir : Path
+        The person's bundle from ``privtrain certs issue`` (their key and certificate,
+        and the CA certificate); their role is the one their certificate carries.
     timeout_s : float
         Deadline of unary calls in seconds.
     """
 
-    def __init__(self, target: str, pki_dir: Path, role: str, *, timeout_s: float = 30.0,
+    def __init__(self, target: str, bundle_dir: Path, *, timeout_s: float = 30.0,
                  limits: TransportLimits | None = None) -> None:
         self.target = target
-        self.layout = PkiLayout(pki_dir)
-        self.tls = ClientTLS.from_layout(self.layout, role)
+        self.bundle = ClientBundle(Path(bundle_dir))
+        self.tls = ClientTLS.from_bundle(self.bundle)
         self.limits = limits or TransportLimits()
         self.timeout_s = timeout_s
         self.channel = create_channel(target, self.tls, limits=self.limits)
         self.datasets = pb_grpc.DatasetServiceStub(self.channel)
         self.training = pb_grpc.TrainingServiceStub(self.channel)
         self.monitoring = pb_grpc.MonitoringServiceStub(self.channel)
+        self.admin = pb_grpc.AdminServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
@@ -100,7 +101,8 @@ class PrivtrainClient:
         return reply
 
     def list_datasets(self) -> list[pb.Dataset]:
-        """Every dataset with its remaining budget."""
+        """The datasets this caller may see (their own; those granted to them; all for an
+        admin), with their remaining budgets."""
         return list(self.datasets.ListDatasets(pb.ListDatasetsRequest(), timeout=self.timeout_s).datasets)
 
     def set_budget(self, dataset_id: str, epsilon: float, delta: float) -> pb.Dataset:
@@ -109,6 +111,30 @@ class PrivtrainClient:
             pb.SetBudgetRequest(dataset_id=dataset_id, epsilon_budget=epsilon, delta_budget=delta),
             timeout=self.timeout_s,
         )
+        return reply
+
+    def grant(self, dataset_id: str, trainer: str) -> pb.Dataset:
+        """Allow a trainer (by name) on a dataset (its owner only)."""
+        reply: pb.Dataset = self.datasets.GrantTrainer(
+            pb.GrantRequest(dataset_id=dataset_id, trainer=trainer), timeout=self.timeout_s)
+        return reply
+
+    def revoke_grant(self, dataset_id: str, trainer: str) -> pb.Dataset:
+        """Withdraw a trainer's grant on a dataset (its owner only)."""
+        reply: pb.Dataset = self.datasets.RevokeTrainer(
+            pb.GrantRequest(dataset_id=dataset_id, trainer=trainer), timeout=self.timeout_s)
+        return reply
+
+    def ledger(self, dataset_id: str) -> pb.DatasetLedger:
+        """Every charge on the dataset's ledger, with who and when (owner or admin)."""
+        reply: pb.DatasetLedger = self.datasets.GetLedger(
+            pb.GetLedgerRequest(dataset_id=dataset_id), timeout=self.timeout_s)
+        return reply
+
+    def withdraw(self, dataset_id: str) -> pb.Dataset:
+        """Withdraw a dataset: file deleted, unfinished jobs cancelled, ledger kept."""
+        reply: pb.Dataset = self.datasets.WithdrawDataset(
+            pb.WithdrawDatasetRequest(dataset_id=dataset_id), timeout=self.timeout_s)
         return reply
 
     # ---------------------------------------------------------------- jobs
@@ -166,7 +192,7 @@ class PrivtrainClient:
         )
         return open_sealed(
             (sealed_from_proto(part) for part in stream), private_key,
-            load_certificate(self.layout.ca_cert),
+            load_certificate(self.bundle.ca_cert),
         )
 
     # ---------------------------------------------------------------- monitoring
@@ -175,6 +201,47 @@ class PrivtrainClient:
         return list(self.monitoring.ListAlerts(
             pb.ListAlertsRequest(state=state, job_id=job_id), timeout=self.timeout_s
         ).alerts)
+
+
+    # ---------------------------------------------------------------- administration
+    def list_certificates(self, name: str = "") -> list[pb.CertificateInfo]:
+        """People's certificates (role admin)."""
+        return list(self.admin.ListCertificates(pb.ListCertificatesRequest(name=name),
+                                                timeout=self.timeout_s).certificates)
+
+    def revoke_certificate(self, *, serial: str = "", name: str = "",
+                           reason: str = "") -> pb.RevokeCertificateResponse:
+        """Revoke a certificate (serial) or every valid one of a person (name) (role admin)."""
+        reply: pb.RevokeCertificateResponse = self.admin.RevokeCertificate(
+            pb.RevokeCertificateRequest(serial=serial, name=name, reason=reason),
+            timeout=self.timeout_s)
+        return reply
+
+    def audit_log(self, after_seq: int = 0, since: Any = None,
+                  page: int = 1000) -> tuple[list[pb.AuditEntry], int, str]:
+        """Every audit-log entry after ``after_seq`` (and from ``since``, an aware datetime),
+        fetched page by page; returns them with the head (seq, hash) (role admin)."""
+        entries: list[pb.AuditEntry] = []
+        while True:
+            request = pb.ListAuditLogRequest(after_seq=after_seq, limit=page)
+            if since is not None:
+                request.since.FromDatetime(since)
+            reply = self.admin.ListAuditLog(request, timeout=self.timeout_s)
+            entries.extend(reply.entries)
+            if len(reply.entries) < page:
+                return entries, reply.head_seq, reply.head_hash
+            after_seq = reply.entries[-1].seq
+
+    def audit_signatures(self) -> list[pb.AuditSignature]:
+        """Every signed head of the audit log (role admin)."""
+        return list(self.admin.ListAuditSignatures(pb.ListAuditSignaturesRequest(),
+                                                   timeout=self.timeout_s).signatures)
+
+    def sign_audit_log(self) -> pb.AuditSignature:
+        """Have the server sign the audit log's head now (role admin)."""
+        reply: pb.AuditSignature = self.admin.SignAuditLog(pb.SignAuditLogRequest(),
+                                                           timeout=self.timeout_s)
+        return reply
 
 
 def sha256_hex(data: bytes) -> str:

@@ -16,10 +16,12 @@ class ServerConfig:
     Attributes
     ----------
     home : Path
-        State folder: ``datasets/`` (uploaded Parquet), ``jobs/<id>/`` (checkpoints,
-        parameters, worker log) and, by default, the SQLite database.
+        State folder (0700): ``datasets/`` (uploaded Parquet), ``jobs/<id>/`` (checkpoints,
+        parameters, the DP randomness key, worker log) and, by default, the SQLite
+        database; every file 0600, every folder 0700.
     pki_dir : Path
-        Folder written by ``privtrain certs init`` (CA, server and signing certificates).
+        The operator's folder written by ``privtrain certs init`` (CA certificate, server
+        and signing pairs; the CA key under ``ca/`` is read only to publish the CRL).
     host, port : str, int
         Address to bind; port 0 picks a free one.
     database_url : str or None
@@ -50,6 +52,8 @@ class ServerConfig:
         σ (rows) of the Gaussian noise on the row counts published at upload.
     ledger_accountant : str
         Accountant that composes a new ledger's histories: ``prv`` or ``rdp``.
+    audit_sign_interval_s : float
+        How often (seconds) the audit log's head is signed, when it moved.
     """
 
     home: Path
@@ -68,6 +72,7 @@ class ServerConfig:
     limits: TransportLimits = field(default_factory=TransportLimits)
     row_count_noise: float = 20.0
     ledger_accountant: str = "prv"
+    audit_sign_interval_s: float = 60.0
 
     @property
     def db_url(self) -> str:

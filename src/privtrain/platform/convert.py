@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from privtrain.datasets.image_manifest import manifest_kind
 from privtrain.errors import InvalidInput
-from privtrain.platform.db.budget import LedgerRecord
+from privtrain.platform.db.budget import EntryRecord, LedgerRecord, compose
 from privtrain.platform.db.records import DatasetRecord, EventRecord, JobRecord
+from privtrain.platform.proto_time import timestamp
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.secure_transport.envelope import SealedChunk, SealedHeader, SealedPart, SealedTrailer
 from privtrain.trainer.audit import AuditSettings
@@ -51,15 +49,6 @@ _RESULT_FIELDS = (
     "train_rows", "parameters_sha256", "parameters_bytes", "device",
 )
 _AUDIT_FIELDS = ("mechanism", "canaries", "guesses", "correct", "confidence", "delta", "epsilon_lower")
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    """A protobuf Timestamp for an aware datetime (None stays None)."""
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
@@ -189,11 +178,13 @@ def _finite(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
-def dataset_to_proto(ds: DatasetRecord, ledger: LedgerRecord, *, full: bool) -> pb.Dataset:
+def dataset_to_proto(ds: DatasetRecord, ledger: LedgerRecord, *, full: bool,
+                     trainers: list[str] | None = None) -> pb.Dataset:
     """A stored dataset with its ledger's budget and remaining (ε, δ) as a Dataset message.
 
     ``full`` (the dataset's owner, an admin) adds what is computed from the rows
-    themselves: the exact row count, the file's SHA-256 and size.
+    themselves (the exact row count, the file's SHA-256 and size), the ``trainers``
+    granted on it and when it was withdrawn.
     """
     manifest = ds.manifest
     msg = pb.Dataset(
@@ -206,7 +197,43 @@ def dataset_to_proto(ds: DatasetRecord, ledger: LedgerRecord, *, full: bool) -> 
     )
     if full:
         msg.rows, msg.sha256, msg.size_bytes = ds.rows, ds.sha256, ds.size_bytes
+        msg.trainers.extend(trainers or [])
+        if ds.withdrawn_at is not None:
+            msg.withdrawn_at.CopyFrom(timestamp(ds.withdrawn_at))
     msg.created_at.CopyFrom(timestamp(ds.created_at))
+    return msg
+
+
+def ledger_to_proto(ledger: LedgerRecord, entries: list[EntryRecord], dataset_names: dict[str, str],
+                    jobs: dict[str, JobRecord]) -> pb.DatasetLedger:
+    """A ledger and every charge on it, with who and when: for the data owner and admins only.
+
+    A job's line carries its plan's ε and δ (its own accountant) and the ε it spent; a
+    release or fixed charge, its ε alone at the ledger's δ by the ledger's accountant.
+    ``created_at`` is when the charge was made (a job's: its admission).
+    """
+    msg = pb.DatasetLedger(ledger_id=ledger.id, accountant=ledger.accountant,
+                           epsilon_budget=ledger.epsilon_budget, delta_budget=ledger.delta_budget,
+                           epsilon_committed=ledger.epsilon_committed)
+    for entry in entries:
+        line = pb.LedgerLine(id=entry.id, kind=entry.kind, dataset_id=entry.dataset_id,
+                             dataset_name=dataset_names.get(entry.dataset_id, ""),
+                             epsilon_spent=entry.epsilon_spent, settled=entry.settled)
+        if entry.created_at is not None:
+            line.created_at.CopyFrom(timestamp(entry.created_at))
+        job = jobs.get(entry.job_id or "")
+        if job is not None:
+            plan = job.plan or {}
+            line.job_id, line.job_kind, line.job_state = job.id, job.kind, job.state.value
+            line.submitter = job.submitter_common_name
+            line.planned_epsilon = float(plan.get("epsilon", 0.0))
+            line.planned_delta = float(plan.get("delta", 0.0))
+            if job.finished_at is not None:
+                line.finished_at.CopyFrom(timestamp(job.finished_at))
+        else:
+            line.planned_epsilon = compose(ledger.accountant, [entry], ledger.delta_budget)
+            line.planned_delta = entry.delta_fixed if entry.kind == "fixed" else ledger.delta_budget
+        msg.entries.append(line)
     return msg
 
 

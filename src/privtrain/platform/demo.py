@@ -1,10 +1,13 @@
 """``make demo``: the main job end to end on the UCI Adult census data.
 
-Each step runs through the real component: the PKI, Alembic, the mTLS gRPC
-server in its own process, the anonymizer CLI, the upload stream, DP-SGD in a
-worker process, the sealed parameter stream, client-side re-evaluation, and a
-stall drill (SIGSTOP the worker of a second job until the NO_PROGRESS alert
-fires, SIGCONT, see it resolve). The last line printed is one JSON object.
+Each step runs through the real component: the PKI (a CA for the operator, one
+bundle per person: alice the data owner, bob the trainer, carol the admin),
+Alembic, the mTLS gRPC server in its own process, the anonymizer CLI, the upload
+stream, alice's grant to bob, DP-SGD in a worker process, the sealed parameter
+stream, client-side re-evaluation, a stall drill (SIGSTOP the worker of a second
+job until the NO_PROGRESS alert fires, SIGCONT, see it resolve), alice's view of
+her dataset's ledger and the check of the audit log. The last line printed is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ POLICY = Path(__file__).resolve().parents[3] / "examples" / "adult" / "policy.to
 BUDGET_EPSILON, BUDGET_DELTA = 5.0, 2e-5
 TARGET_EPSILON, TARGET_DELTA = 3.0, 1e-5
 STALL_FLOOR_S = 2.0
+PEOPLE = {"alice": "data-owner", "bob": "trainer", "carol": "admin"}
 
 console = Console(stderr=True)
 
@@ -115,9 +119,13 @@ def main() -> int:
     work.mkdir(parents=True)
     pki, home = work / "pki", work / "home"
 
-    console.rule("1. PKI and database")
+    console.rule("1. PKI, database and people")
     privtrain("certs", "init", "--dir", pki)
     privtrain("db", "upgrade", "--home", home)
+    bundles = {name: work / "people" / name for name in PEOPLE}
+    for name, role in PEOPLE.items():
+        privtrain("certs", "issue", "--role", role, "--name", name, "--out", bundles[name],
+                  "--pki", pki, "--home", home)
 
     console.rule("2. Data owner: UCI Adult, anonymized on the owner's machine")
     from privtrain.datasets.adult import fetch_adult
@@ -127,15 +135,16 @@ def main() -> int:
     key, anon = work / "owner.hmac", work / "adult.anon.parquet"
     privtrain("anonymize", "keygen", "--out", key)
     privtrain("anonymize", "run", raw, "--policy", POLICY, "--key", key, "--out", anon,
-              "--signing-key", pki / "data-owner.key", "--signing-cert", pki / "data-owner.pem")
+              "--signing-key", bundles["alice"] / "client.key",
+              "--signing-cert", bundles["alice"] / "client.pem")
     manifest = json.loads(anon.with_name(anon.name + ".manifest.json").read_text())["manifest"]
 
     console.rule("3. Training service (mTLS gRPC, workers in their own processes)")
     server, target = start_server(work)
     try:
-        owner = PrivtrainClient(target, pki, "data-owner")
-        trainer = PrivtrainClient(target, pki, "trainer")
-        admin = PrivtrainClient(target, pki, "admin")
+        owner = PrivtrainClient(target, bundles["alice"])
+        trainer = PrivtrainClient(target, bundles["bob"])
+        admin = PrivtrainClient(target, bundles["carol"])
         owner.wait_until_serving()
         dataset = owner.upload(anon, anon.with_name(anon.name + ".manifest.json"), name="uci-adult",
                                epsilon_budget=BUDGET_EPSILON, delta_budget=BUDGET_DELTA,
@@ -144,6 +153,8 @@ def main() -> int:
                       f"published (noisy) split {dataset.published_train_rows} training / "
                       f"{dataset.published_test_rows} test rows, budget ε={dataset.epsilon_budget} "
                       f"δ={dataset.delta_budget} (ε remaining {dataset.epsilon_remaining:.4f})")
+        privtrain("dataset", "grant", dataset.id, "--trainer", "bob", "--server", target,
+                  "--bundle", bundles["alice"])
 
         console.rule("4. Trainer: DP-SGD job, watched over the server stream")
         job = trainer.submit(job_spec(
@@ -168,12 +179,20 @@ def main() -> int:
 
         console.rule("6. Monitoring: stall drill")
         drill = stall_drill(trainer, admin, dataset.id)
-        privtrain("alerts", "--server", target, "--pki", pki)
+        privtrain("alerts", "--server", target, "--bundle", bundles["carol"])
+
+        console.rule("7. Who spent what, and who did what")
+        privtrain("dataset", "ledger", dataset.id, "--server", target, "--bundle", bundles["alice"])
+        ledger = owner.ledger(dataset.id)
+        audit = json.loads(privtrain("audit-log", "verify", "--json", "--server", target,
+                                     "--bundle", bundles["carol"]))
         for client in (owner, trainer, admin):
             client.close()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+    # The operator's own check, on the server's database, after the final signature at stop.
+    audit_home = json.loads(privtrain("audit-log", "verify", "--json", "--home", home, "--pki", pki))
 
     summary = {
         "dataset": "UCI Adult (adult.data + adult.test)",
@@ -197,6 +216,10 @@ def main() -> int:
         "stall_alert_fired": drill["fired"],
         "stall_alert_resolved": drill["resolved"],
         "stall_alert_latency_s": drill["latency_s"],
+        "people": {name: role for name, role in PEOPLE.items()},
+        "ledger_jobs_by": sorted({e.submitter for e in ledger.entries if e.kind == "job"}),
+        "audit_log_entries": audit_home["entries"],
+        "audit_log_verified": bool(audit["ok"] and audit_home["ok"]),
         "wall_s": round(time.monotonic() - started, 1),
     }
     table = Table(title="privtrain demo")
@@ -215,6 +238,7 @@ def main() -> int:
         and summary["client_test_accuracy"] == summary["test_accuracy_exact"]
         and abs(summary["test_accuracy"] - summary["test_accuracy_exact"]) <= release_tolerance + 1e-4
         and drill["fired"] and drill["resolved"]
+        and summary["audit_log_verified"] and summary["ledger_jobs_by"] == ["bob"]
     )
     return 0 if ok else 1
 

@@ -27,7 +27,7 @@ import logging
 import threading
 from datetime import UTC, datetime
 
-from privtrain.errors import PrivtrainError
+from privtrain.errors import FailedPrecondition, PrivtrainError
 from privtrain.monitoring.alerts import AlertKind
 from privtrain.monitoring.monitor import JobMonitor
 from privtrain.platform.alerting import AlertSink
@@ -142,6 +142,8 @@ class JobRunner:
         """
         try:
             dataset = self._db.datasets.get(job.dataset_id)
+            if dataset.withdrawn:
+                raise FailedPrecondition(f"dataset {dataset.id} was withdrawn by its owner")
             spec = TrainingSpec.from_dict(job.spec)
             plan = plan_job(spec, int(dataset.published_train_rows or 0),
                             int(dataset.published_test_rows or 0))

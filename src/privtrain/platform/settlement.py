@@ -71,5 +71,6 @@ def finish_job(db: Database, hub: EventHub, job_id: str, expected: JobState, new
         db.budget.refresh(ledger)
     if changed:
         hub.publish(job_id, "state", {"state": new.value, "error": error or ""})
-        log.info("job %s %s%s", job_id, new.value, f": {detail or error}" if error else "")
+        # The trainer's message only: the worker's own (error_detail) may quote private rows.
+        log.info("job %s %s%s", job_id, new.value, f": {error}" if error else "")
     return changed

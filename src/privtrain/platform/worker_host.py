@@ -283,6 +283,9 @@ class WorkerHost:
         """Run the worker to its end; False when the lease was lost (nothing left to do)."""
         job = run.job
         dataset = self._db.datasets.get(job.dataset_id)
+        if dataset.withdrawn:
+            # Withdrawn while the job waited or started: the withdrawal may have missed it.
+            self._ask_cancel(run)
         out_dir = private_folder(self.settings.storage / "jobs" / job.id)
         resume = latest_checkpoint(out_dir / "checkpoints") is not None
         work = {"spec": job.spec, "plan": job.plan, "split": dataset.split, "audit": job.audit,

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 
 from privtrain.errors import FailedPrecondition, InvalidInput
 from privtrain.secure_transport.diagnose import diagnose_connection
+from privtrain.secure_transport.issuing import ClientBundle
 from privtrain.secure_transport.pem_files import read_bytes
-from privtrain.secure_transport.pki import CLIENT_ROLES, PkiLayout
-from privtrain.secure_transport.roles import Role
+from privtrain.secure_transport.pki import PkiLayout
 from privtrain.secure_transport.server_names import check_server_names
 
 __all__ = [
@@ -195,29 +195,29 @@ class ClientTLS:
     key_pem: bytes | None = None
 
     @classmethod
-    def from_layout(cls, layout: PkiLayout, role_name: str | Role) -> ClientTLS:
-        """Read ``ca.pem`` and the client pair for ``role_name`` from an :func:`init_pki` folder.
+    def from_bundle(cls, bundle: ClientBundle) -> ClientTLS:
+        """Read ``ca.pem``, ``client.pem`` and ``client.key`` from a person's bundle.
 
         Parameters
         ----------
-        layout : PkiLayout
-            Folder written by :func:`init_pki`.
-        role_name : str | Role
-            ``"data-owner"``, ``"trainer"`` or ``"admin"``.
+        bundle : ClientBundle
+            Folder written by :func:`privtrain.secure_transport.issuing.issue_bundle`.
 
         Raises
         ------
         InvalidInput
-            On another role name, or naming the file when one is unreadable.
+            Naming the file, when one is missing or unreadable (with how to get a bundle).
         """
-        name = role_name.value if isinstance(role_name, Role) else role_name
-        if name not in {r.value for r in CLIENT_ROLES}:
-            known = ", ".join(r.value for r in CLIENT_ROLES)
-            raise InvalidInput(f"no client certificate for role {name!r}; expected one of {known}")
+        missing = [p.name for p in bundle.files if not p.is_file()]
+        if missing:
+            raise InvalidInput(
+                f"{bundle.directory} is not a client bundle (missing {', '.join(missing)}); the "
+                "operator makes one with `privtrain certs issue --role ROLE --name NAME --out DIR`"
+            )
         return cls(
-            ca_pem=read_bytes(layout.ca_cert),
-            cert_pem=read_bytes(layout.cert(name)),
-            key_pem=read_bytes(layout.key(name)),
+            ca_pem=read_bytes(bundle.ca_cert),
+            cert_pem=read_bytes(bundle.cert),
+            key_pem=read_bytes(bundle.key),
         )
 
 

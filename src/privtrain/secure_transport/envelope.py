@@ -244,7 +244,7 @@ def open_sealed(
             f"sealed blob announces {header.total_bytes} bytes, more than the "
             f"{max_total_bytes} bytes allowed"
         )
-    signer_key, signer = _verified_signer(header.signer_certificate_pem, ca_certificate)
+    signer_key, signer = verified_signer(header.signer_certificate_pem, ca_certificate)
     aead = _recipient_aead(header, recipient_private_key)
     encoded = header_bytes(header)
     header_digest = hashlib.sha256(encoded).digest()
@@ -340,9 +340,28 @@ def _check_header(header: SealedHeader) -> None:
         raise TamperedEnvelope("malformed header: " + "; ".join(problems))
 
 
-def _verified_signer(
-    pem: bytes, ca: x509.Certificate
+def verified_signer(
+    pem: bytes, ca: x509.Certificate, at: dt.datetime | None = None
 ) -> tuple[ed25519.Ed25519PublicKey, PeerIdentity]:
+    """The Ed25519 key of a parameter-signer certificate the CA issued, valid at ``at``.
+
+    Used for sealed parameters and for the signed heads of the audit log.
+
+    Parameters
+    ----------
+    pem : bytes
+        The signer's certificate (PEM).
+    ca : x509.Certificate
+        The privtrain CA it must be issued by (RFC 5280 6.1, one level).
+    at : datetime, optional
+        When the signature was made; now by default.
+
+    Raises
+    ------
+    TamperedEnvelope
+        "untrusted signer: ...": unparsable, another issuer, not valid at ``at``,
+        another role, or not an Ed25519 key with KeyUsage digitalSignature.
+    """
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError as exc:
@@ -357,11 +376,11 @@ def _verified_signer(
             f"untrusted signer: {subject} (issuer {cert.issuer.rfc4514_string()}) is not "
             f"certified by the CA {ca.subject.rfc4514_string()}"
         ) from None
-    now = dt.datetime.now(dt.UTC)
+    now = at or dt.datetime.now(dt.UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise TamperedEnvelope(
             f"untrusted signer: {subject} is valid from {cert.not_valid_before_utc.isoformat()} "
-            f"to {cert.not_valid_after_utc.isoformat()}, not now"
+            f"to {cert.not_valid_after_utc.isoformat()}, not {'now' if at is None else at.isoformat()}"
         )
     try:
         identity = identity_of(cert)

@@ -8,8 +8,9 @@ BoringSSL) expect:
   KeyUsage(keyCertSign, cRLSign), both critical, SubjectKeyIdentifier, 10 years.
 * TLS leaves: ECDSA P-256, BasicConstraints(ca=False) and
   KeyUsage(digitalSignature), both critical, ExtendedKeyUsage serverAuth (the
-  server) or clientAuth (the clients), SubjectAltName, SubjectKeyIdentifier,
-  AuthorityKeyIdentifier from the CA's SKI, 397 days.
+  server) or clientAuth (the people), SubjectAltName, SubjectKeyIdentifier,
+  AuthorityKeyIdentifier from the CA's SKI; 397 days for the server, less for
+  people (:mod:`privtrain.secure_transport.issuing`).
 * The parameter signer: an Ed25519 (RFC 8032) leaf with
   KeyUsage(digitalSignature) critical and no EKU; it signs sealed parameter
   blobs, never a TLS handshake.
@@ -18,6 +19,11 @@ Validity windows are timezone-aware UTC and start five minutes in the past,
 so a peer whose clock runs a little behind accepts a freshly issued
 certificate. Serial numbers are random 159-bit positive integers (RFC 5280
 section 4.1.2.2 allows at most 20 octets).
+
+The operator's folder (:class:`PkiLayout`, mode 0700) holds the CA key in its own
+0700 subfolder ``ca/``, the server's TLS pair and the parameter signer; people's
+keys are never written there (each person gets a bundle of their own, see
+:func:`privtrain.secure_transport.issuing.issue_bundle`).
 """
 
 from __future__ import annotations
@@ -69,8 +75,10 @@ ORGANIZATION = "privtrain"
 CLIENT_ROLES: tuple[Role, ...] = (Role.DATA_OWNER, Role.TRAINER, Role.ADMIN)
 """Roles that hold a TLS client certificate."""
 
-LEAF_NAMES: tuple[str, ...] = ("server", "signing", "data-owner", "trainer", "admin")
+LEAF_NAMES: tuple[str, ...] = ("server", "signing")
 """File stems of the leaf certificates :func:`init_pki` writes."""
+
+PRIVATE_FOLDER_MODE = 0o700
 
 IpLike = str | ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -82,8 +90,9 @@ class PkiLayout:
     Attributes
     ----------
     directory : Path
-        Folder holding ``ca.pem``, ``ca.key`` and ``<name>.pem`` / ``<name>.key``
-        for each name in :data:`LEAF_NAMES`.
+        The operator's folder (0700): ``ca.pem``, ``ca/ca.key`` (the CA key, in a
+        0700 folder of its own), ``crl.pem`` (the published revocation list) and
+        ``<name>.pem`` / ``<name>.key`` for each name in :data:`LEAF_NAMES`.
     """
 
     directory: Path
@@ -94,9 +103,19 @@ class PkiLayout:
         return self.directory / "ca.pem"
 
     @property
+    def ca_dir(self) -> Path:
+        """The operator-only folder (0700) holding the CA key."""
+        return self.directory / "ca"
+
+    @property
     def ca_key(self) -> Path:
         """Path of the CA private key (PKCS #8 PEM, mode 0600)."""
-        return self.directory / "ca.key"
+        return self.ca_dir / "ca.key"
+
+    @property
+    def crl(self) -> Path:
+        """Path of the certificate revocation list (PEM, RFC 5280 section 5)."""
+        return self.directory / "crl.pem"
 
     def cert(self, name: str) -> Path:
         """Path of leaf certificate ``name`` (one of :data:`LEAF_NAMES`).
@@ -165,6 +184,7 @@ def issue_certificate(
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[IpLike] = (),
     key_kind: Literal["ec", "ed25519"] = "ec",
+    validity: dt.timedelta = LEAF_VALIDITY,
 ) -> tuple[x509.Certificate, PrivateKey]:
     """Issue a leaf certificate for ``role`` signed by the CA (ECDSA with SHA-256).
 
@@ -189,6 +209,8 @@ def issue_certificate(
     key_kind : {"ec", "ed25519"}
         ECDSA P-256 for TLS; Ed25519 only for :attr:`Role.PARAMETER_SIGNER`,
         since gRPC's TLS stack does not negotiate Ed25519 client certificates.
+    validity : datetime.timedelta
+        Lifetime from now (at most :data:`LEAF_VALIDITY`, never past the CA's end).
 
     Returns
     -------
@@ -199,11 +221,14 @@ def issue_certificate(
     ------
     InvalidInput
         On an empty common name, an IP literal among ``dns_names``, an
-        unparsable IP address, a server certificate with no name at all, or an
-        unknown ``key_kind``.
+        unparsable IP address, a server certificate with no name at all, an
+        unknown ``key_kind``, or a validity outside (0, 397 days].
     """
     if not common_name:
         raise InvalidInput("common_name must not be empty")
+    if not dt.timedelta(0) < validity <= LEAF_VALIDITY:
+        raise InvalidInput(f"a certificate lives between 1 second and {LEAF_VALIDITY.days} days, "
+                           f"not {validity}")
     dns = _checked_dns_names(dns_names)
     ips = _checked_ip_addresses(ip_addresses)
     if role is Role.SERVER and not (dns or ips):
@@ -237,7 +262,7 @@ def issue_certificate(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(now + LEAF_VALIDITY, ca_cert.not_valid_after_utc))
+        .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True, cert_sign=False), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -263,12 +288,13 @@ def init_pki(
     server_names: Sequence[str] = ("localhost", "127.0.0.1", "::1"),
     overwrite: bool = False,
 ) -> PkiLayout:
-    """Create a CA and every leaf a deployment needs, as files in ``directory``.
+    """Create a CA and the server's certificates, as files in the operator's ``directory``.
 
-    Writes ``ca.pem``/``ca.key``, ``server.pem``/``.key`` (TLS server),
-    ``signing.pem``/``.key`` (Ed25519 parameter signer) and
-    ``data-owner``, ``trainer``, ``admin`` client pairs. Keys are mode 0600,
-    certificates 0644.
+    Writes ``ca.pem``, ``ca/ca.key`` (the CA key, in a folder of its own),
+    ``server.pem``/``.key`` (TLS server) and ``signing.pem``/``.key`` (Ed25519
+    parameter and audit-log signer). ``directory`` and ``ca/`` are mode 0700, keys
+    0600, certificates 0644. No person's certificate is made here: each one gets a
+    bundle from :func:`privtrain.secure_transport.issuing.issue_bundle`.
 
     Parameters
     ----------
@@ -307,9 +333,11 @@ def init_pki(
         except ValueError:
             dns.append(name)
     try:
-        layout.directory.mkdir(parents=True, exist_ok=True)
+        for folder in (layout.directory, layout.ca_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(PRIVATE_FOLDER_MODE)
     except OSError as exc:
-        raise InvalidInput(f"cannot create {layout.directory}: {exc.strerror}") from None
+        raise InvalidInput(f"cannot create {layout.ca_dir}: {exc.strerror}") from None
     ca_cert, ca_key = create_ca()
     server_cn = dns[0] if dns else str(ips[0]) if ips else "privtrain-server"
     leaves: dict[str, tuple[x509.Certificate, PrivateKey]] = {
@@ -329,10 +357,6 @@ def init_pki(
             key_kind="ed25519",
         ),
     }
-    for role in CLIENT_ROLES:
-        leaves[role.value] = issue_certificate(
-            ca_cert, ca_key, common_name=f"privtrain-{role.value}", role=role
-        )
     # Leaves first, CA last: a crash midway leaves no CA, so a rerun needs no overwrite.
     for name, (cert, key) in leaves.items():
         write_private_key(layout.key(name), key)

@@ -51,12 +51,27 @@ class PeerIdentity:
         Lower-case hex SHA-256 of the certificate's DER encoding (64 characters).
     certificate_pem : bytes
         The certificate, PEM encoded.
+    serial : str
+        The certificate's serial number, lower-case hex (see :func:`serial_hex`).
+
+    A person is their common name (unique among the people the CA issued
+    certificates to, and kept across renewals); one certificate of theirs is the
+    serial.
     """
 
     common_name: str
     role: Role
     fingerprint_sha256: str
     certificate_pem: bytes
+    serial: str = ""
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """A certificate's serial number as lower-case hex without separators (RFC 5280 4.1.2.2).
+
+    The form ``privtrain certs list`` prints and ``certs revoke --serial`` takes.
+    """
+    return format(cert.serial_number, "x")
 
 
 def role_of(cert: x509.Certificate) -> Role:
@@ -125,6 +140,7 @@ def identity_of(cert: x509.Certificate) -> PeerIdentity:
         role=role_of(cert),
         fingerprint_sha256=hashlib.sha256(der).hexdigest(),
         certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+        serial=serial_hex(cert),
     )
 
 
@@ -143,7 +159,7 @@ def peer_identity(context: grpc.ServicerContext) -> PeerIdentity:
     Returns
     -------
     PeerIdentity
-        Common name, role, SHA-256 fingerprint and PEM of the peer certificate.
+        Common name, role, SHA-256 fingerprint, serial and PEM of the peer certificate.
 
     Raises
     ------

@@ -1,7 +1,7 @@
 """Job leases: any worker host takes a job from the queue, and a dead one's job resumes.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-06
 
 - ``jobs.lease_owner`` / ``lease_expires_at``: the worker host running the job and until
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -30,6 +30,7 @@ def dataset_record(row: Dataset) -> DatasetRecord:
         published_train_rows=row.published_train_rows,
         published_test_rows=row.published_test_rows,
         created_at=row.created_at,
+        withdrawn_at=row.withdrawn_at,
     )
 
 

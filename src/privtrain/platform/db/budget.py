@@ -24,6 +24,8 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,7 +36,9 @@ from privtrain.platform.db.errors import PrivacyBudgetExceeded
 from privtrain.platform.db.models import Dataset, Job, LedgerEntry, PrivacyLedger, utcnow
 from privtrain.platform.db.transaction import Transactions
 from privtrain.platform.job_states import JobState
-from privtrain.trainer.accounting import History, epsilon_for_history
+
+if TYPE_CHECKING:  # the accountants (Opacus, torch) load when something is composed
+    from privtrain.trainer.accounting import History
 
 #: Slack for float rounding when comparing ε against a budget.
 BUDGET_TOLERANCE = 1e-9
@@ -80,6 +84,7 @@ class EntryRecord:
     delta_fixed: float
     epsilon_spent: float
     settled: bool
+    created_at: datetime | None = None
 
     @property
     def charged(self) -> History:
@@ -102,6 +107,8 @@ def compose(accountant: str, entries: Sequence[EntryRecord], delta: float) -> fl
         return fixed_epsilon if fixed_delta <= delta else math.inf
     if delta - fixed_delta <= 0:
         return math.inf
+    from privtrain.trainer.accounting import epsilon_for_history
+
     return epsilon_for_history(accountant, history, delta - fixed_delta) + fixed_epsilon
 
 
@@ -120,7 +127,7 @@ def _entry(row: LedgerEntry) -> EntryRecord:
         id=row.id, ledger_id=row.ledger_id, dataset_id=row.dataset_id, job_id=row.job_id,
         kind=row.kind, planned=_history(row.planned_json) or [], spent=_history(row.spent_json),
         epsilon_fixed=row.epsilon_fixed, delta_fixed=row.delta_fixed,
-        epsilon_spent=row.epsilon_spent, settled=row.settled,
+        epsilon_spent=row.epsilon_spent, settled=row.settled, created_at=row.created_at,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from privtrain.errors import FailedPrecondition, NotFound, PermissionDenied
@@ -136,6 +136,28 @@ class DatasetRepository:
             if session.scalar(select(Dataset.id).where(Dataset.ledger_id == ledger_id).limit(1)) is None:
                 session.execute(delete(LedgerEntry).where(LedgerEntry.ledger_id == ledger_id))
                 session.execute(delete(PrivacyLedger).where(PrivacyLedger.id == ledger_id))
+
+    def withdraw(self, dataset_id: str) -> DatasetRecord:
+        """Mark a dataset withdrawn (compare-and-set: once); its ledger and entries stay.
+
+        Raises
+        ------
+        NotFound
+            No such dataset.
+        FailedPrecondition
+            It was already withdrawn.
+        """
+        with self._tx.transaction() as session:
+            changed = session.execute(
+                update(Dataset).where(Dataset.id == dataset_id, Dataset.withdrawn_at.is_(None))
+                .values(withdrawn_at=utcnow()).execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            row = session.get(Dataset, dataset_id)
+            if row is None:
+                raise NotFound(f"dataset {dataset_id!r} not found")
+            if not changed:
+                raise FailedPrecondition(f"dataset {dataset_id} is already withdrawn")
+            return dataset_record(row)
 
     def get(self, dataset_id: str) -> DatasetRecord:
         """Return the dataset with ``dataset_id``; raise NotFound if there is none."""

@@ -7,6 +7,9 @@ SQLite notes (why each setting is here):
   failing at once with "database is locked".
 - ``foreign_keys=ON``: SQLite ignores foreign keys unless told per connection.
 - ``synchronous=NORMAL`` is durable enough under WAL and much faster than FULL.
+- The database file is created 0600 before SQLite opens it (and narrowed to 0600
+  if it was wider): SQLite gives its ``-wal`` and ``-shm`` files the database
+  file's permissions, so the job records, ledgers and audit log are the owner's only.
 - pysqlite's own transaction handling sends a deferred ``BEGIN`` lazily and
   only before DML. A deferred transaction that first reads and then writes
   must upgrade its lock, and SQLite answers such an upgrade with SQLITE_BUSY
@@ -20,6 +23,7 @@ SQLite notes (why each setting is here):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,7 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
         raise ValueError(
             f"in-memory SQLite is not supported ({url!r}); use a file, e.g. sqlite_url(path)"
         )
+    _private_file(Path(parsed.database))
     engine = create_engine(
         url,
         # The pysqlite timeout (seconds) is the same wait as busy_timeout.
@@ -92,6 +97,18 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
     )
     _install_sqlite_recipe(engine, foreign_keys=foreign_keys)
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if missing; narrow it to 0600 if it is wider."""
+    if not path.parent.is_dir():
+        return  # SQLite reports the missing folder itself, naming it
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except PermissionError:
+        return  # someone else's file: reading it is their grant to give
 
 
 def _install_sqlite_recipe(engine: Engine, *, foreign_keys: bool) -> None:

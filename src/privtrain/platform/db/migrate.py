@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from privtrain.errors import FailedPrecondition
 from privtrain.platform.db.engine import make_engine
 
 #: Folder holding env.py, script.py.mako and versions/.
@@ -73,6 +74,26 @@ def current_revision(url: str) -> str | None:
 def head_revision() -> str | None:
     """Return the newest revision shipped with this version of privtrain."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def check_migrated(url: str) -> None:
+    """Refuse to use a database that is not at the latest migration (the server, and the
+    operator's commands on its home).
+
+    Raises
+    ------
+    FailedPrecondition
+        Naming the revision found and the command that fixes it.
+    """
+    try:
+        current = current_revision(url)
+    except Exception as exc:  # SQLAlchemy or driver error: unreadable or unreachable database
+        raise FailedPrecondition(f"cannot read the database at {url}: {exc}") from None
+    if current != head_revision():
+        raise FailedPrecondition(
+            f"the database at {url} is at revision {current or 'none'}, not {head_revision()}: "
+            "run `privtrain db upgrade` first"
+        )
 
 
 def _run(url: str, action: _Action) -> None:

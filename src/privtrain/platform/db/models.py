@@ -129,6 +129,82 @@ class Dataset(Base):
     published_train_rows: Mapped[int | None] = mapped_column(BigInteger)
     published_test_rows: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set when the owner withdrew it: its file is deleted, its ledger kept.
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DatasetGrant(Base):
+    """A trainer the dataset's owner allowed to train on it (deleted when revoked)."""
+
+    __tablename__ = "dataset_grants"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    trainer_common_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    granted_by: Mapped[str] = mapped_column(String(255))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Certificate(Base):
+    """A person's certificate the CA issued (``certs issue`` / ``renew``), and its revocation.
+
+    ``serial`` is the certificate's serial number in lower-case hex; a revoked one has
+    ``revoked_at`` set and is refused on its next call.
+    """
+
+    __tablename__ = "certificates"
+    __table_args__ = (CheckConstraint("role IN ('data-owner', 'trainer', 'admin')", name="role"),)
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    common_name: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64))
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(255))
+    revocation_reason: Mapped[str | None] = mapped_column(String(255))
+
+
+class AuditEntry(Base):
+    """One entry of the append-only, hash-chained audit log (see ``db/audit_log.py``)."""
+
+    __tablename__ = "audit_entries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    subject: Mapped[str] = mapped_column(String(255))
+    serial: Mapped[str] = mapped_column(String(40))
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's head: one row (id 1), locked by every append, so appends are serialized."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditSignature(Base):
+    """The head at ``seq`` signed with the server's Ed25519 signing key."""
+
+    __tablename__ = "audit_signatures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    signature: Mapped[str] = mapped_column(String(128))
+    signer_certificate_pem: Mapped[str] = mapped_column(Text)
 
 
 class Job(Base):

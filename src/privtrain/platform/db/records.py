@@ -35,6 +35,12 @@ class DatasetRecord:
     published_train_rows: int | None
     published_test_rows: int | None
     created_at: datetime
+    withdrawn_at: datetime | None = None
+
+    @property
+    def withdrawn(self) -> bool:
+        """Whether the owner withdrew it (no file, no new jobs; the ledger stays)."""
+        return self.withdrawn_at is not None
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -184,3 +190,60 @@ class AlertRecord:
     fired_at: datetime
     resolved_at: datetime | None
     details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored audit-log entry (see :mod:`privtrain.platform.audit_chain`).
+
+    ``subject`` is the caller's certificate CN (``local:<user>`` for an operator's
+    command run on the server's home), ``serial`` its certificate's serial (hex, "" for a
+    local command), ``outcome`` ``ok`` or the gRPC status code name of a refusal, and
+    ``detail`` one line (the refusal's message, or what an ok call changed).
+    """
+
+    seq: int
+    at: datetime
+    subject: str
+    serial: str
+    role: str
+    action: str
+    target: str
+    outcome: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """The audit log's head (``seq``, ``hash``) signed at ``signed_at`` (Ed25519, hex)."""
+
+    id: int
+    seq: int
+    hash: str
+    signed_at: datetime
+    signature: str
+    signer_certificate_pem: str
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    """A person's certificate as the CA issued it; ``serial`` in lower-case hex."""
+
+    serial: str
+    common_name: str
+    role: str
+    fingerprint_sha256: str
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+    revocation_reason: str | None
+
+    def status(self, now: datetime) -> str:
+        """``revoked``, ``expired`` or ``valid`` at ``now``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if now > self.not_after else "valid"

@@ -13,10 +13,13 @@ from typing import Self
 from sqlalchemy.orm import Session
 
 from privtrain.platform.db.alerts import AlertRepository
+from privtrain.platform.db.audit_log import AuditLog
 from privtrain.platform.db.budget import BudgetLedger
+from privtrain.platform.db.certificates import CertificateRegistry
 from privtrain.platform.db.datasets import DatasetRepository
 from privtrain.platform.db.engine import make_engine
 from privtrain.platform.db.events import EventRepository
+from privtrain.platform.db.grants import GrantRepository
 from privtrain.platform.db.jobs import JobRepository
 from privtrain.platform.db.leases import JobLeases
 from privtrain.platform.db.metrics import MetricRepository
@@ -42,6 +45,9 @@ class Database:
     events : EventRepository
     metrics : MetricRepository
     alerts : AlertRepository
+    grants : GrantRepository
+    certificates : CertificateRegistry
+    audit_log : AuditLog
     """
 
     def __init__(self, url: str) -> None:
@@ -55,6 +61,9 @@ class Database:
         self.events = EventRepository(self._tx)
         self.metrics = MetricRepository(self._tx)
         self.alerts = AlertRepository(self._tx)
+        self.grants = GrantRepository(self._tx)
+        self.certificates = CertificateRegistry(self._tx)
+        self.audit_log = AuditLog(self._tx)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -1,9 +1,11 @@
-"""DatasetService: verified uploads of anonymized tables and packed image arrays, and their budgets."""
+"""DatasetService: verified uploads of anonymized tables and packed image arrays, their budgets,
+the trainers their owners grant, their ledgers, and withdrawal."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -17,11 +19,14 @@ import grpc
 from privtrain.anonymize.manifest import verify_manifest
 from privtrain.datasets.image_arrays import check_image_file
 from privtrain.datasets.image_manifest import IMAGE_KIND, TABLE_KIND, manifest_kind
-from privtrain.errors import InvalidInput, PermissionDenied
-from privtrain.platform.convert import dataset_to_proto
+from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from privtrain.platform.audit_trail import AuditTrail
+from privtrain.platform.convert import dataset_to_proto, ledger_to_proto
 from privtrain.platform.db.records import DatasetRecord, NewDataset
 from privtrain.platform.db.repositories import Database
+from privtrain.platform.job_states import TERMINAL_STATES
 from privtrain.platform.rpc import allow
+from privtrain.platform.runner import JobRunner
 from privtrain.platform.splits import (
     check_delta,
     count_split,
@@ -31,8 +36,11 @@ from privtrain.platform.splits import (
 )
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
+from privtrain.secure_transport.issuing import check_person_name
 from privtrain.secure_transport.roles import PeerIdentity, Role
 from privtrain.trainer.checkpoints import private_folder
+
+log = logging.getLogger(__name__)
 
 MAX_EPSILON_BUDGET = 100.0
 SUFFIXES = {IMAGE_KIND: ".safetensors", TABLE_KIND: ".parquet"}
@@ -59,6 +67,26 @@ def check_budget(epsilon: float, delta: float) -> None:
         raise InvalidInput(f"delta_budget must be in (0, 1), got {delta}")
 
 
+def _uploaded(first: pb.UploadRequest | None, reply: pb.Dataset | None) -> str:
+    if reply is not None:
+        return f"dataset {reply.id} ({reply.name})"
+    named = first is not None and first.WhichOneof("part") == "header"
+    return f"dataset {first.header.name[:128]}" if named else "dataset (no header)"  # type: ignore[union-attr]
+
+
+def _budget(request: pb.SetBudgetRequest, reply: object) -> str:
+    return (f"dataset {request.dataset_id} epsilon={request.epsilon_budget:g} "
+            f"delta={request.delta_budget:g}")
+
+
+def _grant(request: pb.GrantRequest, reply: object) -> str:
+    return f"dataset {request.dataset_id} trainer {request.trainer[:64]}"
+
+
+def _dataset(request: pb.WithdrawDatasetRequest | pb.GetLedgerRequest, reply: object) -> str:
+    return f"dataset {request.dataset_id}"
+
+
 class DatasetServicer(pb_grpc.DatasetServiceServicer):
     """Stores a dataset only after its manifest verifies against the uploader and the bytes.
 
@@ -71,18 +99,39 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     """
 
     def __init__(self, db: Database, storage_dir: Path, max_dataset_bytes: int = 64 * 2**30, *,
-                 row_count_noise: float = ROW_COUNT_NOISE, ledger_accountant: str = "prv") -> None:
+                 runner: JobRunner, audit_trail: AuditTrail, row_count_noise: float = ROW_COUNT_NOISE,
+                 ledger_accountant: str = "prv") -> None:
         self._db = db
         self._storage = private_folder(storage_dir)
         self._max_bytes = max_dataset_bytes
+        self._runner = runner
+        self.audit_trail = audit_trail
         self._row_count_noise = row_count_noise
         self._accountant = ledger_accountant
 
     def _message(self, ds: DatasetRecord, identity: PeerIdentity) -> pb.Dataset:
         full = identity.role is Role.ADMIN or ds.owner_common_name == identity.common_name
-        return dataset_to_proto(ds, self._db.budget.ledger(ds.ledger_id), full=full)
+        trainers = self._db.grants.trainers(ds.id) if full else []
+        return dataset_to_proto(ds, self._db.budget.ledger(ds.ledger_id), full=full,
+                                trainers=trainers)
 
-    @allow(Role.DATA_OWNER)
+    def _owned(self, dataset_id: str, identity: PeerIdentity, *, admin_too: bool = False) -> DatasetRecord:
+        """The dataset, if the caller owns it (or is an admin, where ``admin_too``).
+
+        Raises
+        ------
+        NotFound
+            No such dataset.
+        PermissionDenied
+            Someone else's dataset.
+        """
+        dataset = self._db.datasets.get(dataset_id)
+        if dataset.owner_common_name != identity.common_name and not (
+                admin_too and identity.role is Role.ADMIN):
+            raise PermissionDenied(f"dataset {dataset.id} belongs to another data owner")
+        return dataset
+
+    @allow(Role.DATA_OWNER, audit="dataset.upload", target=_uploaded)
     def Upload(self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext,
                identity: PeerIdentity) -> pb.Dataset:
         first = next(request_iterator, None)
@@ -176,17 +225,19 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     @allow(Role.DATA_OWNER, Role.TRAINER, Role.ADMIN)
     def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext,
                      identity: PeerIdentity) -> pb.ListDatasetsResponse:
-        return pb.ListDatasetsResponse(datasets=[
-            self._message(ds, identity) for ds in self._db.datasets.list()
-        ])
+        datasets = self._db.datasets.list()
+        if identity.role is Role.DATA_OWNER:
+            datasets = [d for d in datasets if d.owner_common_name == identity.common_name]
+        elif identity.role is Role.TRAINER:
+            granted = self._db.grants.datasets_of(identity.common_name)
+            datasets = [d for d in datasets if d.id in granted and not d.withdrawn]
+        return pb.ListDatasetsResponse(datasets=[self._message(ds, identity) for ds in datasets])
 
-    @allow(Role.DATA_OWNER)
+    @allow(Role.DATA_OWNER, audit="dataset.budget", target=_budget)
     def SetBudget(self, request: pb.SetBudgetRequest, context: grpc.ServicerContext,
                   identity: PeerIdentity) -> pb.Dataset:
         check_budget(request.epsilon_budget, request.delta_budget)
-        dataset = self._db.datasets.get(request.dataset_id)
-        if dataset.owner_common_name != identity.common_name:
-            raise PermissionDenied(f"dataset {dataset.id} belongs to {dataset.owner_common_name}")
+        dataset = self._owned(request.dataset_id, identity)
         for other in self._db.datasets.on_ledger(dataset.ledger_id):
             if other.published_train_rows is not None:
                 check_delta(request.delta_budget,
@@ -194,3 +245,55 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                             f"delta_budget (dataset {other.name!r})")
         self._db.budget.set_budget(dataset.ledger_id, request.epsilon_budget, request.delta_budget)
         return self._message(self._db.datasets.get(dataset.id), identity)
+
+    @allow(Role.DATA_OWNER, audit="dataset.grant", target=_grant)
+    def GrantTrainer(self, request: pb.GrantRequest, context: grpc.ServicerContext,
+                     identity: PeerIdentity) -> pb.Dataset:
+        dataset = self._owned(request.dataset_id, identity)
+        trainer = check_person_name(request.trainer)
+        role = self._db.certificates.role_of(trainer)
+        if role is None:
+            raise NotFound(f"no certificate was issued to {trainer!r}; ask the operator for the "
+                           "trainer's name (privtrain certs list)")
+        if role != Role.TRAINER.value:
+            raise InvalidInput(f"{trainer!r} has role {role}, not trainer")
+        if dataset.withdrawn:
+            raise FailedPrecondition(f"dataset {dataset.id} is withdrawn")
+        if self._db.grants.grant(dataset.id, trainer, by=identity.common_name):
+            log.info("dataset %s: %s granted to trainer %s", dataset.id, identity.common_name, trainer)
+        return self._message(dataset, identity)
+
+    @allow(Role.DATA_OWNER, audit="dataset.revoke_grant", target=_grant)
+    def RevokeTrainer(self, request: pb.GrantRequest, context: grpc.ServicerContext,
+                      identity: PeerIdentity) -> pb.Dataset:
+        dataset = self._owned(request.dataset_id, identity)
+        if not self._db.grants.revoke(dataset.id, request.trainer):
+            raise FailedPrecondition(f"{request.trainer[:64]!r} holds no grant on dataset {dataset.id}")
+        log.info("dataset %s: %s revoked trainer %s", dataset.id, identity.common_name, request.trainer)
+        return self._message(dataset, identity)
+
+    @allow(Role.DATA_OWNER, Role.ADMIN)
+    def GetLedger(self, request: pb.GetLedgerRequest, context: grpc.ServicerContext,
+                  identity: PeerIdentity) -> pb.DatasetLedger:
+        dataset = self._owned(request.dataset_id, identity, admin_too=True)
+        ledger = self._db.budget.ledger(dataset.ledger_id)
+        entries = self._db.budget.entries(ledger.id)
+        names = {d.id: d.name for d in self._db.datasets.on_ledger(ledger.id)}
+        jobs = {e.job_id: self._db.jobs.get(e.job_id) for e in entries if e.job_id is not None}
+        return ledger_to_proto(ledger, entries, names, jobs)
+
+    @allow(Role.DATA_OWNER, Role.ADMIN, audit="dataset.withdraw", target=_dataset)
+    def WithdrawDataset(self, request: pb.WithdrawDatasetRequest, context: grpc.ServicerContext,
+                        identity: PeerIdentity) -> pb.Dataset:
+        """Mark it withdrawn first (the scheduler then neither admits nor starts its jobs),
+        cancel its unfinished jobs, then delete its file; the ledger stays."""
+        dataset = self._db.datasets.withdraw(
+            self._owned(request.dataset_id, identity, admin_too=True).id)
+        unfinished = [j for j in self._db.jobs.list(dataset_id=dataset.id)
+                      if j.state not in TERMINAL_STATES]
+        for job in unfinished:
+            self._runner.cancel(job.id)
+        Path(dataset.storage_path).unlink(missing_ok=True)
+        log.info("dataset %s withdrawn by %s: file deleted, %d unfinished job(s) cancelled",
+                 dataset.id, identity.common_name, len(unfinished))
+        return self._message(dataset, identity)

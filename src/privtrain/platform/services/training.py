@@ -8,6 +8,7 @@ an admin also gets the exact monitoring figures.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privtrain.datasets.image_manifest import IMAGE_KIND, manifest_kind
-from privtrain.errors import FailedPrecondition, InvalidInput, PermissionDenied
+from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from privtrain.platform.audit_trail import AuditTrail
 from privtrain.platform.convert import (
     audit_from_proto,
     event_to_proto,
@@ -28,6 +30,7 @@ from privtrain.platform.db.records import DatasetRecord, JobRecord
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.events import EventHub
 from privtrain.platform.job_states import TERMINAL_STATES, JobState
+from privtrain.platform.revocations import RevocationCache
 from privtrain.platform.rpc import allow
 from privtrain.platform.runner import JobRunner
 from privtrain.platform.splits import check_delta, table_split
@@ -42,6 +45,7 @@ from privtrain.trainer.plan import schedule
 from privtrain.trainer.spec import TrainingSpec
 from privtrain.trainer.validation import PreparedModel
 
+log = logging.getLogger(__name__)
 X25519_PUBLIC_KEY_BYTES = 32
 
 
@@ -108,24 +112,61 @@ def default_target(dataset: DatasetRecord) -> str:
     return labels[-1]
 
 
+def _submitted(request: pb.SubmitJobRequest | pb.SubmitAuditRequest, reply: pb.Job | None) -> str:
+    on = f"dataset {request.spec.dataset_id}"
+    return on if reply is None else f"job {reply.id} on {on}"
+
+
+def _job(request: pb.CancelJobRequest | pb.DownloadParametersRequest, reply: object) -> str:
+    return f"job {request.job_id}"
+
+
+def trainable_dataset(db: Database, dataset_id: str, identity: PeerIdentity) -> DatasetRecord:
+    """The dataset a job is submitted on, if this caller may train on it now.
+
+    Raises
+    ------
+    NotFound
+        No such dataset.
+    PermissionDenied
+        A trainer its owner has not granted (admins audit any dataset).
+    FailedPrecondition
+        The owner withdrew it.
+    """
+    dataset = db.datasets.get(dataset_id)
+    if identity.role is not Role.ADMIN and not db.grants.is_granted(dataset.id, identity.common_name):
+        raise PermissionDenied(f"dataset {dataset.id} is not granted to you ({identity.common_name});"
+                               " its owner grants trainers with `privtrain dataset grant`")
+    if dataset.withdrawn:
+        raise FailedPrecondition(f"dataset {dataset.id} was withdrawn by its owner; no new jobs")
+    return dataset
+
+
 class TrainingServicer(pb_grpc.TrainingServiceServicer):
-    """Unary handlers only touch the database; admission and training happen elsewhere."""
+    """Unary handlers only touch the database; admission and training happen elsewhere.
+
+    A job belongs to its submitter: another trainer's job answers NOT_FOUND, as one that
+    does not exist (its id tells nothing).
+    """
 
     def __init__(self, db: Database, hub: EventHub, runner: JobRunner, *,
-                 signing_key: Ed25519PrivateKey, signing_cert_pem: bytes, chunk_bytes: int) -> None:
+                 signing_key: Ed25519PrivateKey, signing_cert_pem: bytes, chunk_bytes: int,
+                 audit_trail: AuditTrail, revocations: RevocationCache) -> None:
         self._db = db
         self._hub = hub
         self._runner = runner
         self._signing_key = signing_key
         self._signing_cert_pem = signing_cert_pem
         self._chunk_bytes = chunk_bytes
+        self.audit_trail = audit_trail
+        self._revocations = revocations
 
     def _visible_job(self, job_id: str, identity: PeerIdentity) -> JobRecord:
         if not job_id:
             raise InvalidInput("job_id is empty")
         job = self._db.jobs.get(job_id)
         if identity.role is not Role.ADMIN and job.submitter_common_name != identity.common_name:
-            raise PermissionDenied(f"job {job_id} was submitted by someone else")
+            raise NotFound(f"job {job_id!r} not found")
         return job
 
     def _job_message(self, job: JobRecord, identity: PeerIdentity) -> pb.Job:
@@ -136,7 +177,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
 
     def _submit(self, request_id: str, spec: TrainingSpec, identity: PeerIdentity, *,
                 audit: AuditSettings | None = None) -> pb.Job:
-        dataset = self._db.datasets.get(spec.dataset_id)
+        dataset = trainable_dataset(self._db, spec.dataset_id, identity)
         ledger = self._db.budget.ledger(dataset.ledger_id)
         prepared = check_spec_on_dataset(spec, dataset, ledger.delta_budget)
         if audit is not None:
@@ -161,15 +202,17 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
             )
         if created:
             self._hub.publish(job.id, "state", {"state": JobState.PENDING.value, "error": ""})
+            log.info("job %s PENDING: %s submitted by %s on dataset %s", job.id, job.kind,
+                     identity.common_name, dataset.id)
             self._runner.wake()
         return self._job_message(job, identity)
 
-    @allow(Role.TRAINER)
+    @allow(Role.TRAINER, audit="job.submit", target=_submitted)
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext,
                   identity: PeerIdentity) -> pb.Job:
         return self._submit(request.request_id, spec_from_proto(request.spec), identity)
 
-    @allow(Role.TRAINER, Role.ADMIN)
+    @allow(Role.TRAINER, Role.ADMIN, audit="audit.submit", target=_submitted)
     def SubmitAudit(self, request: pb.SubmitAuditRequest, context: grpc.ServicerContext,
                     identity: PeerIdentity) -> pb.Job:
         audit = audit_from_proto(request.audit)
@@ -179,7 +222,8 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         message = pb.JobSpec()
         message.CopyFrom(request.spec)
         if not message.target_column and message.dataset_id:
-            message.target_column = default_target(self._db.datasets.get(message.dataset_id))
+            message.target_column = default_target(
+                trainable_dataset(self._db, message.dataset_id, identity))
         spec = spec_from_proto(message)
         if spec.clipping != "flat" or spec.noise_schedule != "constant" or spec.world_size != 1:
             raise InvalidInput("the privacy audit trains with flat clipping, a constant noise "
@@ -205,7 +249,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
             jobs = [j for j in jobs if j.submitter_common_name == identity.common_name]
         return pb.ListJobsResponse(jobs=[self._job_message(j, identity) for j in jobs])
 
-    @allow(Role.TRAINER, Role.ADMIN)
+    @allow(Role.TRAINER, Role.ADMIN, audit="job.cancel", target=_job)
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext,
                   identity: PeerIdentity) -> pb.Job:
         job = self._visible_job(request.job_id, identity)
@@ -221,7 +265,8 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         admin = identity.role is Role.ADMIN
         last_id = 0
         while context.is_active():
-            for event in self._hub.wait_for(job.id, last_id, timeout_s=1.0):
+            self._revocations.check(identity)  # an open stream ends within a second of revocation
+            for event in self._hub.wait_for(job.id, last_id, timeout_s=0.5):
                 last_id = event.id
                 message = event_to_proto(event, admin=admin)
                 if message is not None:
@@ -229,7 +274,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
                 if event.kind == "state" and JobState(event.payload["state"]) in TERMINAL_STATES:
                     return
 
-    @allow(Role.TRAINER)
+    @allow(Role.TRAINER, audit="job.download", target=_job)
     def DownloadParameters(self, request: pb.DownloadParametersRequest,
                            context: grpc.ServicerContext,
                            identity: PeerIdentity) -> Iterator[pb.SealedPart]:

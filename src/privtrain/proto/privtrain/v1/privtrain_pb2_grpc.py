@@ -28,7 +28,8 @@ if _version_not_supported:
 class DatasetServiceStub:
     """---------------------------------------------------------------- datasets
 
-    Uploads and budgets of anonymized datasets. Upload: role data-owner.
+    Uploads and budgets of anonymized datasets. Upload: role data-owner. A dataset
+    belongs to its uploader; trainers see and train on the datasets they are granted.
     """
 
     def __init__(self, channel):
@@ -52,12 +53,33 @@ class DatasetServiceStub:
                 request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SetBudgetRequest.SerializeToString,
                 response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.FromString,
                 _registered_method=True)
+        self.GrantTrainer = channel.unary_unary(
+                '/privtrain.v1.DatasetService/GrantTrainer',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GrantRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.RevokeTrainer = channel.unary_unary(
+                '/privtrain.v1.DatasetService/RevokeTrainer',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GrantRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.GetLedger = channel.unary_unary(
+                '/privtrain.v1.DatasetService/GetLedger',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GetLedgerRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.DatasetLedger.FromString,
+                _registered_method=True)
+        self.WithdrawDataset = channel.unary_unary(
+                '/privtrain.v1.DatasetService/WithdrawDataset',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.WithdrawDatasetRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
     """---------------------------------------------------------------- datasets
 
-    Uploads and budgets of anonymized datasets. Upload: role data-owner.
+    Uploads and budgets of anonymized datasets. Upload: role data-owner. A dataset
+    belongs to its uploader; trainers see and train on the datasets they are granted.
     """
 
     def Upload(self, request_iterator, context):
@@ -73,13 +95,45 @@ class DatasetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDatasets(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A data owner lists their own datasets, a trainer those granted to them (not
+        withdrawn), an admin every dataset.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetBudget(self, request, context):
         """Owner of the dataset only; may not go below what is already spent or reserved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantTrainer(self, request, context):
+        """Owner of the dataset only: allow a trainer (by name) to see it and train on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeTrainer(self, request, context):
+        """Owner of the dataset only: withdraw a trainer's grant (their running jobs go on;
+        no new ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLedger(self, request, context):
+        """Owner or admin: every charge on the dataset's privacy ledger, with who and when.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawDataset(self, request, context):
+        """Owner or admin: delete the dataset's file, cancel its unfinished jobs and refuse
+        new ones; its ledger is kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +157,26 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SetBudgetRequest.FromString,
                     response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.SerializeToString,
             ),
+            'GrantTrainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantTrainer,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GrantRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.SerializeToString,
+            ),
+            'RevokeTrainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeTrainer,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GrantRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.SerializeToString,
+            ),
+            'GetLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLedger,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GetLedgerRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.DatasetLedger.SerializeToString,
+            ),
+            'WithdrawDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawDataset,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.WithdrawDatasetRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'privtrain.v1.DatasetService', rpc_method_handlers)
@@ -114,7 +188,8 @@ def add_DatasetServiceServicer_to_server(servicer, server):
 class DatasetService:
     """---------------------------------------------------------------- datasets
 
-    Uploads and budgets of anonymized datasets. Upload: role data-owner.
+    Uploads and budgets of anonymized datasets. Upload: role data-owner. A dataset
+    belongs to its uploader; trainers see and train on the datasets they are granted.
     """
 
     @staticmethod
@@ -198,12 +273,120 @@ class DatasetService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GrantTrainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.DatasetService/GrantTrainer',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GrantRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeTrainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.DatasetService/RevokeTrainer',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GrantRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.DatasetService/GetLedger',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.GetLedgerRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.DatasetLedger.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.DatasetService/WithdrawDataset',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.WithdrawDatasetRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class TrainingServiceStub:
     """---------------------------------------------------------------- training
 
-    DP-SGD jobs. Submit/Download: role trainer; Get/List/Cancel/Watch: trainer (own
-    jobs) or admin. A trainer receives only DP, paid-for or public figures; admins
+    DP-SGD jobs. Submit/Download: role trainer, on a dataset granted to them;
+    Get/List/Cancel/Watch: trainer (own jobs: another trainer's job is NOT_FOUND) or admin. A trainer receives only DP, paid-for or public figures; admins
     also receive the exact monitoring figures (JobMonitoring, StepMonitoring).
     """
 
@@ -253,8 +436,8 @@ class TrainingServiceStub:
 class TrainingServiceServicer:
     """---------------------------------------------------------------- training
 
-    DP-SGD jobs. Submit/Download: role trainer; Get/List/Cancel/Watch: trainer (own
-    jobs) or admin. A trainer receives only DP, paid-for or public figures; admins
+    DP-SGD jobs. Submit/Download: role trainer, on a dataset granted to them;
+    Get/List/Cancel/Watch: trainer (own jobs: another trainer's job is NOT_FOUND) or admin. A trainer receives only DP, paid-for or public figures; admins
     also receive the exact monitoring figures (JobMonitoring, StepMonitoring).
     """
 
@@ -361,8 +544,8 @@ def add_TrainingServiceServicer_to_server(servicer, server):
 class TrainingService:
     """---------------------------------------------------------------- training
 
-    DP-SGD jobs. Submit/Download: role trainer; Get/List/Cancel/Watch: trainer (own
-    jobs) or admin. A trainer receives only DP, paid-for or public figures; admins
+    DP-SGD jobs. Submit/Download: role trainer, on a dataset granted to them;
+    Get/List/Cancel/Watch: trainer (own jobs: another trainer's job is NOT_FOUND) or admin. A trainer receives only DP, paid-for or public figures; admins
     also receive the exact monitoring figures (JobMonitoring, StepMonitoring).
     """
 
@@ -629,6 +812,265 @@ class MonitoringService:
             '/privtrain.v1.MonitoringService/ListAlerts',
             privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAlertsRequest.SerializeToString,
             privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminServiceStub:
+    """---------------------------------------------------------------- administration
+
+    People's certificates and the audit log. Role admin.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListCertificates = channel.unary_unary(
+                '/privtrain.v1.AdminService/ListCertificates',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListCertificatesRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListCertificatesResponse.FromString,
+                _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/privtrain.v1.AdminService/RevokeCertificate',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.RevokeCertificateResponse.FromString,
+                _registered_method=True)
+        self.ListAuditLog = channel.unary_unary(
+                '/privtrain.v1.AdminService/ListAuditLog',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditLogRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditLogResponse.FromString,
+                _registered_method=True)
+        self.ListAuditSignatures = channel.unary_unary(
+                '/privtrain.v1.AdminService/ListAuditSignatures',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditSignaturesRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditSignaturesResponse.FromString,
+                _registered_method=True)
+        self.SignAuditLog = channel.unary_unary(
+                '/privtrain.v1.AdminService/SignAuditLog',
+                request_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SignAuditLogRequest.SerializeToString,
+                response_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.AuditSignature.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """---------------------------------------------------------------- administration
+
+    People's certificates and the audit log. Role admin.
+    """
+
+    def ListCertificates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCertificate(self, request, context):
+        """Revoke one certificate (serial) or every valid certificate of a person (name):
+        their next call, on a new or an already-open channel, is refused UNAUTHENTICATED.
+        The CRL is published again when the server can read the CA key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditLog(self, request, context):
+        """Entries of the hash-chained audit log, by sequence number, with the head.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditSignatures(self, request, context):
+        """Every signed head of the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignAuditLog(self, request, context):
+        """Sign the audit log's head now with the server's Ed25519 signing key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCertificates,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListCertificatesRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListCertificatesResponse.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.RevokeCertificateResponse.SerializeToString,
+            ),
+            'ListAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditLog,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditLogRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditLogResponse.SerializeToString,
+            ),
+            'ListAuditSignatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditSignatures,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditSignaturesRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditSignaturesResponse.SerializeToString,
+            ),
+            'SignAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignAuditLog,
+                    request_deserializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SignAuditLogRequest.FromString,
+                    response_serializer=privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.AuditSignature.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'privtrain.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('privtrain.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """---------------------------------------------------------------- administration
+
+    People's certificates and the audit log. Role admin.
+    """
+
+    @staticmethod
+    def ListCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.AdminService/ListCertificates',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListCertificatesRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.AdminService/RevokeCertificate',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.RevokeCertificateRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.RevokeCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.AdminService/ListAuditLog',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditLogRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditSignatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.AdminService/ListAuditSignatures',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditSignaturesRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.ListAuditSignaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtrain.v1.AdminService/SignAuditLog',
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.SignAuditLogRequest.SerializeToString,
+            privtrain_dot_proto_dot_privtrain_dot_v1_dot_privtrain__pb2.AuditSignature.FromString,
             options,
             channel_credentials,
             insecure,
