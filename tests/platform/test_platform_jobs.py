@@ -292,6 +292,11 @@ def test_shutdown_suspends_the_job_and_a_restarted_server_resumes_it(
     with rs.client("trainer") as trainer, rs.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=2, batch_size=64))
         pid = _wait_for_step(trainer, admin, job.id, 20)
+        checkpoints = tmp_path / "home" / "jobs" / job.id / "checkpoints"
+        deadline = time.monotonic() + 60
+        while not list(checkpoints.glob("*.json")):  # one within-epoch checkpoint, every 0.5 s
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.05)
     started = time.monotonic()
     rs.server.stop(0.2)
     assert time.monotonic() - started < 10

@@ -24,7 +24,7 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds a host's lease on a job lasts (renewed every third); a job "
                              "whose host died resumes elsewhere after this long")
     parser.add_argument("--max-failed-attempts", type=POSITIVE, default=5,
-                        help="attempts that may end without a result before the job fails")
+                        help="times a job's worker may die without a result before the job fails")
     parser.add_argument("--checkpoint-every-s", type=positive_float, default=30.0,
                         help="seconds of training between checkpoints inside an epoch")
 

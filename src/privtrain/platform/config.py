@@ -40,8 +40,8 @@ class ServerConfig:
         Length (seconds) of a worker host's lease on a job, renewed every third of it; a
         job whose host stops renewing resumes elsewhere after this long.
     max_failed_attempts : int
-        Attempts of a job that may end without an outcome (a worker or its host died)
-        before the job fails.
+        Attempts of a job whose worker process may die without an outcome (seen by its
+        living host) before the job fails; a host that dies does not count.
     checkpoint_every_s : float
         Checkpoint cadence inside epochs (seconds of training).
     reconcile_interval_s : float

@@ -100,8 +100,8 @@ class HostSettings:
     cancel_poll_s : float
         How often (seconds) the host reads a cancel asked through another server.
     max_failed_attempts : int
-        Attempts that may end without an outcome (a worker or host that died) before
-        the job fails.
+        Attempts whose worker process may die without an outcome before the job fails
+        (a host that dies does not count: the job did not fail, its host did).
     kill_grace_s : float
         Seconds a worker asked to cancel or suspend may take before it is killed
         (it normally ends itself within a second; only a frozen one is killed).
@@ -286,8 +286,12 @@ class WorkerHost:
         if dataset.withdrawn:
             # Withdrawn while the job waited or started: the withdrawal may have missed it.
             self._ask_cancel(run)
-        out_dir = private_folder(self.settings.storage / "jobs" / job.id)
-        resume = latest_checkpoint(out_dir / "checkpoints") is not None
+        try:
+            out_dir = private_folder(self.settings.storage / "jobs" / job.id)
+            resume = latest_checkpoint(out_dir / "checkpoints") is not None
+        except OSError as exc:  # the storage is full, read-only or gone: retried later
+            run.outcome = (worker_module.MESSAGE_STORAGE_ERROR, {"error": _one_line(exc)})
+            return True
         work = {"spec": job.spec, "plan": job.plan, "split": dataset.split, "audit": job.audit,
                 "resume": resume, "checkpoint_every_s": self.settings.checkpoint_every_s}
         path = self.settings.storage / "datasets" / Path(dataset.storage_path).name

@@ -7,8 +7,8 @@ Create Date: 2026-12-06
 - ``jobs.lease_owner`` / ``lease_expires_at``: the worker host running the job and until
   when its lease holds (renewed by heartbeat); a RUNNING job without an owner waits in
   the queue to be resumed from its checkpoint once ``lease_expires_at`` has passed.
-- ``jobs.attempts`` (worker starts) and ``failed_attempts`` (starts that ended without an
-  outcome: a worker or host that died); the job fails after the configured number.
+- ``jobs.attempts`` (worker starts) and ``failed_attempts`` (starts whose worker process
+  died without an outcome); the job fails after the configured number.
 - ``jobs.cancel_requested_at``: a cancel any host sees on its next heartbeat.
 - ``jobs.steps_done`` / ``releases_done``: the furthest step and accuracy release that
   reached the server, over all attempts (what a job that ends early is charged).

@@ -112,10 +112,13 @@ class JobLeases:
             return [job_record(row) for row in session.scalars(query)]
 
     def reclaim(self, job: JobRecord) -> bool:
-        """Take a job back from an owner that stopped renewing, counting a failed attempt.
+        """Take a job back from an owner that stopped renewing (its host died or lost the
+        database), to be resumed at once.
 
-        Compare-and-set on the owner and expiry read in ``job``: a heartbeat that came in
-        meanwhile wins. Returns True when the job is now unowned and queued for resume.
+        Not counted as a failed attempt: the host, not the job, failed (a job whose own
+        worker dies is counted by the host that saw it, :meth:`give_back`). Compare-and-set
+        on the owner and expiry read in ``job``: a heartbeat that came in meanwhile wins.
+        Returns True when the job is now unowned and queued for resume.
         """
         condition = and_(Job.id == job.id, Job.state == JobState.RUNNING.value,
                          Job.lease_owner == job.lease_owner,
@@ -123,7 +126,6 @@ class JobLeases:
         with self._tx.transaction() as session:
             return _update(session, condition, {
                 "lease_owner": None, "worker_pid": None, "lease_expires_at": utcnow(),
-                "failed_attempts": Job.failed_attempts + 1,
             })
 
     def unowned(self) -> list[JobRecord]:

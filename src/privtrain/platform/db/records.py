@@ -81,8 +81,8 @@ class JobRecord:
     ``plan_json`` is set when the job is admitted (its plan reserved on the ledger);
     ``error`` is what its submitter may read, ``error_detail`` the operator's version.
     ``lease_owner`` names the worker host running it until ``lease_expires_at``;
-    ``attempts`` counts worker starts, ``failed_attempts`` those that ended without an
-    outcome; ``steps_done`` / ``releases_done`` are the furthest step and accuracy
+    ``attempts`` counts worker starts, ``failed_attempts`` those whose worker died
+    without an outcome; ``steps_done`` / ``releases_done`` are the furthest step and accuracy
     release that reached the server (what an unfinished job is charged).
     """
 
