@@ -41,6 +41,15 @@ def _wait_for_step(client, admin, job_id: str, step: int) -> int:
     raise AssertionError(f"job {job_id} ended before step {step}")
 
 
+def _wait_for_checkpoint(home: Path, job_id: str) -> None:
+    """Wait until the job has written one checkpoint (within-epoch, every 0.5 s in these tests)."""
+    checkpoints = home / "jobs" / job_id / "checkpoints"
+    deadline = time.monotonic() + 60
+    while not list(checkpoints.glob("*.json")):
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.05)
+
+
 def _next_worker(admin, job_id: str, old_pid: int) -> int:
     """Wait until the job runs in a new worker process; returns its pid."""
     deadline = time.monotonic() + 60
@@ -207,14 +216,15 @@ def test_killed_worker_resumes_from_its_checkpoint_and_succeeds(
     tmp_path: Path, adult: AnonymizedAdult
 ) -> None:
     """Issue 12: SIGKILL of the worker mid-run fires DEAD_WORKER; the job resumes in a new
-    worker from its latest checkpoint (every 2 s here), the alert resolves, the job SUCCEEDS
+    worker from its latest checkpoint (every 0.5 s here), the alert resolves, the job SUCCEEDS
     within its target and the ledger charges exactly its plan (no step twice)."""
     rs = start_server(tmp_path / "home", adult.pki, adult.bundles, checkpoint_every_s=0.5)
     try:
         ds = upload_adult(rs, adult, epsilon=3.0)
         with rs.client("trainer") as trainer, rs.client("admin") as admin:
             job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=2, batch_size=128))
-            pid = _wait_for_step(trainer, admin, job.id, 60)
+            pid = _wait_for_step(trainer, admin, job.id, 20)
+            _wait_for_checkpoint(tmp_path / "home", job.id)
             os.kill(pid, signal.SIGKILL)
             events = wait_terminal(trainer, job.id)
             final = trainer.get_job(job.id)
@@ -292,11 +302,7 @@ def test_shutdown_suspends_the_job_and_a_restarted_server_resumes_it(
     with rs.client("trainer") as trainer, rs.client("admin") as admin:
         job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=2, batch_size=64))
         pid = _wait_for_step(trainer, admin, job.id, 20)
-        checkpoints = tmp_path / "home" / "jobs" / job.id / "checkpoints"
-        deadline = time.monotonic() + 60
-        while not list(checkpoints.glob("*.json")):  # one within-epoch checkpoint, every 0.5 s
-            assert time.monotonic() < deadline, "no checkpoint within 60 s"
-            time.sleep(0.05)
+        _wait_for_checkpoint(tmp_path / "home", job.id)
     started = time.monotonic()
     rs.server.stop(0.2)
     assert time.monotonic() - started < 10
