@@ -11,12 +11,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from pathlib import Path
 
 import dp_accounting
 import grpc
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
-from server_harness import AnonymizedAdult, RunningServer, adult_spec, upload_adult, wait_terminal
+from server_harness import (
+    POLICY,
+    AnonymizedAdult,
+    RunningServer,
+    adult_spec,
+    upload_adult,
+    wait_terminal,
+)
+
+from privtrain.anonymize.keys import generate_key
+from privtrain.anonymize.pipeline import anonymize_file
+from privtrain.datasets.adult import fetch_adult
 
 from privtrain.errors import InvalidInput
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
@@ -127,3 +139,32 @@ def test_five_jobs_of_epsilon_one_fit_a_budget_of_three_composed_as_pld(
     assert ledger.epsilon_committed == pytest.approx(pld, rel=0.01)
     assert ledger.epsilon_committed <= 3.0 < sum(j.plan.epsilon for j in admitted)
     assert remaining == pytest.approx(3.0 - ledger.epsilon_committed)
+
+
+def test_the_same_people_anonymized_again_under_another_key_share_one_budget(
+    running: RunningServer, adult: AnonymizedAdult, tmp_path: Path,
+) -> None:
+    """Issue 9, point 5: the same input file anonymized again with a fresh key is another file
+    (other pseudonyms, other SHA-256), but the same people: uploaded under another name it joins
+    the first upload's ledger (its input's SHA-256 is in the signed manifest) instead of opening
+    a fresh budget, and asking for a fresh budget is refused."""
+    first = upload_adult(running, adult, epsilon=3.0)
+    key = tmp_path / "another.hmac"
+    generate_key(key)
+    again = tmp_path / "adult.again.parquet"
+    owner = adult.bundles["data-owner"]
+    anonymize_file(fetch_adult(), POLICY, key, again, signing_key_path=owner.key,
+                   signing_cert_path=owner.cert)
+    again_manifest = again.with_name(again.name + ".manifest.json")
+    assert hashlib.sha256(again.read_bytes()).digest() != hashlib.sha256(adult.parquet.read_bytes()).digest()
+    with running.client("data-owner") as client:
+        with pytest.raises(grpc.RpcError) as refused:
+            client.upload(again, again_manifest, name="adult-again", epsilon_budget=30.0,
+                          delta_budget=2e-5, split=adult.split)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        second = client.upload(again, again_manifest, name="adult-again", epsilon_budget=3.0,
+                               delta_budget=2e-5, split=adult.split)
+        datasets = {d.name: d for d in client.list_datasets()}
+    assert second.ledger_id == first.ledger_id
+    assert datasets["adult-again"].epsilon_remaining == pytest.approx(datasets["adult"].epsilon_remaining)
+    assert datasets["adult"].epsilon_remaining < 3.0  # the noisy published counts are charged to it

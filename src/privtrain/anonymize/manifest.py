@@ -68,6 +68,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "previous_manifest_sha256": str,
     "rotated_from_key_id": str,
     "remapped_from": dict,
+    "input_sha256": str,
 }
 
 

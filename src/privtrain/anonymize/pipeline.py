@@ -13,6 +13,7 @@ manifest atomically (temporary file + ``os.replace``).
 from __future__ import annotations
 
 import gc
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -196,6 +197,20 @@ def _arrow_pool() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
+def _file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (memory stays flat).
+
+    The manifest carries the input's digest so that the server can tell two releases of the
+    same raw file apart from two sources: they are the same people and share one privacy
+    budget, whatever key or policy anonymized them (see ``platform/db/datasets.py``).
+    """
+    try:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise NotFound(f"{path}: cannot read the input ({exc.strerror})") from None
+
+
 def anonymize_file(
     input_path: Path,
     policy_path: Path,
@@ -293,6 +308,7 @@ def anonymize_file(
             f"{policy.source}: every column is dropped; nothing would be released"
         )
     _check_cell_types(reader, policy)
+    input_sha256 = _file_sha256(Path(input_path))
     streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick)
     with _cyclic_gc_paused(), _arrow_pool():
         streamer.scan()
@@ -362,6 +378,7 @@ def anonymize_file(
             "faker_locale": identity.faker_locale,
             "pseudonym_scheme": identity.pseudonym_scheme,
             **continuity,
+            "input_sha256": input_sha256,
             "output_sha256": digest,
             "output_bytes": size,
             "columns": domains,
