@@ -29,7 +29,6 @@ from server_harness import (
 from privtrain.anonymize.keys import generate_key
 from privtrain.anonymize.pipeline import anonymize_file
 from privtrain.datasets.adult import fetch_adult
-
 from privtrain.errors import InvalidInput
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.trainer.spec import TrainingSpec

@@ -22,7 +22,12 @@ from server_harness import (
 
 from privtrain.platform.convert import sealed_from_proto
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
-from privtrain.secure_transport.envelope import SealedChunk, TamperedEnvelope, generate_recipient_keypair, open_sealed
+from privtrain.secure_transport.envelope import (
+    SealedChunk,
+    TamperedEnvelope,
+    generate_recipient_keypair,
+    open_sealed,
+)
 from privtrain.secure_transport.pki import load_certificate
 from privtrain.trainer.evaluate import evaluate_parameters
 
