@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 Progress = Callable[[str, float], None]
+K_NOT_APPLICABLE = (
+    "the policy declares no quasi-identifiers (no generalize column): no record is claimed "
+    "to hide among look-alikes, so no k is claimed"
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class AnonymizationReport:
     rows_raw, rows_out, rows_suppressed : int
         Input rows, output rows, rows removed because their class was smaller than k.
     k_achieved : int
-        Smallest equivalence class of the output over the QIs (>= the policy's k).
+        Smallest equivalence class of the output over the QIs (>= the policy's k); 0 when
+        the policy declares no quasi-identifiers (no k is claimed).
     levels : dict[str, int]
         Generalization level per QI (0 = raw).
     precision_loss : float
@@ -310,6 +315,13 @@ def anonymize_file(
         )
         if domain is not None:
             domains[name] = domain
+    if policy.split is not None and policy.split.method == "random_holdout":
+        domains[policy.split.column] = {
+            "type": "categorical", "values": [policy.split.train, policy.split.test]
+        }  # fmt: skip
+    # Without quasi-identifiers nothing hides a record among look-alikes: no k is claimed.
+    qis_declared = bool(policy.quasi_identifiers)
+    k_claimed = result.k_achieved if qis_declared else 0
 
     tick("write", 0.5)
     with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _arrow_pool():
@@ -317,7 +329,9 @@ def anonymize_file(
         rows_out = writer.rows
         # Independent re-check on the written labels: the lattice's codes and the
         # output must agree, or the manifest would claim a k that is not there.
-        if k_out != result.k_achieved or k_out < policy.k or rows_out != n - result.rows_suppressed:
+        if k_out != result.k_achieved or rows_out != n - result.rows_suppressed or (
+            qis_declared and k_out < policy.k
+        ):
             raise AnonymizationError(
                 f"internal check failed: output has k = {k_out} over {rows_out} rows, the "
                 f"lattice search claimed {result.k_achieved} over {n - result.rows_suppressed} "
@@ -344,7 +358,7 @@ def anonymize_file(
             "output_rows": rows_out,
             "rows_suppressed": result.rows_suppressed,
             "k_target": policy.k,
-            "k_achieved": result.k_achieved,
+            "k_achieved": k_claimed,
             "max_suppression": policy.max_suppression,
             "quasi_identifiers": policy.quasi_identifiers,
             "direct_identifiers": policy.direct_identifiers,
@@ -368,6 +382,10 @@ def anonymize_file(
         }
         if models:
             manifest["privacy_models"] = models
+        if not qis_declared:
+            manifest["k_not_applicable"] = K_NOT_APPLICABLE
+        if policy.split is not None:
+            manifest["split"] = policy.split.manifest_entry()
         signed = sign_manifest(manifest, signing_key, signing_cert)
         manifest_path = manifest_path_for(out_path)
         # The manifest is written first and renamed right after the output, so a full
@@ -380,7 +398,7 @@ def anonymize_file(
         rows_raw=n,
         rows_out=rows_out,
         rows_suppressed=result.rows_suppressed,
-        k_achieved=result.k_achieved,
+        k_achieved=k_claimed,
         levels=result.levels,
         precision_loss=result.precision_loss,
         discernibility=result.discernibility,
