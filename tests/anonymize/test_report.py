@@ -105,7 +105,8 @@ def test_adult_report_agrees_with_the_manifest(
     parser.feed(html.read_text(encoding="utf-8"))
     parser.close()
     assert parser.problems == [] and parser.stack == []
-    assert parser.counts.get("svg") == 2 and parser.counts.get("rect", 0) > 20
+    # Class sizes and risk; a third chart when kept-column uniqueness is reported.
+    assert parser.counts.get("svg", 0) >= 2 and parser.counts.get("rect", 0) > 20
     assert "Records by equivalence class size" in html.read_text(encoding="utf-8")
 
 

@@ -126,6 +126,12 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{p.name[:28]:<28} {p.kind:<12} {p.role:<18} {f.distinct:>8} "
             f"{f.uniqueness:>6.2f} {f.missing:>7}"
         )
+    from privtrain.anonymize.public_bounds import CONFIRM
+
+    marked = [p.name for p in proposals if any(CONFIRM in line for line in p.lines)]
+    if marked and args.out is not None:
+        print(f"info: {len(marked)} column(s) carry bounds or domains marked {CONFIRM} "
+              "(published in the manifest): replace them with the documented ones")
     detectors = sorted({p.detector for p in proposals if p.detector is not None})
     if detectors:
         print(f"info: free text judged by {', '.join(detectors)}")
@@ -177,10 +183,14 @@ def _run(args: argparse.Namespace) -> int:
             remap=args.remap,
         )
     levels = ", ".join(f"{q}={lv}" for q, lv in report.levels.items())
+    k_text = (
+        f"k={report.k_achieved}, levels {levels}, precision loss {report.precision_loss:.3f}"
+        if report.levels
+        else "k not applicable: the policy declares no quasi-identifiers"
+    )
     print(
         f"wrote {report.output_path} ({report.rows_out} of {report.rows_raw} rows, "
-        f"{report.rows_suppressed} suppressed, k={report.k_achieved}, levels {levels}, "
-        f"precision loss {report.precision_loss:.3f})\n"
+        f"{report.rows_suppressed} suppressed, {k_text})\n"
         f"wrote {report.manifest_path} (output sha256 {report.output_sha256})"
     )
     if args.previous_manifest is not None:
@@ -219,11 +229,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{written} (interrupted)", file=sys.stderr)
             raise
         risk = figures["risk"]["after"]
+        summary = (
+            f"unique records {figures['before']['share_unique']:.1%} -> "
+            f"{figures['after']['share_unique']:.1%}, prosecutor risk max "
+            f"{risk.get('prosecutor_max', 0):.3f} avg {risk.get('prosecutor_avg', 0):.4f}"
+            if figures["quasi_identifiers"]
+            else "no quasi-identifiers: no k, no re-identification risk claimed"
+        )
         print(
-            f"wrote {args.report} and {args.report.with_suffix('.json')} (unique records "
-            f"{figures['before']['share_unique']:.1%} -> {figures['after']['share_unique']:.1%}, "
-            f"prosecutor risk max {risk.get('prosecutor_max', 0):.3f} "
-            f"avg {risk.get('prosecutor_avg', 0):.4f})"
+            f"wrote {args.report} and {args.report.with_suffix('.json')} ({summary}; "
+            f"verdict: {figures['verdict']})"
         )
     return 0
 
@@ -234,8 +249,9 @@ def _verify(args: argparse.Namespace) -> int:
         raise AnonymizationError(f"{args.output}: verification failed: {'; '.join(problems)}")
     from privtrain.anonymize.manifest import verify_manifest
 
-    models = verify_manifest(args.manifest.read_bytes()).manifest.get("privacy_models")
-    figures = "domains, k, l and t" if models else "domains and k"
+    manifest = verify_manifest(args.manifest.read_bytes()).manifest
+    k = "k" if manifest["quasi_identifiers"] else "no k (no quasi-identifiers, none claimed)"
+    figures = f"domains, {k}, l and t" if manifest.get("privacy_models") else f"domains and {k}"
     checked = f"manifest signature, data hash, {figures} verified"
     if args.raw is not None:
         checked += f"; no direct-identifier value of {args.raw} appears in the output"

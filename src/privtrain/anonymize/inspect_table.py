@@ -21,9 +21,14 @@ attribute, other) and a proposed operator, from its name and its values
   scrubbing would leave (:mod:`privtrain.anonymize.free_text`): then it is dropped;
 * a value longer than ``MAX_LABEL_CHARS`` (or a domain longer than
   ``MAX_DOMAIN_CHARS``) makes a column free text rather than a category;
-* the rest is kept with a public domain (the observed range or values), which
-  the owner should check against the data's documentation; a sensitive measurement
-  gets a commented ``noise`` alternative, never noise by default (it is not DP).
+* the rest is kept with a public domain; a sensitive measurement gets a commented
+  ``noise`` alternative, never noise by default (it is not DP).
+
+Bounds and domains are published in the manifest, so none is the data's own summary
+(:mod:`privtrain.anonymize.public_bounds`): numbers get round limits strictly beyond
+the observed range, categories a well-known vocabulary's values when they fit one,
+else the observed values marked ``no public domain known``; each carries a
+``TO CONFIRM`` comment for the owner to replace with the documented domain.
 
 The proposal is safe to run unchanged; the comments say why each column gets its
 operator and what to change for utility.
@@ -34,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +53,13 @@ from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.free_text import TextFindings, examine_free_text
 from privtrain.anonymize.operators.phone import e164
 from privtrain.anonymize.operators.scrub import known_names
+from privtrain.anonymize.public_bounds import (
+    CONFIRM,
+    bounds_comment,
+    declared_domain,
+    domain_comment,
+    public_range,
+)
 from privtrain.anonymize.tableio import read_table
 from privtrain.atomic_files import atomic_write_bytes
 
@@ -96,6 +109,14 @@ class Proposal:
     lines: list[str]
     detector: str | None = None
 
+    @property
+    def operator(self) -> str | None:
+        """The proposed operator (from ``lines``)."""
+        for line in self.lines:
+            if line.startswith("operator = "):
+                return str(json.loads(line.partition("= ")[2]))
+        return None
+
 
 DateRange = tuple[np.datetime64, np.datetime64]
 
@@ -110,6 +131,7 @@ class _Table:
     name_sources: list[str]
     names: frozenset[str]
     presidio: bool
+    k: int = 5
 
 
 def _q(text: str) -> str:
@@ -188,42 +210,49 @@ def _nice(width: float) -> int:
     return 10 ** math.ceil(math.log10(width))
 
 
-def _rounded_out(lo: float, hi: float) -> tuple[str, str]:
-    """[lo, hi] widened to multiples of the power of ten below its width (at least 1), so
-    the bounds a manifest publishes do not give away the smallest and largest values."""
-    step = 10.0 ** math.floor(math.log10(max(hi - lo, 1.0)))
-    low, high = math.floor(lo / step) * step, math.ceil(hi / step) * step
-    if high == hi:
-        high += step
-    if low == lo and lo != 0:
-        low -= step
-    return _num(low), _num(high)
-
-
 def _generalize_numeric(name: str, values: pd.Series) -> list[str] | None:
     num = _numeric(values)
     if num.empty or not bool((num % 1 == 0).all()):
         return None
     lo, hi = int(num.min()), int(num.max())
+    lower, upper = public_range(lo, hi)
     if "age" in tokens(name):
-        widths, top = [5, 10, 20], (90 if lo < 90 <= hi else None)
+        # Census-style "90+", set by the public upper bound, not by who is in the data.
+        widths, top = [5, 10, 20], (90 if lower < 90 <= upper else None)
     else:
         w = _nice(max((hi - lo) / 10, 1))
         widths, top = [w, 2 * w, 4 * w], None
-    lines = [f"lower = {lo}", f"upper = {hi}", f"intervals = {widths}"]
+    lines = [f"lower = {_num(lower)}", f"upper = {_num(upper)}", f"intervals = {widths}"]
     if top is not None:
         lines.append(f"top_code = {top}")
     return lines
 
 
-def _hierarchy(values: pd.Series) -> list[str]:
-    counts = values.astype("string").str.strip().replace("", pd.NA).dropna().value_counts()
+def _counts(values: pd.Series) -> pd.Series:
+    """Rows per distinct non-blank value (stripped), most frequent first."""
+    return values.astype("string").str.strip().replace("", pd.NA).dropna().value_counts()
+
+
+def _hierarchy(values: pd.Series, k: int) -> tuple[list[str], list[str]]:
+    """(TO CONFIRM comment, keys) of a two-level hierarchy over a declared domain."""
+    counts = _counts(values)
+    domain, vocabulary = declared_domain(str(v) for v in counts.index)
     total = max(int(counts.sum()), 1)
     rows = []
-    for value, count in counts.items():
-        group = str(value) if count / total >= RARE_SHARE else "Other-or-rare"
-        rows.append(f'{_q(str(value))} = [{_q(group)}, "*"]')
-    return ["", f"[columns.{_key(values.name)}.hierarchy]", *rows]
+    for value in sorted(domain, key=lambda v: -int(counts.get(v, 0))):
+        group = value if int(counts.get(value, 0)) / total >= RARE_SHARE else "Other-or-rare"
+        rows.append(f'{_q(value)} = [{_q(group)}, "*"]')
+    rare = int((counts < k).sum())
+    comment = domain_comment(vocabulary, len(domain), rare, k, "hierarchy")
+    return comment, ["", f"[columns.{_key(values.name)}.hierarchy]", *rows]
+
+
+def _domain(values: pd.Series, k: int) -> tuple[list[str], str]:
+    """(TO CONFIRM comment, ``domain = [...]`` line) of a kept category."""
+    counts = _counts(values)
+    domain, vocabulary = declared_domain(str(v) for v in counts.index)
+    comment = domain_comment(vocabulary, len(domain), int((counts < k).sum()), k)
+    return comment, "domain = [" + ", ".join(_q(v) for v in domain) + "]"
 
 
 def _key(name: object) -> str:
@@ -377,10 +406,13 @@ def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Ta
         numeric = _generalize_numeric(name, values) if kind == "number" else None
         if numeric is not None:
             body = ['operator = "generalize"', 'type = "numeric"', *numeric]
-            head.insert(1, "# Generalized to bands by the lattice search until k holds.")
+            head[1:1] = ["# Generalized to bands by the lattice search until k holds.",
+                         *bounds_comment()]  # fmt: skip
         elif kind == "category" and f.distinct <= MAX_DOMAIN:
-            body = ['operator = "generalize"', 'type = "categorical"', *_hierarchy(values)]
-            head.insert(1, '# Rare values pooled first, then "*"; edit the hierarchy to taste.')
+            comment, keys = _hierarchy(values, table.k)
+            body = ['operator = "generalize"', 'type = "categorical"', *keys]
+            head[1:1] = ['# Rare values pooled first, then "*"; edit the hierarchy to taste.',
+                         *comment]  # fmt: skip
         elif kind == "zip":
             body = ['operator = "generalize"', 'type = "zip"', "digits = 5", "keep_digits = [3, 1]"]
             head.insert(1, "# Truncated by the lattice search until k holds: 02134 -> 021** -> 0****\n"
@@ -393,28 +425,27 @@ def _propose(name: str, values: pd.Series, f: ColumnFacts, kind: str, table: _Ta
         head.insert(1, "# Empty or nearly unique: dropped (a value this rare links a record to\n"
                        "# other releases). To keep it, generalize it as a quasi-identifier.")
     elif kind == "number" and f.distinct <= 2:
-        dom = values.astype("string").str.strip().replace("", pd.NA).dropna().unique()
-        body = ['operator = "keep"', 'type = "categorical"',
-                "domain = [" + ", ".join(_q(str(v)) for v in sorted(dom)) + "]"]  # fmt: skip
-        head.insert(1, "# Kept as a category: two values (a 0/1 flag or label a model may predict).")
+        comment, domain = _domain(values, table.k)
+        body = ['operator = "keep"', 'type = "categorical"', domain]
+        head[1:1] = ["# Kept as a category: two values (a 0/1 flag or label a model may predict).",
+                     *comment]  # fmt: skip
     elif kind == "number":
         num = _numeric(values)
-        lo, hi = _rounded_out(float(num.min()), float(num.max()))
-        body = ['operator = "keep"', 'type = "numeric"', f"lower = {lo}", f"upper = {hi}"]
-        head.insert(1, "# Kept; lower/upper are the observed range rounded outwards (the manifest\n"
-                       "# publishes them, the extremes must not show): set the public range.")
+        lo, hi = public_range(float(num.min()), float(num.max()), bool((num % 1 == 0).all()))
+        body = ['operator = "keep"', 'type = "numeric"',
+                f"lower = {_num(lo)}", f"upper = {_num(hi)}"]  # fmt: skip
+        head[1:1] = ["# Kept.", *bounds_comment()]
         if role == "sensitive" and f.distinct > MEASUREMENT_DISTINCT:
             head.insert(
-                2,
+                len(head) - 1,
                 "# A sensitive measurement: to blur single values (keyed noise, clipped to\n"
                 '# [lower, upper]; NOT differential privacy) use operator = "noise" with\n'
                 '# distribution = "laplace" and scale = a spread in its unit.',
             )
     elif f.distinct <= MAX_DOMAIN:
-        dom = values.astype("string").str.strip().replace("", pd.NA).dropna().unique()
-        body = ['operator = "keep"', 'type = "categorical"',
-                "domain = [" + ", ".join(_q(str(v)) for v in sorted(dom)) + "]"]  # fmt: skip
-        head.insert(1, "# Kept; the domain lists the observed values.")
+        comment, domain = _domain(values, table.k)
+        body = ['operator = "keep"', 'type = "categorical"', domain]
+        head[1:1] = ["# Kept.", *comment]
     else:
         body = ['operator = "keep"', 'type = "text"']
         head.insert(1, "# Kept as text; consider a hierarchy if it is a quasi-identifier.")
@@ -524,6 +555,7 @@ def inspect_table(
         if any(kind == "free_text" for _, kind, _, _ in classified)
         else frozenset(),
         presidio=presidio,
+        k=k,
     )
     proposals = [_propose(name, df[name], f, kind, table) for name, kind, _, f in classified]
     if out_path is not None:
@@ -552,11 +584,15 @@ def _mentions(values: pd.Series, pairs: set[tuple[str, str]]) -> bool:
 
 def policy_text(proposals: list[Proposal], source: Path, k: int) -> str:
     """The commented policy TOML for ``proposals``."""
-    sens = [p.name for p in proposals if p.role == "sensitive"]
+    # Only released columns can carry l and t: a dropped one would be refused.
+    sens = [p.name for p in proposals if p.role == "sensitive" and p.operator != "drop"]
     lines = [
         f"# Policy proposed by `privtrain anonymize inspect` for {source.name}.",
-        "# Review every column: roles come from names and value patterns, domains from",
-        "# the data. Every column is declared; an undeclared one would be refused.",
+        "# Review every column: roles come from names and value patterns. Every column",
+        "# is declared; an undeclared one would be refused.",
+        f"# Lines marked {CONFIRM} are bounds and domains the signed manifest publishes:",
+        "# none is an observed smallest or largest value, but each is for you to confirm",
+        "# against the data's documentation (or to replace with a DP estimate).",
         "",
         "# Every combination of the quasi-identifiers is shared by >= k rows (Sweeney 2002).",
         f"k = {k}",
@@ -573,6 +609,27 @@ def policy_text(proposals: list[Proposal], source: Path, k: int) -> str:
             "# l = 2",
             "# t = 0.3",
         ]
+    lines += ["", *_split_lines(proposals)]
     for p in proposals:
         lines += ["", *p.lines]
     return "\n".join(lines) + "\n"
+
+
+def _split_lines(proposals: list[Proposal]) -> list[str]:
+    """The owner's train/test split: a kept train/test column, else a commented hold-out."""
+    for p in proposals:
+        if p.operator == "keep" and 'domain = ["train", "test"]' in p.lines:
+            return [
+                "# The owner's train/test split, recorded in the manifest: this column's values.",
+                "[split]",
+                f"column = {_q(p.name)}",
+                'train = "train"',
+                'test = "test"',
+            ]
+    return [
+        "# The owner's train/test split, recorded in the manifest. Uncomment for a seeded",
+        '# random hold-out: a column `split` ("train" / "test") is added to the output.',
+        "# [split]",
+        "# test_share = 0.2",
+        f"# seed = {secrets.randbelow(2**31)}",
+    ]

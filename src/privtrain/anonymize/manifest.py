@@ -4,7 +4,9 @@ The manifest says what was done (policy hash, k, levels, suppression, key id,
 Faker version, pseudonym scheme, and any key rotation or pseudonym remap against an
 earlier release), which bytes it describes (``output_sha256``, ``output_bytes``)
 and what a trainer may rely on (``columns``: the public domain of each output
-column, derived from the policy). It is canonical JSON (sorted keys, no
+column, derived from the policy; ``split``: the owner's train/test split, when the
+policy declares one). A policy without quasi-identifiers claims no k:
+``k_achieved`` is 0 and ``k_not_applicable`` says why. It is canonical JSON (sorted keys, no
 whitespace, UTF-8), signed with the data owner's TLS private key (ECDSA P-256
 with SHA-256, or Ed25519). The signed file is::
 
@@ -69,6 +71,8 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "rotated_from_key_id": str,
     "remapped_from": dict,
     "input_sha256": str,
+    "split": dict,
+    "k_not_applicable": str,
 }
 
 

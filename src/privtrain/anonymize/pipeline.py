@@ -13,7 +13,6 @@ manifest atomically (temporary file + ``os.replace``).
 from __future__ import annotations
 
 import gc
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from privtrain.anonymize.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sign
 from privtrain.anonymize.operators import pseudonym
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
+from privtrain.anonymize.report import file_sha256
 from privtrain.anonymize.stream import Streamer
 from privtrain.anonymize.tableio import JSONL, PARQUET, read_table
 from privtrain.anonymize.verify import verify_output
@@ -48,6 +48,10 @@ __all__ = [
 ]
 
 Progress = Callable[[str, float], None]
+K_NOT_APPLICABLE = (
+    "the policy declares no quasi-identifiers (no generalize column): no record is claimed "
+    "to hide among look-alikes, so no k is claimed"
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class AnonymizationReport:
     rows_raw, rows_out, rows_suppressed : int
         Input rows, output rows, rows removed because their class was smaller than k.
     k_achieved : int
-        Smallest equivalence class of the output over the QIs (>= the policy's k).
+        Smallest equivalence class of the output over the QIs (>= the policy's k); 0 when
+        the policy declares no quasi-identifiers (no k is claimed).
     levels : dict[str, int]
         Generalization level per QI (0 = raw).
     precision_loss : float
@@ -197,20 +202,6 @@ def _arrow_pool() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
-def _file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (memory stays flat).
-
-    The manifest carries the input's digest so that the server can tell two releases of the
-    same raw file apart from two sources: they are the same people and share one privacy
-    budget, whatever key or policy anonymized them (see ``platform/db/datasets.py``).
-    """
-    try:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as exc:
-        raise NotFound(f"{path}: cannot read the input ({exc.strerror})") from None
-
-
 def anonymize_file(
     input_path: Path,
     policy_path: Path,
@@ -308,7 +299,12 @@ def anonymize_file(
             f"{policy.source}: every column is dropped; nothing would be released"
         )
     _check_cell_types(reader, policy)
-    input_sha256 = _file_sha256(Path(input_path))
+    # The input's digest lets the server tell two releases of one raw file from two
+    # sources: the same people share one privacy budget, whatever key or policy was used.
+    try:
+        input_sha256, _ = file_sha256(Path(input_path))
+    except OSError as exc:
+        raise NotFound(f"{input_path}: cannot read the input ({exc.strerror})") from None
     streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick)
     with _cyclic_gc_paused(), _arrow_pool():
         streamer.scan()
@@ -326,6 +322,13 @@ def anonymize_file(
         )
         if domain is not None:
             domains[name] = domain
+    if policy.split is not None and policy.split.method == "random_holdout":
+        domains[policy.split.column] = {
+            "type": "categorical", "values": [policy.split.train, policy.split.test]
+        }  # fmt: skip
+    # Without quasi-identifiers nothing hides a record among look-alikes: no k is claimed.
+    qis_declared = bool(policy.quasi_identifiers)
+    k_claimed = result.k_achieved if qis_declared else 0
 
     tick("write", 0.5)
     with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _arrow_pool():
@@ -333,7 +336,9 @@ def anonymize_file(
         rows_out = writer.rows
         # Independent re-check on the written labels: the lattice's codes and the
         # output must agree, or the manifest would claim a k that is not there.
-        if k_out != result.k_achieved or k_out < policy.k or rows_out != n - result.rows_suppressed:
+        if k_out != result.k_achieved or rows_out != n - result.rows_suppressed or (
+            qis_declared and k_out < policy.k
+        ):
             raise AnonymizationError(
                 f"internal check failed: output has k = {k_out} over {rows_out} rows, the "
                 f"lattice search claimed {result.k_achieved} over {n - result.rows_suppressed} "
@@ -360,7 +365,7 @@ def anonymize_file(
             "output_rows": rows_out,
             "rows_suppressed": result.rows_suppressed,
             "k_target": policy.k,
-            "k_achieved": result.k_achieved,
+            "k_achieved": k_claimed,
             "max_suppression": policy.max_suppression,
             "quasi_identifiers": policy.quasi_identifiers,
             "direct_identifiers": policy.direct_identifiers,
@@ -385,6 +390,10 @@ def anonymize_file(
         }
         if models:
             manifest["privacy_models"] = models
+        if not qis_declared:
+            manifest["k_not_applicable"] = K_NOT_APPLICABLE
+        if policy.split is not None:
+            manifest["split"] = policy.split.manifest_entry()
         signed = sign_manifest(manifest, signing_key, signing_cert)
         manifest_path = manifest_path_for(out_path)
         # The manifest is written first and renamed right after the output, so a full
@@ -397,7 +406,7 @@ def anonymize_file(
         rows_raw=n,
         rows_out=rows_out,
         rows_suppressed=result.rows_suppressed,
-        k_achieved=result.k_achieved,
+        k_achieved=k_claimed,
         levels=result.levels,
         precision_loss=result.precision_loss,
         discernibility=result.discernibility,

@@ -61,8 +61,11 @@ _TOP_KEYS = frozenset(
         "sensitive_attributes",
         "missing_values",
         "phone_region",
+        "split",
     }
 )
+_SPLIT_KEYS = frozenset({"column", "train", "test", "test_share", "seed"})
+SPLIT_COLUMN = "split"
 _COLUMN_KEYS = frozenset(
     {
         "operator",
@@ -185,6 +188,44 @@ class ColumnPolicy:
 
 
 @dataclass(frozen=True)
+class SplitPolicy:
+    """The data owner's train/test split (``[split]``), recorded in the manifest.
+
+    Either an existing column (``method = "column"``: a kept categorical column whose
+    domain holds ``train`` and ``test``), or a seeded random hold-out
+    (``method = "random_holdout"``: ``test_share`` of the input rows, drawn from
+    ``seed`` and the row number, go to a column ``column`` added to the output).
+
+    Attributes
+    ----------
+    method : str
+        ``"column"`` or ``"random_holdout"``.
+    column, train, test : str
+        The split column and its values for training and test rows.
+    test_share : float | None
+        Random hold-out: the expected share of test rows, in (0, 1).
+    seed : int | None
+        Random hold-out: the seed (the same file and seed give the same split).
+    """
+
+    method: str
+    column: str
+    train: str
+    test: str
+    test_share: float | None = None
+    seed: int | None = None
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The manifest's ``split``: what the platform trains and tests on."""
+        entry: dict[str, Any] = {
+            "method": self.method, "column": self.column, "train": self.train, "test": self.test,
+        }  # fmt: skip
+        if self.method == "random_holdout":
+            entry |= {"test_share": self.test_share, "seed": self.seed}
+        return entry
+
+
+@dataclass(frozen=True)
 class Policy:
     """A validated policy file.
 
@@ -214,6 +255,8 @@ class Policy:
     missing_values : tuple of str
         Cell values read as missing besides the empty cell (e.g. ``["NA", "null"]``);
         by default none, so a person named "NA" keeps the name (case C-A05).
+    split : SplitPolicy | None
+        The owner's train/test split (``[split]``), None when the policy declares none.
     """
 
     k: int
@@ -227,6 +270,7 @@ class Policy:
     t: float | None = None
     sensitive_attributes: tuple[str, ...] = ()
     missing_values: tuple[str, ...] = ()
+    split: SplitPolicy | None = None
 
     @property
     def quasi_identifiers(self) -> list[str]:
@@ -313,8 +357,64 @@ def load_policy(path: Path) -> Policy:
         columns=columns,
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
+        split=_split(chk, doc.get("split"), columns),
         **_models(chk, doc, columns),
     )
+
+
+def _split(chk: specs.Checker, spec: Any, columns: dict[str, ColumnPolicy]) -> SplitPolicy | None:
+    """The ``[split]`` table: an existing kept column, or a seeded random hold-out."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise chk.fail("split", "must be a table [split]")
+    for key in spec:
+        if key not in _SPLIT_KEYS:
+            allowed = ", ".join(sorted(_SPLIT_KEYS))
+            raise chk.fail(f"split.{key}", f"unknown key (allowed: {allowed})")
+    train, test = spec.get("train", "train"), spec.get("test", "test")
+    for key, value in (("train", train), ("test", test)):
+        if not isinstance(value, str) or not value:
+            raise chk.fail(f"split.{key}", f"must be a non-empty string, got {value!r}")
+    if train == test:
+        raise chk.fail("split.test", f"train and test must differ, both are {train!r}")
+    if "test_share" not in spec:
+        if "seed" in spec:
+            raise chk.fail("split.seed", "a seed needs test_share (a random hold-out)")
+        column = spec.get("column")
+        col = columns.get(column) if isinstance(column, str) else None
+        if col is None:
+            raise chk.fail(
+                "split.column",
+                f"{column!r} is not a declared column; name the column holding the split, or "
+                "declare test_share and seed for a random hold-out",
+            )
+        if col.operator != "keep" or col.type != "categorical":
+            raise chk.fail(
+                "split.column",
+                f'{column!r} must be released as is: operator = "keep", type = "categorical"',
+            )
+        missing = [v for v in (train, test) if v not in (col.domain or ())]
+        if missing:
+            raise chk.fail("split.column", f"{missing} not in columns.{column}.domain")
+        return SplitPolicy("column", column, train, test)
+    share, seed = spec.get("test_share"), spec.get("seed")
+    if not specs.is_num(share) or not 0.0 < float(share) < 1.0:
+        raise chk.fail("split.test_share", f"must be a number in (0, 1), got {share!r}")
+    if not specs.is_int(seed) or not 0 <= seed < 2**63:
+        raise chk.fail(
+            "split.seed", f"a random hold-out needs seed = an integer >= 0, got {seed!r}"
+        )
+    column = spec.get("column", SPLIT_COLUMN)
+    if not isinstance(column, str) or not column:
+        raise chk.fail("split.column", f"must be a non-empty string, got {column!r}")
+    if column in columns:
+        raise chk.fail(
+            "split.column",
+            f"{column!r} is an input column; a random hold-out adds a new column: name another "
+            "(column = ...), or drop test_share and seed to use this one as the split",
+        )
+    return SplitPolicy("random_holdout", column, train, test, float(share), int(seed))
 
 
 def _date_shift(chk: specs.Checker, base: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,14 @@ and marketer figures as upper bounds: a larger population only lowers them.
 Because suppression removes whole classes, F_j = f_j on released classes here, so
 journalist equals prosecutor and marketer equals J/n.
 
+Sign-off (``release``, ``columns``, ``privacy_models``, ``measures``, ``verdict``): what a
+privacy officer approves. The SHA-256 of the input, output, policy and manifest files,
+the HMAC key id, the manifest's signer and date; per column its role, treatment,
+parameters, published domain and what an attacker can learn; k, and l and t whenever
+the policy requires them, as required and achieved; and every measure in plain words
+with its threshold and a verdict (:mod:`privtrain.anonymize.report_text`). A policy
+without quasi-identifiers claims no k: the report says "not applicable".
+
 Utility: discernibility DM = sum_kept |E|^2 + suppressed * n_raw (Bayardo & Agrawal
 2005); generalization precision 1 - mean_i(level_i / height_i) (Sweeney 2002); AECS
 = released rows / classes and its normalized form AECS / k (LeFevre et al. 2006,
@@ -29,9 +37,11 @@ table's entropy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from privtrain.anonymize import report_text
 from privtrain.anonymize.report_html import render_html
 from privtrain.anonymize.risk import class_sizes, combine_codes
 from privtrain.atomic_files import staged_bytes
@@ -47,14 +58,14 @@ if TYPE_CHECKING:
     from privtrain.anonymize.policy import Policy
 
 REPORT_FORMAT = "privtrain-anonymization-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 # Class-size buckets [lo, hi] of the distribution; hi None = open-ended.
 BUCKETS: tuple[tuple[int, int | None], ...] = (
     (1, 1), (2, 2), (3, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, 999), (1000, None),
 )  # fmt: skip
 # A record is "at risk" when its prosecutor risk exceeds this (class smaller than 5),
 # the threshold El Emam & Dankar use for public releases.
-RISK_THRESHOLD = 0.2
+RISK_THRESHOLD = report_text.RISK_THRESHOLD
 _NA = "\x00<missing>"
 
 
@@ -133,6 +144,7 @@ def build_report(
     levels: Mapping[str, int] | None = None,
     source: str = "<input>",
     k_target: int | None = None,
+    manifest: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compute the risk and utility figures of an anonymized table.
 
@@ -154,12 +166,16 @@ def build_report(
         Input name for errors raised while generalizing.
     k_target : int | None
         The policy's k, for the normalized AECS (default: ``policy.k``).
+    manifest : mapping | None
+        The run's manifest: the published domains, key id and split of ``columns``.
 
     Returns
     -------
     dict
         JSON-ready: ``rows``, ``before``/``after`` (classes, k, unique records,
-        class-size distribution), ``risk`` before/after, ``information_loss``, ``levels``.
+        class-size distribution), ``risk`` before/after, ``information_loss``, ``levels``;
+        ``privacy_models`` (k, l, t required and achieved), ``columns`` (with a policy),
+        ``measures`` and ``verdict``. Without quasi-identifiers ``k`` is None: not claimed.
     """
     qis = list(quasi_identifiers)
     n_raw, n_out = len(raw_df), len(out_df)
@@ -194,6 +210,8 @@ def build_report(
         loss["non_uniform_entropy_share"] = total / top if top > 0 else 0.0
         if int(kept.sum()) != n_out:
             loss["note"] = "released rows do not match the raw classes at these levels"
+    if not qis:  # one class of every row: no k is claimed
+        before["k"] = after["k"] = None
     suppressed = n_raw - n_out
     classes_out = after["classes"]
     loss["discernibility"] = _dm(f_after) + suppressed * n_raw
@@ -221,6 +239,49 @@ def build_report(
         },
         "information_loss": loss,
     }
+    if policy is not None:
+        report["max_suppression"] = policy.max_suppression
+    report["privacy_models"] = report_text.privacy_models(
+        k, after["k"], qis, _required_models(policy), _achieved_models(out_df, qis, policy)
+    )
+    if policy is not None:
+        manifest = manifest or {}
+        report["columns"] = report_text.column_entries(
+            policy, levels, manifest.get("columns"), manifest.get("key_id"), manifest.get("split")
+        )
+    return finalize_report(report)
+
+
+def _required_models(policy: Policy | None) -> dict[str, Any]:
+    if policy is None or (policy.l is None and policy.t is None):
+        return {}
+    return {"l": policy.l, "l_kind": policy.l_diversity, "t": policy.t,
+            "sensitive_attributes": list(policy.sensitive_attributes)}  # fmt: skip
+
+
+def _achieved_models(
+    out_df: pd.DataFrame, qis: Sequence[str], policy: Policy | None
+) -> dict[str, Any]:
+    """l and t measured on the released table (not read back from the run)."""
+    from privtrain.anonymize.privacy_models import table_models
+
+    required = _required_models(policy)
+    names = required.get("sensitive_attributes") or []
+    if not required or not names or len(out_df) == 0 or any(n not in out_df for n in names):
+        return {}
+    assert policy is not None
+    columns = {n: {"type": policy.columns[n].type} for n in names}
+    return table_models(out_df, {"sensitive_attributes": names}, list(qis), columns)
+
+
+def finalize_report(report: dict[str, Any]) -> dict[str, Any]:
+    """Add (or renew) ``measures`` and ``verdict`` from every figure the report now holds.
+
+    :func:`write_report` calls it again, so figures added after :func:`build_report`
+    (by other checks) are measured too.
+    """
+    report["measures"] = report_text.measures(report)
+    report["verdict"] = report_text.overall(report["measures"])
     return report
 
 
@@ -232,7 +293,8 @@ def _dm(row_size: npt.NDArray[np.int64]) -> int:
 def write_report(report: Mapping[str, Any], html_path: Path) -> tuple[Path, Path]:
     """Write the report as HTML at ``html_path`` and as JSON beside it (``.json``).
 
-    Both files are written atomically (temporary file + rename).
+    ``measures`` and ``verdict`` are renewed first (:func:`finalize_report`). Both files
+    are written atomically (temporary file + rename).
 
     Returns
     -------
@@ -240,6 +302,7 @@ def write_report(report: Mapping[str, Any], html_path: Path) -> tuple[Path, Path
     """
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
+    report = finalize_report(dict(report))
     figures = (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
     # Both staged before either is renamed: a full disk leaves neither half of the report.
     with staged_bytes(json_path, figures) as commit_json, staged_bytes(
@@ -261,7 +324,74 @@ def report_for_run(
         policy=policy,
         levels=manifest["generalization_levels"],
         k_target=manifest["k_target"],
+        manifest=manifest,
     )
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """Hex SHA-256 and size in bytes of a file, read in 1 MiB blocks."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def _signer(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """Who signed the manifest: the embedded certificate's subject and fingerprint."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(str(envelope["signer_certificate"]).encode("ascii"))
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return {
+        "common_name": str(names[0].value) if names else None,
+        "subject": cert.subject.rfc4514_string(),
+        "certificate_sha256": hashlib.sha256(
+            cert.public_bytes(serialization.Encoding.DER)
+        ).hexdigest(),
+        "certificate_serial": format(cert.serial_number, "x"),
+        "algorithm": envelope.get("signature_algorithm"),
+    }
+
+
+def release_entry(
+    input_path: Path,
+    output_path: Path,
+    manifest_path: Path,
+    policy_path: Path,
+    envelope: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``release`` section: the files' SHA-256, the key id, the signer and the dates."""
+    manifest = envelope["manifest"]
+    files: dict[str, Any] = {}
+    for role, path in (("input", input_path), ("output", output_path),
+                       ("policy", policy_path), ("manifest", manifest_path)):  # fmt: skip
+        digest, size = file_sha256(Path(path))
+        files[role] = {"file": Path(path).name, "sha256": digest, "bytes": size}
+    files["input"]["rows"] = manifest.get("input_rows")
+    files["output"]["rows"] = manifest.get("output_rows")
+    files["output"]["matches_manifest"] = files["output"]["sha256"] == manifest.get(
+        "output_sha256"
+    )
+    files["policy"]["matches_manifest"] = files["policy"]["sha256"] == manifest.get(
+        "policy_sha256"
+    )
+    if "input_sha256" in manifest:  # absent from manifests written before it was recorded
+        files["input"]["matches_manifest"] = files["input"]["sha256"] == manifest["input_sha256"]
+    return {
+        **files,
+        "key_id": manifest.get("key_id"),
+        "signer": _signer(envelope),
+        "signed_at": manifest.get("created_at"),
+        "report_created_at": datetime.now(UTC).isoformat(timespec="seconds").replace(
+            "+00:00", "Z"
+        ),
+        "tool_version": manifest.get("tool_version"),
+        "split": manifest.get("split"),
+    }
 
 
 def check_report_path(html_path: Path, others: Sequence[Path]) -> None:
@@ -319,10 +449,13 @@ def write_run_report(
     from privtrain.anonymize.tableio import read_table
 
     policy = load_policy(policy_path)
-    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))["manifest"]
+    envelope = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    manifest = envelope["manifest"]
     raw = read_table(Path(input_path), encoding, policy.missing_values)
     out = read_table(Path(output_path))
     report = report_for_run(raw, out, manifest, policy)
+    report["release"] = release_entry(input_path, output_path, manifest_path, policy_path, envelope)
+    finalize_report(report)
     write_report(report, html_path)
     return report
 

@@ -67,6 +67,7 @@ from privtrain.anonymize.chunk_view import (
 )
 from privtrain.anonymize.chunks import ChunkReader, ChunkWriter, to_pandas
 from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.holdout import holdout_rows
 from privtrain.anonymize.keys import SecretKey
 from privtrain.anonymize.lattice import LatticeResult, search
 from privtrain.anonymize.memo import FileValues, Memo
@@ -375,7 +376,8 @@ class Streamer:
         result = search(
             leveled,  # type: ignore[arg-type]
             len(combos),
-            self.policy.k,
+            # Without quasi-identifiers no k is claimed, so none suppresses a row.
+            self.policy.k if self.qis else 1,
             self.policy.max_suppression,
             self.spec,
             sensitive,
@@ -460,6 +462,17 @@ class Streamer:
                 if name in self.integral and not self.integral[name]:
                     released = Released(released.values.astype("Float64"), released.codes)
                 outs[name] = released
+        split = policy.split
+        if split is not None and split.method == "random_holdout":
+            assert split.seed is not None and split.test_share is not None
+            released = [n for n in self.columns if policy.columns[n].operator != "drop"]
+            is_test = holdout_rows(
+                self.key.secret, split.seed, split.test_share,
+                [chunk.table.column(n) for n in released],
+            )  # fmt: skip
+            outs[split.column] = Released(
+                pa.array([split.train, split.test], pa.string()), is_test.astype(np.int64)
+            )
         if state.like is None:
             state.like = pd.DataFrame({n: o.series().iloc[:0] for n, o in outs.items()})
         writer.write_arrow({n: o.rows(kept) for n, o in outs.items()}, state.like)

@@ -52,6 +52,14 @@ def _k_problems(table: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
     if len(qis) != len(manifest["quasi_identifiers"]):
         return ["a quasi-identifier named in the manifest is missing from the output"]
     problems = []
+    if not qis:
+        # No quasi-identifiers: no k is claimed (0; manifests before this rule said the
+        # row count, the one class of the whole table).
+        if manifest["k_achieved"] not in (0, len(table)):
+            problems.append(
+                f"the manifest names no quasi-identifiers yet claims k = {manifest['k_achieved']}"
+            )
+        return problems
     k = k_anonymity(table, qis)
     if k != manifest["k_achieved"]:
         problems.append(
