@@ -74,7 +74,7 @@ def test_two_worker_hosts_run_twenty_jobs_once_each_and_one_resumes_the_others_j
     try:
         ds = upload_adult(rs, adult, epsilon=20.0)
         with rs.client("trainer") as trainer:
-            jobs = [trainer.submit(adult_spec(ds.id, target_epsilon=0.3, epochs=1, batch_size=512),
+            jobs = [trainer.submit(adult_spec(ds.id, target_epsilon=0.3, epochs=1, batch_size=1024),
                                    request_id=f"job-{i}").id for i in range(JOBS)]
         hosts = [_worker(postgres_url, home, tmp_path / f"host-{i}.log") for i in range(2)]
         db = rs.server.db
@@ -86,13 +86,15 @@ def test_two_worker_hosts_run_twenty_jobs_once_each_and_one_resumes_the_others_j
         while killed_job is None:
             assert time.monotonic() < deadline, (tmp_path / "host-0.log").read_text()[-3000:]
             held = [j for j in db.leases.owned() if f":{victim.pid}:" in (j.lease_owner or "")]
-            killed_job = next((j.id for j in held if j.steps_done >= 20), None)
+            killed_job = next((j.id for j in held if j.steps_done >= 5
+                               and list((home / "jobs" / j.id / "checkpoints").glob("*.json"))),
+                              None)
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
         killed_jobs = {j.id for j in held} | {killed_job}
 
-        deadline = time.monotonic() + 1200
+        deadline = time.monotonic() + 1800
         while not all(db.jobs.get(j).state in TERMINAL_STATES for j in jobs):
             assert time.monotonic() < deadline, (tmp_path / "host-1.log").read_text()[-3000:]
             time.sleep(0.5)
