@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from privtrain.anonymize import policy_specs as specs
 from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.operators import options
 from privtrain.anonymize.operators.registry import registered_operators
+from privtrain.anonymize.released_risk import RiskSettings, parse_risk
 
 ROLES = frozenset({"direct_identifier", "quasi_identifier", "sensitive", "other"})
 TYPES = frozenset({"categorical", "numeric", "text", "date", "zip"})
@@ -61,6 +62,7 @@ _TOP_KEYS = frozenset(
         "sensitive_attributes",
         "missing_values",
         "phone_region",
+        "risk",
     }
 )
 _COLUMN_KEYS = frozenset(
@@ -214,6 +216,9 @@ class Policy:
     missing_values : tuple of str
         Cell values read as missing besides the empty cell (e.g. ``["NA", "null"]``);
         by default none, so a person named "NA" keeps the name (case C-A05).
+    risk : RiskSettings
+        The ``[risk]`` table: uniqueness threshold, accepted columns, acknowledged
+        proxies (:mod:`privtrain.anonymize.released_risk`).
     """
 
     k: int
@@ -227,6 +232,7 @@ class Policy:
     t: float | None = None
     sensitive_attributes: tuple[str, ...] = ()
     missing_values: tuple[str, ...] = ()
+    risk: RiskSettings = field(default_factory=RiskSettings)
 
     @property
     def quasi_identifiers(self) -> list[str]:
@@ -314,6 +320,7 @@ def load_policy(path: Path) -> Policy:
         source=path,
         sha256=hashlib.sha256(raw).hexdigest(),
         **_models(chk, doc, columns),
+        risk=parse_risk(chk, doc.get("risk"), columns),
     )
 
 
