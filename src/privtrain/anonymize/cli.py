@@ -183,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         f"precision loss {report.precision_loss:.3f})\n"
         f"wrote {report.manifest_path} (output sha256 {report.output_sha256})"
     )
+    print(_released_line(report.released_risk, report.k_achieved, report.k_declared))
     if args.previous_manifest is not None:
         changes = []
         if "rotated_from_key_id" in report.continuity:
@@ -228,15 +229,42 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _released_line(block: dict[str, object], k: int, k_declared: int | None) -> str:
+    """One line on what the release reveals beyond the QIs (privtrain.anonymize.released_risk)."""
+    shares = block.get("kept_column_uniqueness") or {}
+    known = list(block.get("attacker_known_columns") or [])  # type: ignore[call-overload]
+    assert isinstance(shares, dict)
+    parts = []
+    if known:
+        top = max(known, key=lambda c: shares[c])
+        parts.append(f"most unique beside the QIs: {top} {shares[top]:.1%} "
+                     f"(threshold {block.get('uniqueness_threshold', 0.05):.0%})")  # fmt: skip
+    wide = block.get("risk_attacker_known") or {}
+    assert isinstance(wide, dict)
+    if wide:
+        parts.append(f"unique on the QIs + {len(known)} attacker-known columns "
+                     f"{wide['share_unique']:.1%}")  # fmt: skip
+    accepted = block.get("accepted_columns") or {}
+    if accepted:
+        parts.append(f"accepted: {', '.join(accepted)}")  # type: ignore[arg-type]
+    if k_declared is not None:
+        proxies = ", ".join(block.get("proxies") or {})  # type: ignore[arg-type]
+        parts.append(f"k = {k} counting the proxies {proxies} (declared QIs: k = {k_declared})")
+    return "released risk: " + ("; ".join(parts) or "no column beside the QIs")
+
+
 def _verify(args: argparse.Namespace) -> int:
     problems = verify_output(args.output, args.manifest, args.raw, raw_encoding=args.encoding)
     if problems:
         raise AnonymizationError(f"{args.output}: verification failed: {'; '.join(problems)}")
     from privtrain.anonymize.manifest import verify_manifest
 
-    models = verify_manifest(args.manifest.read_bytes()).manifest.get("privacy_models")
-    figures = "domains, k, l and t" if models else "domains and k"
+    manifest = verify_manifest(args.manifest.read_bytes()).manifest
+    figures = "domains, k, l and t" if manifest.get("privacy_models") else "domains and k"
     checked = f"manifest signature, data hash, {figures} verified"
+    if manifest.get("released_risk"):
+        counted = " and k counting proxies" if manifest.get("proxy_quasi_identifiers") else ""
+        checked += f"; uniqueness beside the QIs{counted} recomputed"
     if args.raw is not None:
         checked += f"; no direct-identifier value of {args.raw} appears in the output"
     print(f"{args.output}: {checked}")

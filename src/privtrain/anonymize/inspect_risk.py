@@ -23,7 +23,6 @@ again after each change until nothing is flagged, so what ``inspect`` writes pas
 
 from __future__ import annotations
 
-import math
 import secrets
 import tempfile
 from dataclasses import replace
@@ -179,7 +178,7 @@ def review_proposals(
                     tail = (
                         "# Dropped: to keep it, generalize it as a quasi-identifier, or accept "
                         "it with a\n# reason under [risk.accept] (recorded in the manifest)."
-                    )
+                    )  # fmt: skip
                     if not measures and p.kind in ("number", "category"):
                         tail += f"\n# (As a QI it would take the lattice past {MAX_LATTICE} nodes.)"
                 proposals[i] = _rewrite(p, [*why, tail], p.role, ['operator = "drop"'])
@@ -204,27 +203,24 @@ def _changes(
         lines = [f"# Measured on the values: {m.evidence(name, q)}." for q, m in measures.items()]
         out[name] = (_wrapped(lines), dict(measures))
     release = streamer.release
-    n = max(streamer.rows - (streamer.result.rows_suppressed if streamer.result else 0), 1)
-    shares = {
-        name: figures(release.per_column[name].counts())["share_unique"]
+    measured = {
+        name: figures(release.per_column[name].counts())
         for name in release.known
         if name not in out and name in by_name
     }
     # The least unique first: they are the likeliest to keep some detail as a QI.
-    for name, share in sorted(shares.items(), key=lambda kv: kv[1]):
+    for name, fig in sorted(measured.items(), key=lambda kv: kv[1]["share_unique"]):
+        share = fig["share_unique"]
         limit = DEFAULT_THRESHOLD * (
             _KEYED_MARGIN if policy.columns[name].operator in _KEYED else 1.0
         )
         if share > limit:
-            unique = math.floor(share * n + 0.5)
-            out[name] = (
-                _wrapped([
-                    f"# Together with the quasi-identifiers (at the levels the search picks) it "
-                    f"leaves {unique} of {n} rows ({share:.1%}) unique, over the 5 % that "
-                    "`run` accepts: whoever knows it singles them out."
-                ]),
-                {},
+            line = (
+                "# Together with the quasi-identifiers (at the levels the search picks) it "
+                f"leaves {fig['unique_records']} of {fig['records']} rows ({share:.1%}) unique, "
+                "over the 5 % that `run` accepts: whoever knows it singles them out."
             )
+            out[name] = (_wrapped([line]), {})
     return out
 
 

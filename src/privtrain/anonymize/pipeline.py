@@ -343,6 +343,7 @@ def anonymize_file(
         # What the written rows reveal beyond the declared QIs: refuses (nothing is
         # renamed into place or signed) a column over the uniqueness threshold, or proxies
         # of QIs that break k, unless the policy accepts / acknowledges them.
+        assert streamer.release is not None
         released = evaluate_release(
             policy, streamer.release, streamer.proxies, result.k_achieved, models,
             streamer.out_sens,

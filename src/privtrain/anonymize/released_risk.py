@@ -181,7 +181,7 @@ def _hash_values(values: pd.Series) -> UInt:
     values = values.reset_index(drop=True)
     if len(values) == 0:
         return np.zeros(0, dtype=np.uint64)
-    out = pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
+    out: UInt = pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
     missing = values.isna().to_numpy(dtype=bool)
     if missing.any():
         out = np.where(missing, _NA_HASH, out)
@@ -244,7 +244,7 @@ def figures(sizes: IntArray) -> dict[str, Any]:
     at_risk = int(sizes[sizes < _AT_RISK_BELOW].sum())
     return {
         "records": n,
-        "classes": int(len(sizes)),
+        "classes": len(sizes),
         "k": int(sizes.min()),
         "unique_records": unique,
         "share_unique": unique / n,
@@ -458,7 +458,8 @@ def declared_view(manifest: Mapping[str, Any]) -> dict[str, Any]:
 def _sizes(table: pd.DataFrame, columns: list[str]) -> IntArray:
     if not columns:
         return np.array([len(table)], dtype=np.int64) if len(table) else np.zeros(0, np.int64)
-    return table.groupby(columns, dropna=False, sort=False).size().to_numpy(dtype=np.int64)
+    sizes: IntArray = table.groupby(columns, dropna=False, sort=False).size().to_numpy(np.int64)
+    return sizes
 
 
 def verify_problems(table: pd.DataFrame, manifest: Mapping[str, Any]) -> list[str]:
