@@ -47,8 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-
-from privtrain.anonymize.aggregate import ValueIds
+import pyarrow.compute as pc
 
 IntArray = npt.NDArray[np.int64]
 
@@ -242,7 +241,7 @@ class ProxySample:
         self.qis = list(qis)
         self.budget = budget
         self.bits = 0
-        self.ids = {c: ValueIds() for c in self.columns}
+        self.ids: dict[str, pa.Array | None] = {c: None for c in self.columns}
         self.too_many: set[str] = set()
         self._parts: list[dict[str, Any]] = []
         self._rows = 0
@@ -270,27 +269,45 @@ class ProxySample:
             if c in self.too_many:
                 continue
             row_codes = codes[c][idx]
-            used = np.unique(row_codes)
-            used = used[used >= 0]
-            lookup = np.zeros(len(dictionaries[c]) + 1, dtype=np.int64)
+            size = len(dictionaries[c])
+            used = np.flatnonzero(np.bincount(row_codes + 1, minlength=size + 1)[1:])
+            lookup = np.zeros(size + 1, dtype=np.int64)  # the last slot: missing, id 0
             if len(used):
-                values = dictionaries[c].take(pa.array(used)).to_pylist()
-                lookup[used] = self.ids[c].lookup(values)[:-1]
+                lookup[used] = self._ids(c, dictionaries[c].take(pa.array(used)))
             part[c] = lookup[row_codes]
-            if len(self.ids[c]) > MAX_VALUES:
+            if self.ids[c] is not None and len(self.ids[c]) > MAX_VALUES:
                 self.too_many.add(c)
-                self.ids[c] = ValueIds()
+                self.ids[c] = None
         self._parts.append(part)
         self._rows += len(idx)
+        if self._rows <= self.budget:
+            return
+        # Halve the sample (more than once if need be) in one pass over what is kept.
         while self._rows > self.budget:
             self.bits += 1
             mask = np.uint64((1 << self.bits) - 1)
-            kept = []
-            for p in self._parts:
-                sel = (p["_h"] & mask) == 0
-                kept.append({k: v[sel] for k, v in p.items()})
-            self._parts = kept
-            self._rows = sum(len(p["_h"]) for p in kept)
+            self._rows = sum(int(((p["_h"] & mask) == 0).sum()) for p in self._parts)
+        kept = []
+        for p in self._parts:
+            sel = np.flatnonzero((p["_h"] & mask) == 0)
+            kept.append({k: v[sel] for k, v in p.items()})
+        self._parts = kept
+
+    def _ids(self, column: str, values: pa.Array) -> IntArray:
+        """Stable ids (1, 2, ... in order of first appearance) of distinct values, looked
+        up in C (``index_in``) among those seen before."""
+        seen = self.ids[column]
+        if seen is not None and values.type != seen.type:
+            values = values.cast(seen.type)
+        if seen is not None:
+            pos = pc.index_in(values, value_set=seen)
+            if pos.null_count:
+                seen = pa.concat_arrays([seen, values.filter(pc.is_null(pos))])
+                pos = pc.index_in(values, value_set=seen)
+        else:
+            seen, pos = values, pc.index_in(values, value_set=values)
+        self.ids[column] = seen
+        return np.asarray(pos.to_numpy(zero_copy_only=False), dtype=np.int64) + 1
 
     def findings(self) -> dict[str, dict[str, PairMeasures]]:
         """:func:`find_proxies` on the sample (columns with too many values left out)."""

@@ -5,9 +5,10 @@ those: the facts of a criminal record are in public court files, a person's date
 events, counts and codes are known to whoever dealt with them. This module measures the
 release as it is written, in the second pass, chunk by chunk:
 
-* ``kept_column_uniqueness``: for every released column that is not a declared QI, the
-  share of output rows that are unique on (the QIs at their released levels + that
-  column);
+* ``kept_column_uniqueness``: for every released column an attacker could know (below),
+  the share of output rows that are unique on (the QIs at their released levels + that
+  column); the report adds the other released columns (keyed tokens, pseudonyms,
+  scrubbed text), counted with pandas on the written file;
 * the same figures over the *attacker-known set*: the QIs plus every released column an
   attacker could plausibly know (:func:`attacker_known`: kept values, shifted dates,
   masked and noised values; not keyed tokens or pseudonyms, which nobody can compute
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 
 from privtrain.anonymize.aggregate import (
     Combinations,
@@ -62,7 +64,9 @@ from privtrain.anonymize.aggregate import (
     sensitive_from_ids,
 )
 from privtrain.anonymize.chunk_view import Released, as_list
+from privtrain.anonymize.chunks import to_pandas
 from privtrain.anonymize.errors import AnonymizationError
+from privtrain.anonymize.memo import Memo
 from privtrain.anonymize.privacy_models import ModelSpec, achieved
 from privtrain.anonymize.proxies import PairMeasures, mix64
 
@@ -188,17 +192,93 @@ def _hash_values(values: pd.Series) -> UInt:
     return out
 
 
+class ValueHashes:
+    """The hash of each released value of one column, computed once per distinct value
+    of the file: values that come as Arrow (tokens, shifted dates, pseudonyms) are looked
+    up among those already hashed (:class:`~privtrain.anonymize.memo.Memo`, hashed in C);
+    values that come as the same pandas object chunk after chunk (the per-file results of
+    ``keep``) are hashed again only when the object changes."""
+
+    def __init__(self) -> None:
+        self._memo = Memo()
+        self._last: tuple[object, UInt] | None = None
+
+    def __call__(self, values: pd.Series | pa.Array) -> UInt:
+        if not isinstance(values, pa.Array):
+            if self._last is None or self._last[0] is not values:
+                self._last = (values, _hash_values(values))
+            return self._last[1]
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.uint64)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        present = values.drop_null() if values.null_count else values
+
+        def compute(new: pa.Array) -> pa.Array:
+            return pa.array(_hash_values(to_pandas(new)), pa.uint64())
+
+        # One lookup per chunk (hashed in C); the memo tolerates repeated values.
+        hashes = np.asarray(
+            self._memo.results(present, compute).to_numpy(zero_copy_only=False), np.uint64
+        )
+        if not values.null_count:
+            return hashes
+        out = np.full(len(values), _NA_HASH, dtype=np.uint64)
+        out[~np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = hashes
+        return out
+
+
+def value_codes(
+    released: Released, kept: IntArray | None, hasher: ValueHashes | None = None
+) -> tuple[IntArray, UInt]:
+    """Each kept row's code (0 = missing) into its chunk's values, and the hash of each
+    code's value (as written; the same value hashes the same in every chunk)."""
+    if released.codes is None:
+        codes, uniq = pd.factorize(released.series(kept).reset_index(drop=True))
+        return np.asarray(codes, dtype=np.int64) + 1, np.append(
+            _NA_HASH, _hash_values(pd.Series(uniq))
+        )
+    codes = released.codes if kept is None else released.codes[kept]
+    hashes = (hasher or ValueHashes())(released.values)
+    return codes.astype(np.int64) + 1, np.append(_NA_HASH, hashes)
+
+
 def value_hash(released: Released, kept: IntArray | None) -> UInt:
     """A hash per kept row of the column's value as written (missing: one value)."""
-    if released.codes is None:
-        return _hash_values(released.series(kept))
-    per_value = np.append(_hash_values(released.series()), _NA_HASH)
-    codes = released.codes if kept is None else released.codes[kept]
-    return per_value[codes]
+    codes, hashes = value_codes(released, kept)
+    return hashes[codes]
+
+
+def _dense(key: IntArray, bound: int) -> tuple[IntArray, IntArray]:
+    """Dense ids 0..m-1 of ``key`` (non-negative, below ``bound``) and one row per id."""
+    n = len(key)
+    if bound <= 4 * n + 65_536:
+        present = np.zeros(bound, dtype=bool)
+        present[key] = True
+        lut = np.cumsum(present) - 1
+        ids = lut[key]
+        m = int(lut[-1]) + 1 if bound else 0
+    else:
+        _, ids = np.unique(key, return_inverse=True)
+        ids = ids.reshape(-1)
+        m = int(ids.max()) + 1 if n else 0
+    rep = np.zeros(m, dtype=np.int64)
+    rep[ids] = np.arange(n, dtype=np.int64)
+    return ids.astype(np.int64), rep
+
+
+def _distinct(key: IntArray, bound: int) -> tuple[IntArray, IntArray]:
+    """Distinct values of ``key`` (non-negative, below ``bound``) and their counts."""
+    if bound <= 4 * len(key) + 65_536:
+        counts = np.bincount(key, minlength=bound)
+        nz = np.flatnonzero(counts)
+        return nz, counts[nz].astype(np.int64)
+    uniq, counts = np.unique(key, return_counts=True)
+    return uniq, counts.astype(np.int64)
 
 
 class HashCounts:
-    """How many rows hold each hash, added up over chunks (distinct hashes kept only)."""
+    """How many rows hold each combination (by its hash), added up over chunks."""
 
     def __init__(self) -> None:
         self._parts: list[tuple[UInt, IntArray]] = []
@@ -206,11 +286,17 @@ class HashCounts:
         self._merged = 0
 
     def add(self, keys: UInt) -> None:
+        """Add one chunk's per-row hashes."""
+        if len(keys):
+            uniq, counts = np.unique(keys, return_counts=True)
+            self.add_counted(uniq, counts.astype(np.int64))
+
+    def add_counted(self, keys: UInt, counts: IntArray) -> None:
+        """Add distinct hashes with the rows holding each."""
         if not len(keys):
             return
-        codes, uniq = pd.factorize(keys)
-        self._parts.append((np.asarray(uniq, dtype=np.uint64), np.bincount(codes)))
-        self._pending += len(uniq)
+        self._parts.append((keys, counts))
+        self._pending += len(keys)
         if self._pending > max(4 * self._merged, 1 << 20):
             self._merge()
 
@@ -218,9 +304,11 @@ class HashCounts:
         if len(self._parts) > 1:
             keys = np.concatenate([k for k, _ in self._parts])
             counts = np.concatenate([c for _, c in self._parts])
-            codes, uniq = pd.factorize(keys)
-            merged = np.bincount(codes, weights=counts).astype(np.int64)
-            self._parts = [(np.asarray(uniq, dtype=np.uint64), merged)]
+            # Sort once, add up the runs of equal keys (cheaper than unique's inverse).
+            order = np.argsort(keys)
+            keys, counts = keys[order], counts[order]
+            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+            self._parts = [(keys[starts], np.add.reduceat(counts, starts).astype(np.int64))]
         self._merged = len(self._parts[0][0]) if self._parts else 0
         self._pending = 0
 
@@ -290,6 +378,7 @@ class ReleaseCounter:
         self.declared = HashCounts()
         self.wider = HashCounts()
         self.per_column = {c: HashCounts() for c in self.released}
+        self.hashers = {c: ValueHashes() for c in self.released}
         self.proxy_ids = {p: ValueIds() for p in self.proxies}
         width = len(self.qis) + len(self.proxies) + len(self.sensitive)
         self.proxy_combos = Combinations(width) if self.proxies else None
@@ -303,18 +392,54 @@ class ReleaseCounter:
         rows: int,
     ) -> None:
         """One chunk as written: the released columns, the QIs' label ids and the
-        sensitive attributes' ids of the kept rows, the kept positions, their number."""
-        base = ids_key(qi_ids, rows)
-        self.declared.add(base)
-        wide = base
+        sensitive attributes' ids of the kept rows, the kept positions, their number.
+
+        Rows are grouped by small integers within the chunk (the class's dense id times
+        the value's code), and only the distinct groups are hashed, so the per-row work is
+        a few integer operations per column."""
+        if rows == 0:
+            return
+        # The chunk's classes: dense ids, and each class's hash from one of its rows.
+        if qi_ids:
+            cards = [int(c.max()) + 1 for c in qi_ids]
+            bound = math.prod(cards)
+            if bound < 1 << 62:
+                key = np.zeros(rows, dtype=np.int64)
+                for col, card in zip(qi_ids, cards, strict=True):
+                    key = key * card + col
+                cls, rep = _dense(key, bound)
+            else:
+                inverse = np.unique(ids_key(qi_ids, rows), return_inverse=True)[1]
+                cls, rep = _dense(inverse.reshape(-1).astype(np.int64), rows)
+            cls_hash = ids_key([c[rep] for c in qi_ids], len(rep))
+        else:
+            cls, cls_hash = np.zeros(rows, dtype=np.int64), np.full(1, _SEED, dtype=np.uint64)
+        self.declared.add_counted(cls_hash, np.bincount(cls, minlength=len(cls_hash)))
+        # The attacker-known set: one integer per row (class, then each value's code),
+        # renumbered densely only if it would overflow; its distinct rows are hashed.
+        wide, bound = cls, len(cls_hash)
+        wide_cols: list[tuple[IntArray, UInt]] = []
         for name in self.released:
             if name not in outs:  # an operator that released nothing for this column
                 continue
-            h = value_hash(outs[name], kept)
-            self.per_column[name].add(_combine(base, h))
+            codes, hashes = value_codes(outs[name], kept, self.hashers[name])
+            card = len(hashes)
+            # (class, value) pairs as one integer; only the distinct pairs are hashed.
+            pairs, counts = _distinct(cls * card + codes, len(cls_hash) * card)
+            keys = _combine(cls_hash[pairs // card], hashes[pairs % card])
+            self.per_column[name].add_counted(keys, counts)
             if name in self.known:
-                wide = _combine(wide, h)
-        self.wider.add(wide)
+                if bound * card >= 1 << 62:
+                    _, inverse = np.unique(wide, return_inverse=True)
+                    wide = inverse.reshape(-1).astype(np.int64)
+                    bound = int(wide.max()) + 1
+                wide, bound = wide * card + codes, bound * card
+                wide_cols.append((codes, hashes))
+        _, rep, counts = np.unique(wide, return_index=True, return_counts=True)
+        wide_hash = cls_hash[cls[rep]]
+        for codes, hashes in wide_cols:
+            wide_hash = _combine(wide_hash, hashes[codes[rep]])
+        self.wider.add_counted(wide_hash, counts.astype(np.int64))
         if self.proxy_combos is not None:
             pids = [outs[p].ids(self.proxy_ids[p], kept, as_list) for p in self.proxies]
             self.proxy_combos.add([*qi_ids, *pids, *sens_ids], rows)
@@ -523,17 +648,27 @@ def verify_problems(table: pd.DataFrame, manifest: Mapping[str, Any]) -> list[st
     return problems
 
 
-def report_fields(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def report_fields(
+    manifest: Mapping[str, Any], table: pd.DataFrame | None = None
+) -> dict[str, Any]:
     """The report's top-level keys from a run's manifest: ``kept_column_uniqueness``
-    (column -> share of output rows unique on QIs + it), ``released_risk`` (the rest of
-    the manifest's block: attacker-known columns, threshold, acceptances, proxies, risk
+    (column -> share of output rows unique on QIs + it: the manifest's figures for the
+    attacker-known columns, and, given the written ``table``, a pandas count for every
+    other released column that is not a QI), ``released_risk`` (the rest of the
+    manifest's block: attacker-known columns, threshold, acceptances, proxies, risk
     declared / attacker-known) and, with proxies, ``k_declared`` / ``k_with_proxies``."""
     block = manifest.get("released_risk")
     if not isinstance(block, dict):
         return {}
     rest = {k: v for k, v in block.items() if k != "kept_column_uniqueness"}
+    uniqueness = dict(block.get("kept_column_uniqueness", {}))
+    if table is not None:
+        qis = [q for q in manifest["quasi_identifiers"] if q in table.columns]
+        for col in table.columns:
+            if col not in qis and col not in uniqueness:
+                uniqueness[col] = figures(_sizes(table, [*qis, col]))["share_unique"]
     out: dict[str, Any] = {
-        "kept_column_uniqueness": dict(block.get("kept_column_uniqueness", {})),
+        "kept_column_uniqueness": uniqueness,
         "released_risk": rest,
     }
     if manifest.get("proxy_quasi_identifiers"):

@@ -266,7 +266,7 @@ def report_for_run(
         levels=manifest["generalization_levels"],
         k_target=manifest["k_target"],
     )
-    report.update(report_fields(manifest))
+    report.update(report_fields(manifest, out_df))
     return report
 
 
