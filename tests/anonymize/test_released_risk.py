@@ -312,6 +312,26 @@ def test_a_kept_column_over_the_threshold_is_refused_unless_accepted(
     assert relaxed["released_risk"]["uniqueness_threshold"] == 1.0
 
 
+def test_the_cli_refusal_is_one_line_exit_2_and_nothing_written(
+    tmp_path: Path, write: Callable[[str, str], Path], key_path: Path,
+    signer: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from privtrain.platform.cli import main
+
+    rows = ["zip,visits,token"] + [f"0213{4 if i % 2 else 9},{i},t{i}" for i in range(40)]
+    raw = write("unique.csv", "\n".join(rows) + "\n")
+    out = tmp_path / "o.parquet"
+    argv = ["anonymize", "run", str(raw), "--policy", str(write("p.toml", SMALL)),
+            "--key", str(key_path), "--out", str(out), "--signing-key", str(signer[0]),
+            "--signing-cert", str(signer[1]), "--report", str(tmp_path / "r.html")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused, nothing was written or signed" in err[0]
+    assert "[risk.accept] (visits" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["owner.hmac.key", "owner.key",
+                                                          "owner.pem", "p.toml", "unique.csv"]
+
+
 @pytest.mark.parametrize(
     ("risk", "problem"),
     [

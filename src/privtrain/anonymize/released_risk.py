@@ -21,11 +21,12 @@ release as it is written, in the second pass, chunk by chunk:
   real population only lowers them;
 * k, l and t over the QIs *and* the kept proxies of QIs (:mod:`privtrain.anonymize.proxies`).
 
-Counting is by 64-bit hashes: each row's combination (the QIs' label ids, then each
-column's value hash) is mixed into one ``uint64``; each chunk is reduced to its distinct
-hashes and counts, and the chunks' counts are merged, so memory is at most 16 bytes per
-distinct combination (``O(rows)`` for a near-unique column, a few KiB for a small
-category) and never a Python object per row. Two distinct combinations share a hash with
+Counting is by 64-bit hashes: within a chunk, rows are grouped by small integers (the
+class's dense id times each value's code), and each distinct group gets the hash of its
+combination (splitmix64 over the QIs' label ids, then each value's hash, a value hashed
+once per file), the same in every chunk; the chunks' distinct hashes and counts are
+merged, so memory is at most 16 bytes per distinct combination (``O(rows)`` for a
+near-unique column, a few KiB for a small category) and never a Python object per row. Two distinct combinations share a hash with
 probability about rows^2 / 2^65 (3e-8 at 10^6 rows), which could only merge two classes.
 
 Policy (``[risk]``)::
