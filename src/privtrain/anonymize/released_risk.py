@@ -84,6 +84,14 @@ ATTACKER_OPERATORS = frozenset({"keep", "date_shift", "mask", "noise"})
 RISK_THRESHOLD = 0.2
 _AT_RISK_BELOW = 5
 _NA_HASH = np.uint64(0x6A09E667F3BCC909)
+_WEIGHTS = mix64(np.arange(1, 65, dtype=np.uint64)) | np.uint64(1)
+
+
+def _weight(j: int) -> np.uint64:
+    """The odd 64-bit multiplier of the j-th column of a combination."""
+    if j < len(_WEIGHTS):
+        return _WEIGHTS[j]  # type: ignore[no-any-return]
+    return mix64(np.array([j + 1], dtype=np.uint64))[0] | np.uint64(1)  # type: ignore[no-any-return]
 _SEED = np.uint64(0x243F6A8885A308D3)
 UInt = npt.NDArray[np.uint64]
 IntArray = npt.NDArray[np.int64]
@@ -436,11 +444,19 @@ class ReleaseCounter:
                     bound = int(wide.max()) + 1
                 wide, bound = wide * card + codes, bound * card
                 wide_cols.append((codes, hashes))
-        _, rep, counts = np.unique(wide, return_index=True, return_counts=True)
-        wide_hash = cls_hash[cls[rep]]
-        for codes, hashes in wide_cols:
-            wide_hash = _combine(wide_hash, hashes[codes[rep]])
-        self.wider.add_counted(wide_hash, counts.astype(np.int64))
+        # One row per distinct combination (sort, then the starts of equal runs).
+        order = np.argsort(wide)
+        ordered = wide[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        rep = order[starts]
+        counts = np.diff(np.r_[starts, len(wide)]).astype(np.int64)
+        # Its hash: the values' hashes weighted by a fixed odd constant per column (the
+        # same in every chunk), summed with the class's and mixed once.
+        with np.errstate(over="ignore"):
+            total = cls_hash[cls[rep]] * _WEIGHTS[0]
+            for j, (codes, hashes) in enumerate(wide_cols, start=1):
+                total += hashes[codes[rep]] * _weight(j)
+        self.wider.add_counted(mix64(total), counts)
         if self.proxy_combos is not None:
             pids = [outs[p].ids(self.proxy_ids[p], kept, as_list) for p in self.proxies]
             self.proxy_combos.add([*qi_ids, *pids, *sens_ids], rows)
