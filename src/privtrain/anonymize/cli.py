@@ -220,11 +220,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{written} (interrupted)", file=sys.stderr)
             raise
         risk = figures["risk"]["after"]
+        wide = figures.get("released_risk", {}).get("risk_attacker_known", {})
+        beside = (f"; on the QIs + attacker-known columns {wide['share_unique']:.1%} unique, "
+                  f"marketer risk {wide['marketer']:.3f}") if wide else ""  # fmt: skip
         print(
             f"wrote {args.report} and {args.report.with_suffix('.json')} (unique records "
             f"{figures['before']['share_unique']:.1%} -> {figures['after']['share_unique']:.1%}, "
             f"prosecutor risk max {risk.get('prosecutor_max', 0):.3f} "
-            f"avg {risk.get('prosecutor_avg', 0):.4f})"
+            f"avg {risk.get('prosecutor_avg', 0):.4f}{beside})"
         )
     return 0
 
@@ -239,11 +242,6 @@ def _released_line(block: dict[str, object], k: int, k_declared: int | None) -> 
         top = max(known, key=lambda c: shares[c])
         parts.append(f"most unique beside the QIs: {top} {shares[top]:.1%} "
                      f"(threshold {block.get('uniqueness_threshold', 0.05):.0%})")  # fmt: skip
-    wide = block.get("risk_attacker_known") or {}
-    assert isinstance(wide, dict)
-    if wide:
-        parts.append(f"unique on the QIs + {len(known)} attacker-known columns "
-                     f"{wide['share_unique']:.1%}")  # fmt: skip
     accepted = block.get("accepted_columns") or {}
     if accepted:
         parts.append(f"accepted: {', '.join(accepted)}")  # type: ignore[arg-type]

@@ -56,7 +56,7 @@ PURITY = 0.95
 PROXY_SHARE = 0.2
 PROXY_U = 0.5
 FUNCTION_SHARE = 0.9
-SAMPLE_ROWS = 1 << 18
+SAMPLE_ROWS = 1 << 16
 MAX_VALUES = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -275,7 +275,8 @@ class ProxySample:
             if len(used):
                 lookup[used] = self._ids(c, dictionaries[c].take(pa.array(used)))
             part[c] = lookup[row_codes]
-            if self.ids[c] is not None and len(self.ids[c]) > MAX_VALUES:
+            seen = self.ids[c]
+            if seen is not None and len(seen) > MAX_VALUES:
                 self.too_many.add(c)
                 self.ids[c] = None
         self._parts.append(part)

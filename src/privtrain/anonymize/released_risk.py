@@ -9,8 +9,9 @@ release as it is written, in the second pass, chunk by chunk:
   the share of output rows that are unique on (the QIs at their released levels + that
   column); the report adds the other released columns (keyed tokens, pseudonyms,
   scrubbed text), counted with pandas on the written file;
-* the same figures over the *attacker-known set*: the QIs plus every released column an
-  attacker could plausibly know (:func:`attacker_known`: kept values, shifted dates,
+* in the report (from the written file, with pandas), the same figures over the
+  *attacker-known set*: the QIs plus every released column an attacker could plausibly
+  know (:func:`attacker_known`: kept values, shifted dates,
   masked and noised values; not keyed tokens or pseudonyms, which nobody can compute
   without the key, nor scrubbed free text);
 * re-identification risk over the declared QIs and over the attacker-known set, with
@@ -84,14 +85,6 @@ ATTACKER_OPERATORS = frozenset({"keep", "date_shift", "mask", "noise"})
 RISK_THRESHOLD = 0.2
 _AT_RISK_BELOW = 5
 _NA_HASH = np.uint64(0x6A09E667F3BCC909)
-_WEIGHTS = mix64(np.arange(1, 65, dtype=np.uint64)) | np.uint64(1)
-
-
-def _weight(j: int) -> np.uint64:
-    """The odd 64-bit multiplier of the j-th column of a combination."""
-    if j < len(_WEIGHTS):
-        return _WEIGHTS[j]  # type: ignore[no-any-return]
-    return mix64(np.array([j + 1], dtype=np.uint64))[0] | np.uint64(1)  # type: ignore[no-any-return]
 _SEED = np.uint64(0x243F6A8885A308D3)
 UInt = npt.NDArray[np.uint64]
 IntArray = npt.NDArray[np.int64]
@@ -249,7 +242,7 @@ def value_codes(
         )
     codes = released.codes if kept is None else released.codes[kept]
     hashes = (hasher or ValueHashes())(released.values)
-    return codes.astype(np.int64) + 1, np.append(_NA_HASH, hashes)
+    return codes + 1, np.append(_NA_HASH, hashes)
 
 
 def value_hash(released: Released, kept: IntArray | None) -> UInt:
@@ -278,7 +271,7 @@ def _dense(key: IntArray, bound: int) -> tuple[IntArray, IntArray]:
 
 def _distinct(key: IntArray, bound: int) -> tuple[IntArray, IntArray]:
     """Distinct values of ``key`` (non-negative, below ``bound``) and their counts."""
-    if bound <= 4 * len(key) + 65_536:
+    if bound <= len(key) + 65_536:
         counts = np.bincount(key, minlength=bound)
         nz = np.flatnonzero(counts)
         return nz, counts[nz].astype(np.int64)
@@ -384,8 +377,6 @@ class ReleaseCounter:
         self.known = [c for c in released if c in set(known)]
         self.proxies = list(proxies)
         self.sensitive = list(sensitive)
-        self.declared = HashCounts()
-        self.wider = HashCounts()
         self.per_column = {c: HashCounts() for c in self.released}
         self.hashers = {c: ValueHashes() for c in self.released}
         self.proxy_ids = {p: ValueIds() for p in self.proxies}
@@ -399,9 +390,11 @@ class ReleaseCounter:
         sens_ids: Sequence[IntArray],
         kept: IntArray | None,
         rows: int,
+        qi_cards: Sequence[int] | None = None,
     ) -> None:
         """One chunk as written: the released columns, the QIs' label ids and the
-        sensitive attributes' ids of the kept rows, the kept positions, their number.
+        sensitive attributes' ids of the kept rows, the kept positions, their number, and
+        (when known) an upper bound of each QI's ids (saves a pass over the rows).
 
         Rows are grouped by small integers within the chunk (the class's dense id times
         the value's code), and only the distinct groups are hashed, so the per-row work is
@@ -410,7 +403,7 @@ class ReleaseCounter:
             return
         # The chunk's classes: dense ids, and each class's hash from one of its rows.
         if qi_ids:
-            cards = [int(c.max()) + 1 for c in qi_ids]
+            cards = list(qi_cards) if qi_cards else [int(c.max()) + 1 for c in qi_ids]
             bound = math.prod(cards)
             if bound < 1 << 62:
                 key = np.zeros(rows, dtype=np.int64)
@@ -423,40 +416,17 @@ class ReleaseCounter:
             cls_hash = ids_key([c[rep] for c in qi_ids], len(rep))
         else:
             cls, cls_hash = np.zeros(rows, dtype=np.int64), np.full(1, _SEED, dtype=np.uint64)
-        self.declared.add_counted(cls_hash, np.bincount(cls, minlength=len(cls_hash)))
-        # The attacker-known set: one integer per row (class, then each value's code),
-        # renumbered densely only if it would overflow; its distinct rows are hashed.
-        wide, bound = cls, len(cls_hash)
-        wide_cols: list[tuple[IntArray, UInt]] = []
         for name in self.released:
             if name not in outs:  # an operator that released nothing for this column
                 continue
             codes, hashes = value_codes(outs[name], kept, self.hashers[name])
             card = len(hashes)
             # (class, value) pairs as one integer; only the distinct pairs are hashed.
-            pairs, counts = _distinct(cls * card + codes, len(cls_hash) * card)
+            key = cls * card
+            key += codes
+            pairs, counts = _distinct(key, len(cls_hash) * card)
             keys = _combine(cls_hash[pairs // card], hashes[pairs % card])
             self.per_column[name].add_counted(keys, counts)
-            if name in self.known:
-                if bound * card >= 1 << 62:
-                    _, inverse = np.unique(wide, return_inverse=True)
-                    wide = inverse.reshape(-1).astype(np.int64)
-                    bound = int(wide.max()) + 1
-                wide, bound = wide * card + codes, bound * card
-                wide_cols.append((codes, hashes))
-        # One row per distinct combination (sort, then the starts of equal runs).
-        order = np.argsort(wide)
-        ordered = wide[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        rep = order[starts]
-        counts = np.diff(np.r_[starts, len(wide)]).astype(np.int64)
-        # Its hash: the values' hashes weighted by a fixed odd constant per column (the
-        # same in every chunk), summed with the class's and mixed once.
-        with np.errstate(over="ignore"):
-            total = cls_hash[cls[rep]] * _WEIGHTS[0]
-            for j, (codes, hashes) in enumerate(wide_cols, start=1):
-                total += hashes[codes[rep]] * _weight(j)
-        self.wider.add_counted(mix64(total), counts)
         if self.proxy_combos is not None:
             pids = [outs[p].ids(self.proxy_ids[p], kept, as_list) for p in self.proxies]
             self.proxy_combos.add([*qi_ids, *pids, *sens_ids], rows)
@@ -577,8 +547,6 @@ def evaluate(
             }
             for p in found
         },
-        "risk_declared": figures(counter.declared.counts()),
-        "risk_attacker_known": figures(counter.wider.counts()),
     }
     return fields
 
@@ -625,14 +593,6 @@ def verify_problems(table: pd.DataFrame, manifest: Mapping[str, Any]) -> list[st
                 f"uniqueness of the QIs + {col!r} recomputed from the output is {share:.6f}, "
                 f"manifest says {claimed:.6f}"
             )
-    known = [c for c in block.get("attacker_known_columns", []) if c in table.columns]
-    wide = figures(_sizes(table, [*qis, *known]))["share_unique"]
-    claimed_wide = block.get("risk_attacker_known", {}).get("share_unique")
-    if claimed_wide is not None and not math.isclose(wide, claimed_wide, abs_tol=1e-12):
-        problems.append(
-            f"uniqueness over the attacker-known columns recomputed from the output is "
-            f"{wide:.6f}, manifest says {claimed_wide:.6f}"
-        )
     proxies = list(manifest.get("proxy_quasi_identifiers") or [])
     if proxies:
         cols = [*qis, *proxies]
@@ -684,6 +644,9 @@ def report_fields(
         for col in table.columns:
             if col not in qis and col not in uniqueness:
                 uniqueness[col] = figures(_sizes(table, [*qis, col]))["share_unique"]
+        known = [c for c in block.get("attacker_known_columns", []) if c in table.columns]
+        rest["risk_declared"] = figures(_sizes(table, qis))
+        rest["risk_attacker_known"] = figures(_sizes(table, [*qis, *known]))
     out: dict[str, Any] = {
         "kept_column_uniqueness": uniqueness,
         "released_risk": rest,

@@ -499,7 +499,8 @@ class Streamer:
         state.check.add(check_ids, rows_kept)
         if self.release is not None:
             nq = len(self.qis)
-            self.release.add(outs, check_ids[:nq], check_ids[nq:], kept, rows_kept)
+            self.release.add(outs, check_ids[:nq], check_ids[nq:], kept, rows_kept,
+                             [len(out_qi[q]) for q in self.qis])  # fmt: skip
         state.offset += chunk.rows
         self.tick("write", 0.5 + 0.45 * state.offset / max(self.rows, 1))
 
