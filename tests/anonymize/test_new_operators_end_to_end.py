@@ -65,6 +65,8 @@ POLICY = """
     operator = "scrub"
     role = "other"
     type = "text"
+    [risk.accept]
+    priors_count = "noised counts on a 600-row sample: the noise test needs them"
 """
 
 

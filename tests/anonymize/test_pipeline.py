@@ -45,6 +45,8 @@ POLICY = """
     role = "sensitive"
     type = "categorical"
     domain = ["basic", "pro"]
+    [risk.accept]
+    plan = "a handful of synthetic rows: a plan is unique beside its ZIP class"
 """
 
 CSV_1 = """\

@@ -99,6 +99,8 @@ def test_jsonl_in_csv_out_in_chunks_equals_one_chunk(
         type = "numeric"
         lower = 0
         upper = 100
+        [risk.accept]
+        visits = "five synthetic rows, each visit count unique"
         """,
     )
     rows = [

@@ -193,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{report.rows_suppressed} suppressed, {k_text})\n"
         f"wrote {report.manifest_path} (output sha256 {report.output_sha256})"
     )
+    print(_released_line(report.released_risk, report.k_achieved, report.k_declared))
     if args.previous_manifest is not None:
         changes = []
         if "rotated_from_key_id" in report.continuity:
@@ -229,10 +230,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{written} (interrupted)", file=sys.stderr)
             raise
         risk = figures["risk"]["after"]
+        wide = figures.get("released_risk", {}).get("risk_attacker_known", {})
+        beside = (f"; on the QIs + attacker-known columns {wide['share_unique']:.1%} unique, "
+                  f"marketer risk {wide['marketer']:.3f}") if wide else ""  # fmt: skip
         summary = (
             f"unique records {figures['before']['share_unique']:.1%} -> "
             f"{figures['after']['share_unique']:.1%}, prosecutor risk max "
-            f"{risk.get('prosecutor_max', 0):.3f} avg {risk.get('prosecutor_avg', 0):.4f}"
+            f"{risk.get('prosecutor_max', 0):.3f} avg {risk.get('prosecutor_avg', 0):.4f}{beside}"
             if figures["quasi_identifiers"]
             else "no quasi-identifiers: no k, no re-identification risk claimed"
         )
@@ -241,6 +245,25 @@ def _run(args: argparse.Namespace) -> int:
             f"verdict: {figures['verdict']})"
         )
     return 0
+
+
+def _released_line(block: dict[str, object], k: int, k_declared: int | None) -> str:
+    """One line on what the release reveals beyond the QIs (privtrain.anonymize.released_risk)."""
+    shares = block.get("kept_column_uniqueness") or {}
+    known = list(block.get("attacker_known_columns") or [])  # type: ignore[call-overload]
+    assert isinstance(shares, dict)
+    parts = []
+    if known:
+        top = max(known, key=lambda c: shares[c])
+        parts.append(f"most unique beside the QIs: {top} {shares[top]:.1%} "
+                     f"(threshold {block.get('uniqueness_threshold', 0.05):.0%})")  # fmt: skip
+    accepted = block.get("accepted_columns") or {}
+    if accepted:
+        parts.append(f"accepted: {', '.join(accepted)}")  # type: ignore[arg-type]
+    if k_declared is not None:
+        proxies = ", ".join(block.get("proxies") or {})  # type: ignore[arg-type]
+        parts.append(f"k = {k} counting the proxies {proxies} (declared QIs: k = {k_declared})")
+    return "released risk: " + ("; ".join(parts) or "no column beside the QIs")
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -253,6 +276,9 @@ def _verify(args: argparse.Namespace) -> int:
     k = "k" if manifest["quasi_identifiers"] else "no k (no quasi-identifiers, none claimed)"
     figures = f"domains, {k}, l and t" if manifest.get("privacy_models") else f"domains and {k}"
     checked = f"manifest signature, data hash, {figures} verified"
+    if manifest.get("released_risk"):
+        counted = " and k counting proxies" if manifest.get("proxy_quasi_identifiers") else ""
+        checked += f"; uniqueness beside the QIs{counted} recomputed"
     if args.raw is not None:
         checked += f"; no direct-identifier value of {args.raw} appears in the output"
     print(f"{args.output}: {checked}")

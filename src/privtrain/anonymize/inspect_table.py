@@ -496,6 +496,7 @@ def inspect_table(
     k: int = 5,
     encoding: str | None = None,
     presidio: bool = True,
+    review: bool = True,
 ) -> list[Proposal]:
     """Classify every column of a table and (optionally) write the proposed policy.
 
@@ -512,6 +513,10 @@ def inspect_table(
     presidio : bool
         Let Presidio judge free-text columns when it and an English spaCy model are
         installed (:mod:`privtrain.anonymize.free_text`); False for the built-in patterns.
+    review : bool
+        Run the proposal (nothing written) and make proxies of quasi-identifiers, and
+        kept columns that leave over 5 % of rows unique with them, quasi-identifiers or
+        drops (:mod:`privtrain.anonymize.inspect_risk`); False for the per-column proposal.
 
     Returns
     -------
@@ -558,6 +563,10 @@ def inspect_table(
         k=k,
     )
     proposals = [_propose(name, df[name], f, kind, table) for name, kind, _, f in classified]
+    if review:
+        from privtrain.anonymize.inspect_risk import review_proposals
+
+        proposals = review_proposals(Path(input_path), encoding, df, proposals, k, Path(input_path))
     if out_path is not None:
         atomic_write_bytes(Path(out_path), policy_text(proposals, Path(input_path), k).encode())
     return proposals

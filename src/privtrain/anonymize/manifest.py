@@ -73,6 +73,13 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "input_sha256": str,
     "split": dict,
     "k_not_applicable": str,
+    # What the release reveals beyond the declared QIs (privtrain.anonymize.released_risk);
+    # with kept proxies of QIs, k_achieved and privacy_models count them and these keep
+    # the declared-QI figures.
+    "released_risk": dict,
+    "proxy_quasi_identifiers": list,
+    "k_declared": int,
+    "privacy_models_declared": dict,
 }
 
 

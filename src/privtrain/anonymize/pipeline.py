@@ -33,6 +33,7 @@ from privtrain.anonymize.operators import pseudonym
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
 from privtrain.anonymize.report import file_sha256
+from privtrain.anonymize.released_risk import evaluate as evaluate_release
 from privtrain.anonymize.stream import Streamer
 from privtrain.anonymize.tableio import JSONL, PARQUET, read_table
 from privtrain.anonymize.verify import verify_output
@@ -80,6 +81,11 @@ class AnonymizationReport:
     continuity : dict
         The manifest's fields about an earlier release (``previous_manifest_sha256``,
         ``rotated_from_key_id``, ``remapped_from``); empty without one.
+    released_risk : dict
+        The manifest's ``released_risk`` block (:mod:`privtrain.anonymize.released_risk`).
+    k_declared : int | None
+        k over the declared quasi-identifiers alone when kept proxies were counted
+        (``k_achieved`` then counts them); None otherwise.
     """
 
     rows_raw: int
@@ -94,6 +100,8 @@ class AnonymizationReport:
     manifest_path: Path
     output_sha256: str
     continuity: dict[str, Any] = field(default_factory=dict)
+    released_risk: dict[str, Any] = field(default_factory=dict)
+    k_declared: int | None = None
 
 
 def manifest_path_for(out_path: Path) -> Path:
@@ -353,6 +361,14 @@ def anonymize_file(
                     f"internal check failed: output has l = {lv:g}, t = {models['t']:.4f} "
                     f"(targets l = {policy.l}, t = {policy.t}); nothing was written"
                 )
+        # What the written rows reveal beyond the declared QIs: refuses (nothing is
+        # renamed into place or signed) a column over the uniqueness threshold, or proxies
+        # of QIs that break k, unless the policy accepts / acknowledges them.
+        assert streamer.release is not None
+        released = evaluate_release(
+            policy, streamer.release, streamer.proxies, result.k_achieved, models,
+            streamer.out_sens,
+        )  # fmt: skip
         tick("write", 0.95)
         digest, size = writer.finish()
         manifest: dict[str, Any] = {
@@ -394,6 +410,7 @@ def anonymize_file(
             manifest["k_not_applicable"] = K_NOT_APPLICABLE
         if policy.split is not None:
             manifest["split"] = policy.split.manifest_entry()
+        manifest.update(released)
         signed = sign_manifest(manifest, signing_key, signing_cert)
         manifest_path = manifest_path_for(out_path)
         # The manifest is written first and renamed right after the output, so a full
@@ -406,7 +423,7 @@ def anonymize_file(
         rows_raw=n,
         rows_out=rows_out,
         rows_suppressed=result.rows_suppressed,
-        k_achieved=k_claimed,
+        k_achieved=manifest["k_achieved"],
         levels=result.levels,
         precision_loss=result.precision_loss,
         discernibility=result.discernibility,
@@ -415,4 +432,6 @@ def anonymize_file(
         manifest_path=manifest_path,
         output_sha256=digest,
         continuity=continuity,
+        released_risk=manifest["released_risk"],
+        k_declared=manifest.get("k_declared"),
     )

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from privtrain.anonymize import policy_specs as specs
 from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.operators import options
 from privtrain.anonymize.operators.registry import registered_operators
+from privtrain.anonymize.released_risk import RiskSettings, parse_risk
 
 ROLES = frozenset({"direct_identifier", "quasi_identifier", "sensitive", "other"})
 TYPES = frozenset({"categorical", "numeric", "text", "date", "zip"})
@@ -62,6 +63,7 @@ _TOP_KEYS = frozenset(
         "missing_values",
         "phone_region",
         "split",
+        "risk",
     }
 )
 _SPLIT_KEYS = frozenset({"column", "train", "test", "test_share", "seed"})
@@ -257,6 +259,9 @@ class Policy:
         by default none, so a person named "NA" keeps the name (case C-A05).
     split : SplitPolicy | None
         The owner's train/test split (``[split]``), None when the policy declares none.
+    risk : RiskSettings
+        The ``[risk]`` table: uniqueness threshold, accepted columns, acknowledged
+        proxies (:mod:`privtrain.anonymize.released_risk`).
     """
 
     k: int
@@ -271,6 +276,7 @@ class Policy:
     sensitive_attributes: tuple[str, ...] = ()
     missing_values: tuple[str, ...] = ()
     split: SplitPolicy | None = None
+    risk: RiskSettings = field(default_factory=RiskSettings)
 
     @property
     def quasi_identifiers(self) -> list[str]:
@@ -359,6 +365,7 @@ def load_policy(path: Path) -> Policy:
         sha256=hashlib.sha256(raw).hexdigest(),
         split=_split(chk, doc.get("split"), columns),
         **_models(chk, doc, columns),
+        risk=parse_risk(chk, doc.get("risk"), columns),
     )
 
 

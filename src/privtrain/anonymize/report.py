@@ -316,8 +316,12 @@ def write_report(report: Mapping[str, Any], html_path: Path) -> tuple[Path, Path
 def report_for_run(
     raw_df: pd.DataFrame, out_df: pd.DataFrame, manifest: Mapping[str, Any], policy: Policy
 ) -> dict[str, Any]:
-    """:func:`build_report` with the QIs and levels a run's manifest records."""
-    return build_report(
+    """:func:`build_report` with the QIs and levels a run's manifest records, and the
+    figures of what else is released (``kept_column_uniqueness``, ``released_risk``:
+    :func:`privtrain.anonymize.released_risk.report_fields`)."""
+    from privtrain.anonymize.released_risk import report_fields
+
+    report = build_report(
         raw_df,
         out_df,
         manifest["quasi_identifiers"],
@@ -326,6 +330,8 @@ def report_for_run(
         k_target=manifest["k_target"],
         manifest=manifest,
     )
+    report.update(report_fields(manifest, out_df))
+    return report
 
 
 def file_sha256(path: Path) -> tuple[str, int]:

@@ -77,6 +77,8 @@ from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.operators.scrub import known_names
 from privtrain.anonymize.policy import Policy
 from privtrain.anonymize.privacy_models import ModelSpec, achieved
+from privtrain.anonymize.proxies import PairMeasures, ProxySample
+from privtrain.anonymize.released_risk import ReleaseCounter, attacker_known
 from privtrain.anonymize.spool import Spool, read_ahead
 
 # Operators whose output for a cell is a function of that cell's value alone.
@@ -170,6 +172,13 @@ class Streamer:
                           if policy.columns[c].operator in ("hmac", "date_shift")]
         # Parquet is cheap to read again; text is kept parsed for pass 2.
         self._spool: Spool | None = None if reader.format == "parquet" else Spool()
+        # Proxies of QIs (pass 1, on a bounded sample) and what the written rows reveal
+        # beyond the QIs (pass 2): :mod:`privtrain.anonymize.released_risk`.
+        self.known = [c for c in attacker_known(policy.columns) if c in self.columns]
+        self.proxy_sample = ProxySample(self.known, self.qis)
+        self.proxies: dict[str, dict[str, PairMeasures]] = {}
+        self.release: ReleaseCounter | None = None
+        self.out_sens: dict[str, ValueIds] = {}
 
     def _ctx(self, name: str, level: int | None = None, frame: Any = None) -> OperatorContext:
         col = self.policy.columns[name]
@@ -303,6 +312,7 @@ class Streamer:
         wanted = set(self.qis) | set(self.sensitive) | set(self.distinct_values)
         wanted |= {c for sources in self.name_sources.values() for c in sources}
         wanted |= set(self.integral)
+        wanted |= set(self.proxy_sample.columns)
         # An operator outside PER_VALUE may read any needed column of its chunk.
         read = self._needed if generic or self._spool else [c for c in self.columns if c in wanted]
         position = [0]
@@ -312,6 +322,8 @@ class Streamer:
         except BaseException:
             self._close_spool()
             raise
+        self.proxies = self.proxy_sample.findings()
+        self.proxy_sample = ProxySample([], [])
 
     def _parsed(self, read: list[str], position: list[int]) -> Iterator[pa.Table]:
         # Parsing runs on the read-ahead thread; encoding (Arrow, GIL released) runs here,
@@ -339,6 +351,13 @@ class Streamer:
             for s in self.sensitive:
                 ids.append(self._sensitive_row_ids(chunk, s, self.sens_ids[s]))
             self.combos.add(ids, chunk.rows)
+            if self.proxy_sample.active:
+                measured = self.proxy_sample.columns
+                self.proxy_sample.add(
+                    chunk.offset, ids[: len(self.qis)],
+                    {c: chunk.codes(c) for c in measured},
+                    {c: chunk.dictionary(c) for c in measured},
+                )
             for name, seen in self.distinct_values.items():
                 seen.update(dict.fromkeys(keyed_text(chunk.dictionary(name)).to_pylist()))
             for name, sources in self.name_sources.items():
@@ -406,6 +425,12 @@ class Streamer:
             {s: ValueIds() for s in self.sensitive},
             Combinations(len(self.qis) + len(self.sensitive)),
         )
+        # Measured while writing: the columns an attacker could know (keyed tokens,
+        # pseudonyms and scrubbed text are measured by the report, from the file).
+        self.release = ReleaseCounter(
+            self.qis, self.known, self.known, list(self.proxies), self.sensitive
+        )
+        self.out_sens = state.out_sens
         spool = self._spool
         tables = (
             self.reader.chunks(self.chunk_rows, self._needed) if spool is None else spool.chunks()
@@ -483,7 +508,12 @@ class Streamer:
             check_ids.append(
                 outs[s].ids(out_sens[s], kept, lambda v, o=ordered: sensitive_key(v, o))
             )
-        state.check.add(check_ids, chunk.rows if kept is None else len(kept))
+        rows_kept = chunk.rows if kept is None else len(kept)
+        state.check.add(check_ids, rows_kept)
+        if self.release is not None:
+            nq = len(self.qis)
+            self.release.add(outs, check_ids[:nq], check_ids[nq:], kept, rows_kept,
+                             [len(out_qi[q]) for q in self.qis])  # fmt: skip
         state.offset += chunk.rows
         self.tick("write", 0.5 + 0.45 * state.offset / max(self.rows, 1))
 

@@ -18,6 +18,8 @@ import pandas as pd
 
 from privtrain.anonymize.errors import ManifestError
 from privtrain.anonymize.manifest import verify_manifest
+from privtrain.anonymize.released_risk import declared_view
+from privtrain.anonymize.released_risk import verify_problems as released_problems
 from privtrain.anonymize.risk import k_anonymity
 
 # A bare number ("7", "-1", "3.5"): as a raw identifier value it equals a count or a
@@ -126,8 +128,12 @@ def verify_output(
             f"{sorted(manifest['columns'])}"
         )
     problems += _domain_problems(table, manifest["columns"])
-    problems += _k_problems(table, manifest)
-    problems += model_problems(table, manifest)
+    # k, l, t over the declared QIs, then over the QIs + kept proxies and the uniqueness
+    # figures of what else is released (privtrain.anonymize.released_risk).
+    declared = declared_view(manifest)
+    problems += _k_problems(table, declared)
+    problems += model_problems(table, declared)
+    problems += released_problems(table, manifest)
     if raw_path is not None:
         raw = read_table(Path(raw_path), raw_encoding)
         problems += leak_problems(table, raw, manifest["direct_identifiers"], manifest["columns"])
