@@ -32,8 +32,8 @@ from privtrain.anonymize.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sign
 from privtrain.anonymize.operators import pseudonym
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
-from privtrain.anonymize.report import file_sha256
 from privtrain.anonymize.released_risk import evaluate as evaluate_release
+from privtrain.anonymize.report import file_sha256
 from privtrain.anonymize.stream import Streamer
 from privtrain.anonymize.tableio import JSONL, PARQUET, read_table
 from privtrain.anonymize.verify import verify_output
