@@ -245,12 +245,6 @@ def value_codes(
     return codes + 1, np.append(_NA_HASH, hashes)
 
 
-def value_hash(released: Released, kept: IntArray | None) -> UInt:
-    """A hash per kept row of the column's value as written (missing: one value)."""
-    codes, hashes = value_codes(released, kept)
-    return hashes[codes]
-
-
 def _dense(key: IntArray, bound: int) -> tuple[IntArray, IntArray]:
     """Dense ids 0..m-1 of ``key`` (non-negative, below ``bound``) and one row per id."""
     n = len(key)
@@ -354,7 +348,8 @@ class ReleaseCounter:
     qis : sequence of str
         Declared quasi-identifiers (generalized columns).
     released : sequence of str
-        Every released column that is not a QI.
+        The columns measured beside the QIs (the stream passes the attacker-known ones;
+        the report counts the others from the file).
     known : sequence of str
         The attacker-known columns among ``released``.
     proxies : sequence of str
