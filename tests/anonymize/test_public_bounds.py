@@ -82,7 +82,9 @@ def test_inspect_proposes_no_observed_extreme_and_marks_every_domain(
                 observed = set(raw[p.name].dropna().str.strip()) - {""}
                 assert set(values) == observed, p.name
             domains += 1
-    assert bounds >= (4 if dataset == "adult" else 10) and domains >= 5
+    # Non-vacuous: COMPAS keeps fewer numbers since its day counts, which single rows out,
+    # are dropped by the review of what else is released.
+    assert bounds >= (4 if dataset == "adult" else 5) and domains >= 5
     if dataset == "adult":
         cols = policy.columns
         assert (cols["capital_loss"].lower, cols["capital_loss"].upper) == (-1, 5000)

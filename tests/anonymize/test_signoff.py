@@ -235,14 +235,23 @@ def test_other_checks_figures_show_in_plain_words(tmp_path: Path) -> None:
     html, js = write_report(report, tmp_path / "r.html")
     written = json.loads(js.read_text())
     measure = next(m for m in written["measures"] if m["id"] == "kept_column_uniqueness")
-    assert measure["value"] == 0.125 and measure["verdict"] == "review"
-    assert written["verdict"] == "review"
+    # Over the default 5 % per column and not accepted by the policy: run would have refused.
+    assert measure["value"] == 0.125 and measure["threshold"] == 0.05
+    assert measure["verdict"] == "fail" and written["verdict"] == "fail"
     page = _page(html)
     assert page.rows("kept-column-uniqueness") == {"income": ["0"], "capital_gain": ["0.125"]}
     assert page.tags["svg"] == 3
     assert "Kept columns that stand in for a quasi-identifier (proxies)" in page.headings
     assert page.tables["proxy-findings"][0] == ["column", "stands for"]
     assert page.rows("risk")["journalist max census"][1] == "0.01"
+
+    # Accepted with a reason in the policy: the officer is asked to review it.
+    report["released_risk"] = {"uniqueness_threshold": 0.05,
+                                "accepted_columns": {"capital_gain": "in no public record"}}
+    _, js = write_report(report, tmp_path / "accepted.html")
+    written = json.loads(js.read_text())
+    measure = next(m for m in written["measures"] if m["id"] == "kept_column_uniqueness")
+    assert measure["verdict"] == "review" and "capital_gain" in measure["meaning"]
 
 
 POLICY_NO_QI = """

@@ -93,20 +93,23 @@ def _lattice_size(policy: Policy) -> int:
     return size
 
 
-def _generalized_body(name: str, values: pd.Series, kind: str) -> list[str] | None:
-    """The keys that make a column a quasi-identifier, or None when it cannot be one."""
+def _generalized_body(name: str, values: pd.Series, kind: str, k: int) -> list[str] | None:
+    """The keys that make a column a quasi-identifier (with the public-bounds ``TO CONFIRM``
+    comments), or None when it cannot be one."""
     from privtrain.anonymize.inspect_table import _generalize_numeric, _hierarchy
+    from privtrain.anonymize.public_bounds import bounds_comment
 
     if kind == "number":
         bands = _generalize_numeric(name, values)
         if bands is None:
             return None
-        return ['operator = "generalize"', 'type = "numeric"', *bands]
+        return ['operator = "generalize"', 'type = "numeric"', *bounds_comment(), *bands]
     if kind == "category":
         distinct = values.astype("string").str.strip().replace("", pd.NA).dropna().nunique()
         if distinct > MAX_CATEGORIES:
             return None
-        return ['operator = "generalize"', 'type = "categorical"', *_hierarchy(values)]
+        comment, keys = _hierarchy(values, k)
+        return ['operator = "generalize"', 'type = "categorical"', *comment, *keys]
     return None
 
 
@@ -159,7 +162,7 @@ def review_proposals(
             i = by_name[name]
             p = proposals[i]
             repeat = _repeats(measures) if measures else None
-            body = None if repeat else _generalized_body(name, df[name], p.kind)
+            body = None if repeat else _generalized_body(name, df[name], p.kind, k)
             if body is not None:
                 # A proxy is a quasi-identifier whatever it costs; a column that only
                 # singles rows out becomes one while the lattice stays small.

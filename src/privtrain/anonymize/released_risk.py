@@ -487,9 +487,11 @@ def evaluate(
     k_per_col = {c: int(s.min()) if len(s) else 0 for c, s in per_col.items()}
     problems: list[str] = []
     over = [c for c in counter.known if uniqueness[c] > threshold + 1e-12]
-    # k = 1 claims no anonymity: every row may be unique on the QIs alone, so a kept
-    # column cannot break a claim (its figures are still measured and recorded).
-    for c in over if policy.k > 1 else []:
+    # k = 1, or no quasi-identifiers (no k is signed), claims no anonymity: every row may
+    # be unique on the QIs alone, so a kept column cannot break a claim (its figures are
+    # still measured and recorded, and the report asks the officer to review the release).
+    claims_anonymity = policy.k > 1 and bool(policy.quasi_identifiers)
+    for c in over if claims_anonymity else []:
         if c not in settings.accept:
             problems.append(
                 f"column {c!r} leaves {uniqueness[c]:.1%} of the output rows unique together "
