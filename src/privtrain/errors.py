@@ -49,3 +49,27 @@ class ResourceExhausted(PrivtrainError):
     """A configured limit (message size, queue length) was exceeded."""
 
     grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(PrivtrainError):
+    """The server cannot do it now (its storage failed: disk full, I/O error); retry later."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+SHOWN_CHARS = 80
+"""Most characters of a caller's value an error message quotes (see :func:`shown`)."""
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters.
+
+    A message quotes what it refuses so its reader can find it, but never more than a
+    short prefix: a cell can be megabytes long, and a 20 kB id echoed back would overflow
+    a gRPC call's trailer (and fill the log).
+
+    >>> print(shown("x" * 1000, 30))
+    'xxxxxxxxxxxxxx... (1,000 chars)
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(str(value)):,} chars)"

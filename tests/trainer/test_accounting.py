@@ -52,3 +52,37 @@ def test_rdp_epsilon_matches_google_rdp(q: float, sigma: float, steps: int, delt
         warnings.simplefilter("ignore")
         ours = epsilon_for("rdp", sigma, q, steps, delta)
     assert ours == pytest.approx(reference.get_epsilon(delta), rel=0.01)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_noise_search_matches_opacus(accountant: str) -> None:
+    """Our search (Opacus' get_noise_multiplier with a time limit between evaluations) finds
+    the same σ."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from privtrain.trainer.accounting import _search_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for eps, q, steps in [(1.0, 0.01, 1000), (3.0, 0.02, 500)]:
+            assert _search_noise_multiplier(eps, 1e-5, q, steps, accountant,
+                                            epsilon_tolerance=0.005) == get_noise_multiplier(
+                target_epsilon=eps, target_delta=1e-5, sample_rate=q, steps=steps,
+                accountant=accountant, epsilon_tolerance=0.005)
+
+
+def test_a_calibration_past_its_time_limit_stops_with_the_reason() -> None:
+    """A million PRV steps take minutes to calibrate; within time_limit the next ε evaluation
+    after the limit refuses instead of starting."""
+    import time
+
+    from privtrain.errors import InvalidInput
+    from privtrain.trainer.accounting import calibrate_noise_multiplier, time_limit
+
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="took longer than 0 s, the server's limit"):
+        with time_limit(0.0):
+            calibrate_noise_multiplier(target_epsilon=1.0, target_delta=1e-5, sample_rate=0.001,
+                                       steps=1_000_000, accountant="prv")
+    assert time.monotonic() - started < 1.0
+    assert epsilon_for("rdp", 1.0, 0.01, 100, 1e-5) > 0  # no limit outside the block

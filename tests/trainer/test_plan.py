@@ -88,3 +88,15 @@ def test_plans_that_cannot_run_are_invalid_input(spec: TrainingSpec, train_rows:
 def test_no_test_rows_is_fine_when_nothing_is_released() -> None:
     plan = plan_job(_spec(release_test_accuracy="none"), 2000, 0)
     assert plan.test_rows == 0 and plan.release_epochs == ()
+
+
+def test_releases_alone_past_the_target_are_refused_before_the_calibration() -> None:
+    """1,000 epochs of accuracy releases spend the target by themselves: found with one cheap
+    evaluation (the calibration over a million PRV steps first took minutes)."""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="releases alone spend"):
+        plan_job(_spec(epochs=1000, batch_size=30, accountant="prv", target_epsilon=1.0),
+                 30_000, 15_000)
+    assert time.monotonic() - started < 10

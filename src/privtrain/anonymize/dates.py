@@ -18,7 +18,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from privtrain.anonymize.errors import PolicyError
-from privtrain.anonymize.values import distinct_normalized, first_row, shown
+from privtrain.anonymize.values import distinct_normalized, first_row
+from privtrain.errors import shown
 
 _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
 _SLASH = re.compile(r"(\d{1,2})[/.](\d{1,2})[/.](\d{4})")

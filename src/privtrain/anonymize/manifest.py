@@ -32,13 +32,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from privtrain import bounded_json
 from privtrain.anonymize.errors import ManifestError
 from privtrain.datasets.image_manifest import TABLE_KIND, check_image_manifest_fields
+from privtrain.errors import shown
 
 MANIFEST_FORMAT = "privtrain-anonymization-manifest"
 MANIFEST_VERSION = 1
 ECDSA_P256 = "ecdsa-p256-sha256"
 ED25519 = "ed25519"
+MAX_MANIFEST_DEPTH = 16
+"""Deepest nesting a manifest file may have (ours nest 4 levels: file, manifest, columns,
+domain)."""
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -143,8 +148,38 @@ def check_manifest_fields(manifest: Any) -> None:
             )
     if manifest["format"] != MANIFEST_FORMAT or manifest["version"] != MANIFEST_VERSION:
         raise ManifestError(
-            f"unsupported manifest format {manifest['format']!r} version {manifest['version']!r}"
+            f"unsupported manifest format {shown(manifest['format'])} version "
+            f"{shown(manifest['version'])}"
         )
+    for name, domain in manifest["columns"].items():
+        _check_domain(name, domain)
+    split = manifest.get("split")
+    if split is not None and not (
+        isinstance(split, dict)
+        and all(isinstance(split.get(k), str) and split[k] for k in ("column", "train", "test"))
+    ):
+        raise ManifestError('manifest split must be an object with non-empty "column", "train" '
+                            'and "test" strings')
+
+
+def _check_domain(name: str, domain: Any) -> None:
+    """A column's public domain: an object with a string ``type``; a categorical one lists
+    scalar ``values``, a numeric one has number (or null) bounds ``lower`` and ``upper``."""
+    if not isinstance(domain, dict) or not isinstance(domain.get("type"), str):
+        raise ManifestError(f"manifest column {shown(name)} must be an object with a string type")
+    kind = domain["type"]
+    if kind == "categorical":
+        values = domain.get("values")
+        if not isinstance(values, list) or not all(
+                v is None or isinstance(v, str | int | float) for v in values):
+            raise ManifestError(f"manifest column {shown(name)}: a categorical domain lists its "
+                                "values (strings or numbers)")
+    elif kind == "numeric":
+        bounds = (domain.get("lower"), domain.get("upper"))
+        if not all(b is None or isinstance(b, int | float) and not isinstance(b, bool)
+                   for b in bounds):
+            raise ManifestError(f"manifest column {shown(name)}: a numeric domain's bounds lower "
+                                "and upper are numbers (or null)")
 
 
 def sign_manifest(
@@ -220,14 +255,16 @@ def verify_manifest(manifest_file_bytes: bytes, data: bytes | None = None) -> Ve
     Raises
     ------
     ManifestError
-        Bad JSON or structure, unsupported algorithm, certificate/algorithm mismatch,
+        Bad JSON (or JSON beyond :func:`privtrain.bounded_json.loads`' limits) or structure,
+        unsupported algorithm, certificate/algorithm mismatch,
         "manifest signature does not verify", or an ``output_sha256`` / ``output_bytes``
         mismatch with the data.
     """
     try:
-        envelope = json.loads(manifest_file_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"manifest file is not UTF-8 JSON ({exc})") from None
+        envelope = bounded_json.loads(manifest_file_bytes, what="manifest file",
+                                      max_depth=MAX_MANIFEST_DEPTH)
+    except bounded_json.JSONLimitError as exc:
+        raise ManifestError(str(exc)) from None
     if not isinstance(envelope, dict):
         raise ManifestError("manifest file is not a JSON object")
     for name in ("manifest", "signature", "signature_algorithm", "signer_certificate"):

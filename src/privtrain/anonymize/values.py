@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from privtrain.anonymize.errors import PolicyError
+from privtrain.errors import shown
 
 # Casefolding an address merges "Alice@Example.org" and "alice@example.org" (one
 # mailbox in practice); other text keeps its case because "Rose" and "rose" can differ.
@@ -72,13 +73,6 @@ def expand(codes: npt.NDArray[np.int64], results: list[str], index: pd.Index) ->
     """
     table = np.array([*results, None], dtype=object)
     return pd.Series(table[codes], index=index, dtype="string")
-
-
-def shown(value: object, limit: int = 80) -> str:
-    """``repr(value)`` for an error message, cut to ``limit`` characters: a cell can be
-    megabytes long, and an error line should stay one readable line."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(str(value)):,} chars)"
 
 
 def first_row(mask: npt.NDArray[np.bool_]) -> int:

@@ -24,8 +24,6 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from privtrain.errors import InvalidInput, PrivtrainError  # noqa: E402
 from privtrain.platform.cli_args import (  # noqa: E402
-    DEFAULT_PKI,
-    PORT,
     POSITIVE,
     add_connection_args,
     connect,
@@ -39,10 +37,11 @@ from privtrain.platform.cli_audit import add_audit_commands  # noqa: E402
 from privtrain.platform.cli_audit_log import add_audit_log_commands  # noqa: E402
 from privtrain.platform.cli_certs import add_certs_commands  # noqa: E402
 from privtrain.platform.cli_datasets import add_dataset_commands  # noqa: E402
-from privtrain.platform.cli_worker import add_host_arguments, add_worker_command  # noqa: E402
+from privtrain.platform.cli_server import add_server_command  # noqa: E402
+from privtrain.platform.cli_worker import add_worker_command  # noqa: E402
 
 
-# ---------------------------------------------------------------- db / server
+# ---------------------------------------------------------------- db
 def _db_upgrade(args: argparse.Namespace) -> int:
     from privtrain.platform.config import default_database_url
     from privtrain.platform.db.migrate import upgrade
@@ -52,37 +51,6 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     private_folder(args.home)
     upgrade(url)
     print(f"database at head: {url}")
-    return 0
-
-
-def _server(args: argparse.Namespace) -> int:
-    from privtrain.monitoring.detectors.stall import StallConfig
-    from privtrain.platform.config import ServerConfig
-    from privtrain.platform.log_setup import configure_logging
-    from privtrain.platform.server import PrivtrainServer
-
-    configure_logging(args.log_level, args.log_format)
-    config = ServerConfig(
-        home=args.home.resolve(), pki_dir=args.pki.resolve(), host=args.host, port=args.port,
-        database_url=args.db_url, local_workers=args.local_workers, lease_s=args.lease_s,
-        max_failed_attempts=args.max_failed_attempts, checkpoint_every_s=args.checkpoint_every_s,
-        stall=StallConfig(factor=args.stall_factor, floor_s=args.stall_floor_s,
-                          first_step_s=args.stall_first_step_s),
-        row_count_noise=args.row_count_noise, ledger_accountant=args.ledger_accountant,
-        audit_sign_interval_s=args.audit_sign_interval_s,
-    )
-    server = PrivtrainServer(config)
-    server.start()
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(str(server.port))
-        tmp.replace(args.port_file)
-    print(f"privtrain server listening on {args.host}:{server.port}", flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    server.stop(args.grace_s)
     return 0
 
 
@@ -238,38 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
     up.set_defaults(func=_db_upgrade)
 
-    srv = sub.add_parser("server", help="run the training service (mTLS gRPC)")
-    srv.add_argument("--home", type=Path, default=Path("privtrain-home"),
-                     help="state folder: database, datasets, job outputs")
-    srv.add_argument("--pki", type=Path, default=DEFAULT_PKI,
-                     help="the operator's folder made by `certs init`")
-    srv.add_argument("--host", default="127.0.0.1",
-                     help="address to bind; must be one of the server certificate's names")
-    srv.add_argument("--port", type=PORT, default=50051, help="0 picks a free port")
-    srv.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
-    srv.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in --home)")
-    srv.add_argument("--local-workers", type=int_at_least(0), default=1,
-                     help="jobs trained at once in the server's own worker processes; 0 leaves "
-                          "them to `privtrain worker` hosts (PostgreSQL)")
-    add_host_arguments(srv)
-    srv.add_argument("--stall-factor", type=positive_float, default=10.0,
-                     help="NO_PROGRESS after this many median step intervals without a step")
-    srv.add_argument("--stall-floor-s", type=positive_float, default=60.0,
-                     help="smallest NO_PROGRESS threshold in seconds")
-    srv.add_argument("--stall-first-step-s", type=positive_float, default=600.0,
-                     help="NO_PROGRESS threshold before a job's first step, in seconds")
-    srv.add_argument("--grace-s", type=positive_float, default=5.0,
-                     help="seconds in-flight calls and workers get at shutdown")
-    srv.add_argument("--row-count-noise", type=positive_float, default=20.0,
-                     help="std (rows) of the noise on the row counts published at upload")
-    srv.add_argument("--ledger-accountant", default="prv", choices=["prv", "rdp"],
-                     help="accountant composing a new dataset's privacy ledger")
-    srv.add_argument("--audit-sign-interval-s", type=positive_float, default=60.0,
-                     help="how often the audit log's head is signed (when it moved)")
-    srv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    srv.add_argument("--log-format", default="text", choices=["text", "json"],
-                     help="text lines, or one JSON object per line")
-    srv.set_defaults(func=_server)
+    add_server_command(sub)
 
     add_anonymize_commands(sub)
 

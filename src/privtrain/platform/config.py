@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from privtrain.monitoring.detectors.stall import StallConfig
+from privtrain.secure_transport.call_limits import CallLimits
 from privtrain.secure_transport.channels import TransportLimits
 
 
@@ -47,7 +48,21 @@ class ServerConfig:
     reconcile_interval_s : float
         How often (seconds) the scheduler admits jobs and looks for jobs to hand on.
     limits : TransportLimits
-        gRPC message and chunk sizes, shared with clients.
+        gRPC message and chunk sizes, shared with clients, and the handler threads
+        (``max_workers``) that serve unary calls.
+    call_limits : CallLimits
+        Streams and unary calls one person may have at once, streams of all callers
+        together, and the threads that answer health checks.
+    model_checks : int
+        Submissions whose model is built and dry-run at once (threads of their own); a
+        submission past them is refused RESOURCE_EXHAUSTED.
+    model_check_timeout_s : float
+        Longest a submission waits for its model's checks (seconds) before it is refused
+        RESOURCE_EXHAUSTED.
+    admission_timeout_s : float
+        Longest the calibration of one job's σ at admission may take (seconds, plus one ε
+        evaluation); a job past it FAILS with the reason (the scheduler admits one job at
+        a time, so one costly plan must not hold up the others for long).
     row_count_noise : float
         σ (rows) of the Gaussian noise on the row counts published at upload.
     ledger_accountant : str
@@ -70,6 +85,10 @@ class ServerConfig:
     checkpoint_every_s: float = 30.0
     reconcile_interval_s: float = 0.5
     limits: TransportLimits = field(default_factory=TransportLimits)
+    call_limits: CallLimits = field(default_factory=CallLimits)
+    model_checks: int = 2
+    model_check_timeout_s: float = 30.0
+    admission_timeout_s: float = 120.0
     row_count_noise: float = 20.0
     ledger_accountant: str = "prv"
     audit_sign_interval_s: float = 60.0

@@ -7,8 +7,9 @@ import json
 import math
 from typing import Any
 
+from privtrain import bounded_json
 from privtrain.datasets.image_manifest import manifest_kind
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, shown
 from privtrain.platform.db.budget import EntryRecord, LedgerRecord, compose
 from privtrain.platform.db.records import DatasetRecord, EventRecord, JobRecord
 from privtrain.platform.proto_time import timestamp
@@ -32,6 +33,10 @@ _OPTIONAL_SPEC_FIELDS = frozenset({
     "max_clipbound", "unclipped_num_std", "noise_gamma", "noise_step_epochs", "test_accuracy_noise",
 })
 _REQUIRED_SPEC_FIELDS = frozenset({"dataset_id", "target_column"})
+MAX_MODEL_OPTIONS_CHARS = 64 * 1024
+"""Longest ``model_options_json`` (characters): a declarative model of hundreds of layers."""
+MAX_MODEL_OPTIONS_DEPTH = 8
+"""Deepest nesting of ``model_options_json`` (a layer's kwargs sit at depth 4)."""
 # Options that only mean something with another setting: (field, needed field, needed values).
 _DEPENDENT_OPTIONS = (
     *((name, "clipping", ("adaptive",)) for name in (
@@ -58,7 +63,10 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
     ------
     InvalidInput
         A field is out of range, or set while the setting it belongs to is off (e.g.
-        ``noise_gamma`` with the constant noise schedule); the message names it.
+        ``noise_gamma`` with the constant noise schedule); ``model_options_json`` is not a
+        JSON object within :func:`privtrain.bounded_json.loads`' limits (depth
+        :data:`MAX_MODEL_OPTIONS_DEPTH`, :data:`MAX_MODEL_OPTIONS_CHARS` characters, finite
+        numbers, integers of at most 32 digits); the message names it.
     """
     _refuse_inapplicable(msg)
     values: dict[str, Any] = {}
@@ -72,9 +80,11 @@ def spec_from_proto(msg: pb.JobSpec) -> TrainingSpec:
         values["hidden_sizes"] = tuple(msg.hidden_sizes)
     if msg.model_options_json:
         try:
-            options = json.loads(msg.model_options_json)
-        except ValueError as exc:
-            raise InvalidInput(f"model_options_json is not JSON: {exc}") from None
+            options = bounded_json.loads(msg.model_options_json, what="model_options_json",
+                                         max_depth=MAX_MODEL_OPTIONS_DEPTH,
+                                         max_chars=MAX_MODEL_OPTIONS_CHARS)
+        except bounded_json.JSONLimitError as exc:
+            raise InvalidInput(str(exc)) from None
         if not isinstance(options, dict):
             raise InvalidInput("model_options_json must be a JSON object")
         values["model_options"] = options
@@ -108,7 +118,7 @@ def _refuse_inapplicable(msg: pb.JobSpec) -> None:
         setting = getattr(msg, needs) or defaults[needs]
         if _is_set(msg, name) and setting not in values:
             wanted = " or ".join(repr(v) for v in values)
-            problems.append(f"{name} applies only with {needs} {wanted}, not {setting!r}")
+            problems.append(f"{name} applies only with {needs} {wanted}, not {shown(setting)}")
     if problems:
         raise InvalidInput("invalid job spec: " + "; ".join(problems))
 

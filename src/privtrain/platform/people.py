@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 
-from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PrivtrainError
+from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PrivtrainError, shown
 from privtrain.platform.db.records import CertificateRecord
 from privtrain.platform.db.repositories import Database
 from privtrain.secure_transport.issuing import (
@@ -25,6 +25,9 @@ from privtrain.secure_transport.issuing import (
 from privtrain.secure_transport.pki import PkiLayout
 from privtrain.secure_transport.revocation import build_crl, write_crl
 from privtrain.secure_transport.roles import Role, serial_hex
+
+MAX_SERIAL_HEX = 40
+"""Longest certificate serial, in hex digits: 20 octets (RFC 5280 4.1.2.2)."""
 
 
 def issue_person(db: Database, layout: PkiLayout, *, name: str, out: Path, role: Role | None = None,
@@ -81,14 +84,19 @@ def revoke(db: Database, *, serial: str = "", name: str = "", by: str,
         try:
             int(wanted, 16)
         except ValueError:
-            raise InvalidInput(f"serial {serial[:64]!r} is not hexadecimal (privtrain certs list)") from None
+            raise InvalidInput(f"serial {shown(serial)} is not hexadecimal (privtrain certs "
+                               "list)") from None
+        if len(wanted) > MAX_SERIAL_HEX:
+            raise InvalidInput(f"serial {shown(serial)} is longer than a certificate serial "
+                               f"({MAX_SERIAL_HEX} hex digits, RFC 5280 4.1.2.2)")
         targets = [db.certificates.get(wanted)]
         if targets[0].revoked_at is not None:
             raise FailedPrecondition(f"certificate {wanted} is already revoked")
     else:
         issued = db.certificates.of_person(name)
         if not issued:
-            raise NotFound(f"no certificate was ever issued to {name[:64]!r} (privtrain certs list)")
+            raise NotFound(f"no certificate was ever issued to {shown(name)} (privtrain certs "
+                           "list)")
         targets = [c for c in issued if c.revoked_at is None]
         if not targets:
             raise FailedPrecondition(f"every certificate of {name} is already revoked")

@@ -3,8 +3,11 @@
 Each handler declares the roles allowed to call it; the caller's identity is
 read from its verified client certificate (never from metadata) and passed in.
 A :class:`~privtrain.errors.PrivtrainError` becomes its status code with its
-message; anything else becomes INTERNAL without leaking internals, and is logged.
-Every refusal is logged at INFO with its status code.
+message (cut to :data:`MAX_DETAILS` characters); a storage failure (disk full, I/O
+error, the database refusing work) becomes UNAVAILABLE with words that quote nothing
+stored; anything else is a bug: INTERNAL without leaking internals, logged with its
+traceback. Every refusal is one log line with its status code (INFO; ERROR for a
+storage failure, with the error itself for the operator).
 
 A handler declared with ``audit="<action>"`` changes state or releases something:
 each call, whatever its outcome, is appended to the audit log (who, action, target,
@@ -23,8 +26,9 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from privtrain.errors import PermissionDenied, PrivtrainError
+from privtrain.errors import PermissionDenied, PrivtrainError, Unavailable
 from privtrain.platform.audit_trail import OK, UNIDENTIFIED, Actor
+from privtrain.platform.db.errors import storage_failure
 from privtrain.secure_transport.roles import PeerIdentity, Role, peer_identity
 
 log = logging.getLogger(__name__)
@@ -35,17 +39,54 @@ request is its first message (None when the stream was empty)."""
 
 AUDITED_ACTIONS: dict[str, str] = {}
 """Method name (e.g. ``SubmitJob``) to audit action (``job.submit``), filled by :func:`allow`."""
+ALLOWED_ROLES: dict[str, frozenset[Role]] = {}
+"""Method name to the roles that may call it, filled by :func:`allow`."""
+MAX_TARGET = 200
+"""Longest audit target (characters) recorded for a call."""
+MAX_DETAILS = 1000
+"""Longest status message (characters): gRPC refuses a trailer past 16 KiB, and a message
+quotes at most short prefixes of what the caller sent (:func:`privtrain.errors.shown`)."""
+
+
+class StorageUnavailable(Unavailable):
+    """A storage failure as the caller sees it; ``cause`` is the error, for the log only."""
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = f"{type(cause).__name__}: {_first_line(cause)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def public_error(exc: BaseException) -> PrivtrainError | None:
+    """The error as its caller may see it: ours as it is, a storage failure as UNAVAILABLE
+    (:class:`StorageUnavailable`), or None for anything else (a bug)."""
+    if isinstance(exc, PrivtrainError):
+        return exc
+    failure = storage_failure(exc)
+    if failure is None:
+        return None
+    return StorageUnavailable(f"{failure}; retry later", exc)
 
 
 def _code(exc: BaseException) -> str:
     return exc.grpc_code if isinstance(exc, PrivtrainError) else "INTERNAL"
 
 
+def details(exc: PrivtrainError) -> str:
+    """The status message of one of our errors: its text, cut to :data:`MAX_DETAILS`."""
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS else text[:MAX_DETAILS - 3] + "..."
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, PrivtrainError):
         code = getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
-        context.abort(code, str(exc))
-    log.exception("unexpected error in %s", method)
+        context.abort(code, details(exc))
+    log.error("unexpected error in %s", method, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 
 
@@ -92,9 +133,12 @@ class _Call:
                  code: str | None = None) -> None:
         outcome = OK if error is None and code is None else (code or _code(error))  # type: ignore[arg-type]
         # Our errors never quote private figures; anything else stays in the server log.
-        detail = (str(error) if isinstance(error, PrivtrainError)
+        detail = (details(error) if isinstance(error, PrivtrainError)
                   else "" if error is None else "internal error (see the server log)")
-        if outcome != OK:
+        if isinstance(error, StorageUnavailable):
+            log.error("failed %s for %s (serial %s): %s %s (%s)", self.method, self.actor.subject,
+                      self.actor.serial or "-", outcome, detail, error.cause)
+        elif outcome != OK:
             log.info("refused %s for %s (serial %s): %s %s", self.method, self.actor.subject,
                      self.actor.serial or "-", outcome, detail[:200])
         if self.audit is None:
@@ -104,11 +148,18 @@ class _Call:
             target = self.target(request, reply) if self.target is not None else ""
         except Exception:  # a target read from a malformed request: record the call without it
             target = ""
+        if len(target) > MAX_TARGET:  # the ids in it are the caller's, of any length
+            target = target[:MAX_TARGET - 3] + "..."
         try:
             self.servicer.audit_trail.record(self.actor, self.audit, target, outcome, detail)
-        except Exception:  # the call's outcome stands; the operator must hear of the gap
-            log.exception("could not append %s by %s to the audit log", self.audit,
-                          self.actor.subject)
+        except Exception as exc:  # the call's outcome stands; the operator must hear of the gap
+            failure = storage_failure(exc)
+            if failure is None:
+                log.exception("could not append %s by %s to the audit log", self.audit,
+                              self.actor.subject)
+            else:
+                log.error("could not append %s by %s to the audit log: %s (%s: %s)", self.audit,
+                          self.actor.subject, failure, type(exc).__name__, _first_line(exc))
 
 
 def allow(*roles: Role, audit: str | None = None, target: Target | None = None) -> Callable[[F], F]:
@@ -130,6 +181,7 @@ def allow(*roles: Role, audit: str | None = None, target: Target | None = None) 
 
     def decorate(handler: F) -> F:
         method = handler.__name__
+        ALLOWED_ROLES[method] = allowed
         if audit is not None:
             AUDITED_ACTIONS[method] = audit
         if inspect.isgeneratorfunction(handler):
@@ -148,9 +200,10 @@ def allow(*roles: Role, audit: str | None = None, target: Target | None = None) 
                     call.finished(code="CANCELLED")
                     raise
                 except Exception as exc:  # mapped to a status, never a traceback to the client
-                    call.finished(error=exc)
-                    if context.is_active() or isinstance(exc, PrivtrainError):
-                        _abort(context, exc, method)
+                    error = public_error(exc) or exc
+                    call.finished(error=error)
+                    if context.is_active() or isinstance(error, PrivtrainError):
+                        _abort(context, error, method)
 
             return stream  # type: ignore[return-value]
 
@@ -164,8 +217,9 @@ def allow(*roles: Role, audit: str | None = None, target: Target | None = None) 
                 call.finished(code="CANCELLED")
                 raise
             except Exception as exc:  # mapped to a status, never a traceback to the client
-                call.finished(error=exc)
-                _abort(context, exc, method)
+                error = public_error(exc) or exc
+                call.finished(error=error)
+                _abort(context, error, method)
             call.finished(reply)
             return reply
 

@@ -3,9 +3,9 @@
 One scheduler thread
 
 - admits PENDING jobs in order: calibrates σ on the dataset's published counts with
-  the job's own accountant, composes the plan with the ledger and reserves it, or
-  fails the job with the reason. Admission runs here, not in the RPC handler, so a
-  submission returns at once whatever the calibration costs;
+  the job's own accountant (within ``admission_timeout_s``), composes the plan with the
+  ledger and reserves it, or fails the job with the reason. Admission runs here, not in
+  the RPC handler, so a submission returns at once whatever the calibration costs;
 - reconciles, every ``reconcile_interval_s``: a RUNNING job whose host stopped
   renewing its lease (or whose host process on this machine is gone, e.g. a server
   killed before this one started) goes back to the queue, to be resumed from its
@@ -44,6 +44,7 @@ from privtrain.platform.worker_host import (
     WorkerHost,
     owner_gone,
 )
+from privtrain.trainer.accounting import time_limit
 from privtrain.trainer.plan import plan_job
 from privtrain.trainer.spec import TrainingSpec
 
@@ -145,8 +146,9 @@ class JobRunner:
             if dataset.withdrawn:
                 raise FailedPrecondition(f"dataset {dataset.id} was withdrawn by its owner")
             spec = TrainingSpec.from_dict(job.spec)
-            plan = plan_job(spec, int(dataset.published_train_rows or 0),
-                            int(dataset.published_test_rows or 0))
+            with time_limit(self._config.admission_timeout_s):
+                plan = plan_job(spec, int(dataset.published_train_rows or 0),
+                                int(dataset.published_test_rows or 0))
             audit = job.audit
             charges = audit is None or audit["mechanism"] == "dp"
             self._db.budget.admit(job.id, json.dumps(plan.to_dict(), sort_keys=True),

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
+import grpc
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -22,6 +23,7 @@ from privtrain.platform.config import ServerConfig
 from privtrain.platform.db.migrate import check_migrated
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.events import EventHub
+from privtrain.platform.model_checks import ModelChecks
 from privtrain.platform.revocations import RevocationCache
 from privtrain.platform.rpc import AUDITED_ACTIONS
 from privtrain.platform.runner import JobRunner
@@ -42,6 +44,21 @@ SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
     for name in ("DatasetService", "TrainingService", "MonitoringService", "AdminService")
 )
+
+
+class ServerHealth(health.HealthServicer):
+    """gRPC's health service over the server's own names, with its ``List`` RPC
+    (grpcio-health-checking leaves ``List`` unimplemented: a call raised inside gRPC)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self._names = names
+
+    def List(self, request: health_pb2.HealthListRequest,  # noqa: N802 - the RPC's name
+             context: grpc.ServicerContext) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(statuses={
+            name: self.Check(health_pb2.HealthCheckRequest(service=name), context)
+            for name in self._names})
 
 
 def lock_home(home: Path) -> IO[bytes]:
@@ -99,6 +116,7 @@ class PrivtrainServer:
         self.runner = JobRunner(config, self.db, self.hub, self.monitor, self.alerts)
         self._grpc, self.port = create_server(
             ServerTLS.from_layout(layout), config.host, config.port, limits=config.limits,
+            call_limits=config.call_limits,
             interceptors=[RevocationInterceptor(self.revocations.reason, self._refused_revoked)],
         )
         pb_grpc.add_DatasetServiceServicer_to_server(
@@ -111,6 +129,7 @@ class PrivtrainServer:
                 self.db, self.hub, self.runner, signing_key=signing_key,
                 signing_cert_pem=signing_cert_pem, chunk_bytes=config.limits.chunk_bytes,
                 audit_trail=self.audit, revocations=self.revocations,
+                model_checks=ModelChecks(config.model_checks, config.model_check_timeout_s),
             ),
             self._grpc,
         )
@@ -121,7 +140,7 @@ class PrivtrainServer:
             self._grpc,
         )
         self._layout = layout
-        self._health = health.HealthServicer()
+        self._health = ServerHealth(("", *SERVICE_NAMES))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from privtrain.datasets.image_manifest import IMAGE_KIND
-from privtrain.errors import FailedPrecondition, InvalidInput
+from privtrain.errors import FailedPrecondition, InvalidInput, shown
 from privtrain.trainer.accounting import History
 from privtrain.trainer.dp_randomness import DPRandomness, Stream
 from privtrain.trainer.engine import TableSplit
@@ -69,8 +69,9 @@ def declared_split(manifest: dict[str, Any], column: str, train: str, test: str)
         split = dict(manifest["split"])
         if any(given) and given != (split.get("column"), split.get("train"), split.get("test")):
             raise InvalidInput(
-                f"the manifest declares the split {split.get('column')!r} == "
-                f"{split.get('train')!r}/{split.get('test')!r}; the upload may not declare another"
+                f"the manifest declares the split {shown(split.get('column'))} == "
+                f"{shown(split.get('train'))}/{shown(split.get('test'))}; the upload may not "
+                "declare another"
             )
         return split
     if not all(given):
@@ -79,7 +80,7 @@ def declared_split(manifest: dict[str, Any], column: str, train: str, test: str)
             "[split] section, or at upload with --split-column, --train-split and --test-split"
         )
     if train == test:
-        raise InvalidInput(f"train_split and test_split must differ, both are {train!r}")
+        raise InvalidInput(f"train_split and test_split must differ, both are {shown(train)}")
     return {"method": "column", "column": column, "train": train, "test": test}
 
 
@@ -94,7 +95,7 @@ def count_split(path: Path, kind: str, split: dict[str, Any]) -> tuple[int, int]
     Raises
     ------
     InvalidInput
-        The split column is not in the table.
+        The split column is not in the table, or the file is not a Parquet table.
     FailedPrecondition
         The stored file cannot be read.
     """
@@ -110,13 +111,23 @@ def count_split(path: Path, kind: str, split: dict[str, Any]) -> tuple[int, int]
 
         column = str(split["column"])
         if column not in pq.read_schema(path).names:
-            raise InvalidInput(f"the split column {column!r} is not a column of the dataset")
+            raise InvalidInput(f"the split column {shown(column)} is not a column of the dataset")
         values = pq.read_table(path, columns=[column]).column(column).cast("string")
         train = int(pc.sum(pc.equal(values, str(split["train"]))).as_py() or 0)
         test = int(pc.sum(pc.equal(values, str(split["test"]))).as_py() or 0)
         return train, test
-    except OSError as exc:
-        raise FailedPrecondition(f"the stored dataset file cannot be read: {exc.strerror or exc}") from None
+    except Exception as exc:
+        import pyarrow as pa
+
+        if isinstance(exc, pa.ArrowException):  # ArrowInvalid, ArrowTypeError...: not a table
+            text = str(exc).strip()
+            first = text.splitlines()[0][:200] if text else type(exc).__name__
+            raise InvalidInput(f"the uploaded file is not a readable Parquet table with the "
+                               f"declared split column ({first})") from None
+        if isinstance(exc, OSError):
+            raise FailedPrecondition(f"the stored dataset file cannot be read: "
+                                     f"{exc.strerror or exc}") from None
+        raise
 
 
 def publish_counts(train: int, test: int, noise_multiplier: float) -> PublishedCounts:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -20,10 +19,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from privtrain.errors import FailedPrecondition, InvalidInput
+from privtrain.secure_transport.call_limits import CallLimiter, CallLimits, CallPools
 from privtrain.secure_transport.diagnose import diagnose_connection
 from privtrain.secure_transport.issuing import ClientBundle
 from privtrain.secure_transport.pem_files import read_bytes
 from privtrain.secure_transport.pki import PkiLayout
+from privtrain.secure_transport.request_decoding import RequestDecoding
 from privtrain.secure_transport.server_names import check_server_names
 
 __all__ = [
@@ -43,6 +44,9 @@ FRAMING_OVERHEAD_BYTES = 64 * 1024
 """Room left in a message beside one data chunk, for protobuf fields and the GCM tag (bytes)."""
 
 _GRPC_INT_MAX = 2**31 - 1
+QUEUED_CALLS_PER_THREAD = 8
+"""Unary calls that may wait per handler thread before gRPC itself refuses more
+(``maximum_concurrent_rpcs``, a backstop behind the per-caller limits)."""
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 
@@ -62,7 +66,9 @@ class TransportLimits:
     keepalive_timeout_s : float
         How long to wait for a ping acknowledgement before closing (seconds).
     max_workers : int
-        Server threads, i.e. calls served concurrently.
+        Server threads for unary calls, i.e. unary calls served concurrently (streams and
+        health checks are served on pools of their own: see
+        :mod:`privtrain.secure_transport.call_limits`).
 
     Raises
     ------
@@ -227,12 +233,17 @@ def create_server(
     port: int = 0,
     *,
     limits: TransportLimits = TransportLimits(),
+    call_limits: CallLimits = CallLimits(),
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     insecure_dev: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Build a gRPC server with one mutually authenticated TLS port; do not start it.
 
-    The caller registers its services, then calls ``server.start()``.
+    The caller registers its services, then calls ``server.start()``. Every call passes
+    :class:`~privtrain.secure_transport.call_limits.CallLimiter` first (its pool: streams,
+    unary calls and health checks apart; per-caller limits), then ``interceptors``, then
+    :class:`~privtrain.secure_transport.request_decoding.RequestDecoding` (undecodable
+    request bytes are INVALID_ARGUMENT, not INTERNAL).
 
     Parameters
     ----------
@@ -247,8 +258,11 @@ def create_server(
         TCP port; 0 picks a free one.
     limits : TransportLimits
         Shared with the clients' :func:`create_channel`.
+    call_limits : CallLimits
+        Streams and calls per caller and in all (server side only).
     interceptors : Sequence[grpc.ServerInterceptor]
-        Applied to every call, outermost first.
+        Applied to every call, outermost first, between the call limits and the
+        request decoding.
     insecure_dev : bool
         Development only: serve plaintext instead of mTLS on the port. No
         caller can then be identified, so role-checked methods answer
@@ -274,12 +288,15 @@ def create_server(
     _check_key_matches(cert, tls.key_pem)
     if host not in _WILDCARD_HOSTS:
         check_server_names(cert, host)
+    pools = CallPools.create(limits.max_workers, call_limits)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=limits.max_workers, thread_name_prefix="privtrain-grpc"),
-        interceptors=list(interceptors),
+        pools.handlers,
+        interceptors=[CallLimiter(call_limits, pools), *interceptors, RequestDecoding()],
         # gRPC sets SO_REUSEPORT by default, which lets a second server bind a port
         # that is already serving and silently split the traffic.
         options=[*grpc_options(limits), ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=(call_limits.max_streams + call_limits.health_workers
+                                 + QUEUED_CALLS_PER_THREAD * limits.max_workers),
     )
     try:
         if insecure_dev:

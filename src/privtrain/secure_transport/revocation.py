@@ -13,7 +13,6 @@ signed by the CA, for other consumers (a proxy in front of the server, an audito
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from privtrain.atomic_files import atomic_write_bytes
-from privtrain.secure_transport.roles import serial_hex
+from privtrain.secure_transport.method_handlers import behavior_of, with_behavior
+from privtrain.secure_transport.roles import peer_certificate, serial_hex
 
 CRL_VALIDITY = dt.timedelta(days=7)
 """nextUpdate of a published CRL: consumers must fetch a newer one by then (RFC 5280 5.1.2.5)."""
@@ -84,11 +84,6 @@ def write_crl(path: Path, crl: x509.CertificateRevocationList) -> None:
     atomic_write_bytes(path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
-
-
 class RevocationInterceptor(grpc.ServerInterceptor):
     """Refuses every call whose verified client certificate is revoked: UNAUTHENTICATED.
 
@@ -114,19 +109,12 @@ class RevocationInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        for kind, factory in _FACTORIES.items():
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                return factory(self._checked(behavior, method),
-                               request_deserializer=handler.request_deserializer,
-                               response_serializer=handler.response_serializer)
-        return handler
+        return with_behavior(handler, self._checked(behavior_of(handler), method))
 
     def _checked(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def checked(request: Any, context: grpc.ServicerContext) -> Any:
-            pems = context.auth_context().get("x509_pem_cert") or []
-            if pems:
-                cert = _parse(pems[0])
+            cert = peer_certificate(context)
+            if cert is not None:
                 reason = self._is_revoked(serial_hex(cert))
                 if reason is not None:
                     if self._on_refused is not None:
@@ -143,12 +131,3 @@ def refusal(cert: x509.Certificate, reason: str) -> str:
     name = str(names[0].value) if names else cert.subject.rfc4514_string()
     return (f"certificate {serial_hex(cert)} of {name} was revoked {reason}; ask the operator "
             "for a new one (privtrain certs renew)")
-
-
-_FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler]] = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
-

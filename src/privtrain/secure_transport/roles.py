@@ -9,6 +9,7 @@ its certificate was not issued for; request metadata is never consulted.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -180,6 +181,36 @@ def peer_identity(context: grpc.ServicerContext) -> PeerIdentity:
     except ValueError as exc:
         raise Unauthenticated(f"the peer certificate could not be parsed: {exc}") from None
     return identity_of(cert)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def peer_certificate(context: grpc.ServicerContext) -> x509.Certificate | None:
+    """The call's verified client certificate (parsed once per distinct PEM), or None.
+
+    None when the connection carries no client certificate, or one that cannot be parsed
+    (the handler's own check, :func:`peer_identity`, then refuses the call).
+    """
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        return None
+    try:
+        return _parsed(pems[0])
+    except ValueError:
+        return None
+
+
+def peer_name(context: grpc.ServicerContext) -> str:
+    """Who is calling, for limits and log lines: the verified certificate's CN (its subject
+    when it has no CN), or ``""`` for a call without a client certificate."""
+    cert = peer_certificate(context)
+    if cert is None:
+        return ""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
 def _subject(cert: x509.Certificate) -> str:

@@ -8,12 +8,14 @@ analysis of Mironov, Talwar & Zhang 2019.
 from __future__ import annotations
 
 import bisect
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from privtrain.errors import InvalidInput
 
@@ -26,6 +28,37 @@ PRV_DEFAULT_EPS_ERROR = 0.01
 
 # (noise_multiplier σ, sample_rate q, steps) segments, as Opacus accountants keep them.
 History = list[tuple[float, float, int]]
+# Largest σ the calibration tries, as Opacus' get_noise_multiplier.
+MAX_SEARCH_SIGMA = 1e6
+
+# (monotonic deadline, seconds allowed) of the ε evaluations in this context (see time_limit).
+_DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("privtrain_accounting_deadline",
+                                                                default=None)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Bound the ε evaluations made inside the block to about ``seconds`` in all.
+
+    A calibration makes a few dozen evaluations, each from milliseconds (RDP) to seconds
+    (PRV over a million steps); once ``seconds`` have passed, the next evaluation raises
+    :class:`~privtrain.errors.InvalidInput` instead of starting, so the block ends within
+    ``seconds`` plus one evaluation. Used around a job's admission (the scheduler's thread
+    admits one job at a time).
+    """
+    token = _DEADLINE.set((time.monotonic() + seconds, seconds))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _check_deadline() -> None:
+    limit = _DEADLINE.get()
+    if limit is not None and time.monotonic() > limit[0]:
+        raise InvalidInput(f"calibrating the job's noise took longer than {limit[1]:g} s, the "
+                           "server's limit; use the rdp accountant, fewer steps (epochs, or a "
+                           "larger batch) or a fixed noise_multiplier")
 
 # PRV takes log(1 - q), which is -inf for an unsampled Gaussian (q = 1: a released statistic)
 # and handled as such. Set once for that module: catch_warnings is not thread-safe, and the
@@ -69,6 +102,7 @@ def epsilon_for_history(accountant: str, history: History, delta: float) -> floa
     history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
     if not history:
         return 0.0
+    _check_deadline()
     acc = create_accountant(mechanism=accountant)
     acc.history = history
     try:
@@ -124,16 +158,8 @@ def calibrate_noise_multiplier(
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Optimal order")
-            sigma = float(
-                get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=target_delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                    epsilon_tolerance=0.005,
-                )
-            )
+            sigma = _search_noise_multiplier(target_epsilon, target_delta, sample_rate, steps,
+                                             accountant, epsilon_tolerance=0.005)
     except (ValueError, ArithmeticError) as exc:
         raise InvalidInput(f"cannot calibrate noise for ε={target_epsilon}: {exc}") from None
     for _ in range(200):
@@ -146,6 +172,42 @@ def calibrate_noise_multiplier(
         f"no noise_multiplier reaches ε ≤ {target_epsilon} at δ={target_delta} with "
         f"sample_rate={sample_rate:.6g} and {steps} steps"
     )
+
+
+def _search_noise_multiplier(target_epsilon: float, target_delta: float, sample_rate: float,
+                             steps: int, accountant: str, *, epsilon_tolerance: float) -> float:
+    """Opacus' ``get_noise_multiplier`` search (doubling, then bisection on σ until ε is within
+    ``epsilon_tolerance`` below the target), with :func:`time_limit` checked before each ε
+    evaluation.
+
+    Raises
+    ------
+    ValueError
+        No σ up to :data:`MAX_SEARCH_SIGMA` reaches the target.
+    InvalidInput
+        The time limit passed.
+    """
+    acc = create_accountant(mechanism=accountant)
+
+    def epsilon(sigma: float) -> float:
+        _check_deadline()
+        acc.history = [(sigma, sample_rate, steps)]
+        return float(acc.get_epsilon(delta=target_delta))
+
+    eps_high, sigma_low, sigma_high = float("inf"), 0.0, 10.0
+    while eps_high > target_epsilon:
+        sigma_high *= 2
+        eps_high = epsilon(sigma_high)
+        if sigma_high > MAX_SEARCH_SIGMA:
+            raise ValueError("The privacy budget is too low.")
+    while target_epsilon - eps_high > epsilon_tolerance:
+        sigma = (sigma_low + sigma_high) / 2
+        eps = epsilon(sigma)
+        if eps < target_epsilon:
+            sigma_high, eps_high = sigma, eps
+        else:
+            sigma_low = sigma
+    return sigma_high
 
 
 class EpsilonTracker:

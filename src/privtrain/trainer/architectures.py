@@ -8,6 +8,8 @@ refusing at submission (see :mod:`privtrain.trainer.validation`).
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +17,9 @@ import torch
 from opacus.layers import DPLSTM
 from torch import nn
 
+from privtrain.errors import shown
 from privtrain.trainer.models import register_model
+from privtrain.trainer.spec import MAX_HIDDEN_LAYERS
 
 
 @register_model("logistic_regression")
@@ -28,8 +32,10 @@ def logistic_regression(input_shape: tuple[int, ...], n_classes: int, options: M
 def mlp(input_shape: tuple[int, ...], n_classes: int, options: Mapping[str, Any]) -> nn.Module:
     """Linear + ReLU blocks of widths ``options["hidden_sizes"]`` (default [64]), then a head."""
     hidden = [int(h) for h in options.get("hidden_sizes", [64])]
+    if len(hidden) > MAX_HIDDEN_LAYERS:
+        raise ValueError(f"{len(hidden)} hidden layers; the limit is {MAX_HIDDEN_LAYERS}")
     if any(h < 1 for h in hidden):
-        raise ValueError(f"hidden_sizes must be >= 1, got {hidden}")
+        raise ValueError(f"hidden_sizes must be >= 1, got {shown(hidden)}")
     layers: list[nn.Module] = [nn.Flatten()]
     width = _numel(input_shape)
     for h in hidden:
@@ -80,6 +86,9 @@ def resnet(input_shape: tuple[int, ...], n_classes: int, options: Mapping[str, A
     (default 8).
     """
     width, blocks, groups = int(options.get("width", 16)), int(options.get("blocks", 1)), int(options.get("groups", 8))
+    if not (1 <= width and 1 <= blocks <= MAX_RESNET_BLOCKS and 1 <= groups):
+        raise ValueError(f"width and groups must be >= 1 and blocks in 1..{MAX_RESNET_BLOCKS}, got "
+                         f"{shown(width)}, {shown(groups)} and {shown(blocks)}")
     layers: list[nn.Module] = [nn.Conv2d(_image_channels(input_shape), width, 3, 1, 1, bias=False),
                                nn.GroupNorm(min(groups, width), width), nn.ReLU()]
     cin = width
@@ -119,6 +128,20 @@ SEQUENTIAL_LAYERS = frozenset({
     "InstanceNorm2d", "ReLU", "LeakyReLU", "GELU", "Tanh", "Sigmoid", "ELU", "MaxPool2d",
     "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "Embedding", "Identity",
 })
+# Constructor parameters a declarative layer may not set, and why (``device="cuda"`` on a
+# server without CUDA failed an assertion inside torch).
+REFUSED_LAYER_ARGUMENTS = {
+    "device": "where a model runs is the server's choice (the job's device option)",
+    "dtype": "parameters stay float32 (the job's precision option sets the autocast)",
+    "sparse": "sparse gradients have no per-sample form",
+}
+LAYER_KEYS = frozenset({"name", "type", "args", "kwargs"})
+MAX_SEQUENTIAL_LAYERS = 256
+MAX_FORWARD_STEPS = 1024
+MAX_RESNET_BLOCKS = 16
+MAX_LAYER_INT = 2**31 - 1
+MAX_LAYER_STRING = 32
+MAX_LAYER_TUPLE = 8
 
 
 class NamedSequence(nn.Module):
@@ -139,24 +162,89 @@ class NamedSequence(nn.Module):
 @register_model("sequential")
 def sequential(input_shape: tuple[int, ...], n_classes: int, options: Mapping[str, Any]) -> nn.Module:
     """A declarative model: ``layers`` = [{"name", "type", "args", "kwargs"}, ...] of whitelisted
-    ``torch.nn`` layers, applied in ``forward`` order (default: the listed order)."""
+    ``torch.nn`` layers (at most :data:`MAX_SEQUENTIAL_LAYERS`), applied in ``forward`` order
+    (default: the listed order; at most :data:`MAX_FORWARD_STEPS` steps).
+
+    Arguments are JSON scalars (integers within ±2**31, finite numbers, booleans, short
+    strings, null) or short lists of integers (a kernel size, a shape); a layer may not set
+    :data:`REFUSED_LAYER_ARGUMENTS` nor a private (``_``) parameter.
+    """
+    layers = options.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ValueError("layers must be a non-empty list of {\"name\", \"type\", \"args\", "
+                         "\"kwargs\"} objects")
+    if len(layers) > MAX_SEQUENTIAL_LAYERS:
+        raise ValueError(f"{len(layers)} layers; the limit is {MAX_SEQUENTIAL_LAYERS}")
     modules: dict[str, nn.Module] = {}
-    for i, layer in enumerate(options["layers"]):
-        kind = layer["type"]
-        if kind not in SEQUENTIAL_LAYERS:
-            raise ValueError(f"layer {i} type {kind!r} is not one of {sorted(SEQUENTIAL_LAYERS)}")
-        name = str(layer.get("name", f"layer{i}"))
-        if not name.isidentifier() or name in modules:
-            raise ValueError(f"layer {i} name {name!r} is not a unique identifier")
-        modules[name] = getattr(nn, kind)(*layer.get("args", []), **layer.get("kwargs", {}))
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict) or not set(layer) <= LAYER_KEYS:
+            raise ValueError(f"layer {i} must be an object with keys among {sorted(LAYER_KEYS)}")
+        name = layer.get("name", f"layer{i}")
+        if (not isinstance(name, str) or not name.isidentifier() or len(name) > 64
+                or name in modules):
+            raise ValueError(f"layer {i} name {shown(name)} is not a unique identifier")
+        modules[name] = _declared_layer(i, layer)
     forward = options.get("forward", list(modules))
-    if not isinstance(forward, list) or not forward:
+    if not isinstance(forward, list) or not forward or not all(isinstance(n, str) for n in forward):
         raise ValueError("forward must be a non-empty list of layer names")
-    order = [str(n) for n in forward]
-    unknown = [n for n in order if n not in modules]
+    if len(forward) > MAX_FORWARD_STEPS:
+        raise ValueError(f"forward has {len(forward)} steps; the limit is {MAX_FORWARD_STEPS}")
+    unknown = [n for n in forward if n not in modules]
     if unknown:
-        raise ValueError(f"forward names unknown layers {unknown}")
-    return NamedSequence(modules, order)
+        raise ValueError(f"forward names unknown layers {shown(unknown)}")
+    return NamedSequence(modules, forward)
+
+
+def _declared_layer(i: int, layer: Mapping[str, Any]) -> nn.Module:
+    """One layer of a declarative model, its arguments checked before torch sees them."""
+    kind = layer.get("type")
+    if not isinstance(kind, str) or kind not in SEQUENTIAL_LAYERS:
+        raise ValueError(f"layer {i} type {shown(kind)} is not one of {sorted(SEQUENTIAL_LAYERS)}")
+    args, kwargs = layer.get("args", []), layer.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError(f"layer {i} ({kind}): args must be a list and kwargs an object")
+    cls = getattr(nn, kind)
+    signature = inspect.signature(cls)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"layer {i} ({kind}): {exc}") from None
+    values: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind in (inspect.Parameter.VAR_POSITIONAL,
+                                               inspect.Parameter.VAR_KEYWORD):
+            if value:
+                raise ValueError(f"layer {i} ({kind}) takes no arguments")
+            continue
+        if name in REFUSED_LAYER_ARGUMENTS or name.startswith("_"):
+            why = REFUSED_LAYER_ARGUMENTS.get(name, "it is torch's private parameter")
+            raise ValueError(f"layer {i} ({kind}) may not set {name!r}: {why}")
+        values[name] = _layer_argument(i, kind, name, value)
+    return cls(**values)  # type: ignore[no-any-return]
+
+
+def _layer_argument(i: int, kind: str, name: str, value: Any) -> Any:
+    """A JSON scalar or a short list of integers (as a tuple), within bounds."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_LAYER_INT:
+            raise ValueError(f"layer {i} ({kind}) {name} {shown(value)} is beyond ±{MAX_LAYER_INT}")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"layer {i} ({kind}) {name} must be a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_LAYER_STRING:
+            raise ValueError(f"layer {i} ({kind}) {name} {shown(value)} is too long")
+        return value
+    if (isinstance(value, list) and 0 < len(value) <= MAX_LAYER_TUPLE
+            and all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_LAYER_INT
+                    for v in value)):
+        return tuple(value)
+    raise ValueError(f"layer {i} ({kind}) {name} must be a number, a boolean, a short string, "
+                     f"null or a list of at most {MAX_LAYER_TUPLE} integers, got {shown(value)}")
 
 
 def _numel(shape: Sequence[int]) -> int:

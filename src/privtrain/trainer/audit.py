@@ -33,7 +33,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, shown
 from privtrain.trainer.dp_randomness import DPRandomness, Stream
 from privtrain.trainer.secure_noise import NoiseObserver
 from privtrain.trainer.spec import TrainingSpec
@@ -70,9 +70,10 @@ class AuditSettings:
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
-            raise InvalidInput(f"audit mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
+            raise InvalidInput(f"audit mechanism must be one of {MECHANISMS}, got "
+                               f"{shown(self.mechanism)}")
         if not (isinstance(self.canaries, int) and self.canaries >= 2):
-            raise InvalidInput(f"canaries must be an integer >= 2, got {self.canaries!r}")
+            raise InvalidInput(f"canaries must be an integer >= 2, got {shown(self.canaries)}")
         guesses = self.guesses or max(2, 2 * (self.canaries // 10))
         if not (2 <= guesses <= self.canaries and guesses % 2 == 0):
             raise InvalidInput(f"guesses must be even and in [2, canaries={self.canaries}], got {guesses}")

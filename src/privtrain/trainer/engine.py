@@ -30,7 +30,7 @@ from torch.utils.data import TensorDataset
 
 from privtrain.datasets.image_arrays import LABEL, read_image_arrays
 from privtrain.datasets.image_manifest import IMAGE_KIND
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, shown
 from privtrain.trainer.audit import AuditSettings, CanaryAudit
 from privtrain.trainer.checkpoints import save_parameters
 from privtrain.trainer.device import resolve_device
@@ -159,11 +159,11 @@ def check_image_model_spec(spec: TrainingSpec, manifest: dict[str, Any]) -> Prep
     """
     problems = []
     if spec.model not in IMAGE_MODELS:
-        problems.append(f"model {spec.model!r} does not take images; an image dataset trains "
+        problems.append(f"model {shown(spec.model)} does not take images; an image dataset trains "
                         f"{sorted(IMAGE_MODELS)}")
     if spec.target_column != LABEL:
-        problems.append(f"target_column {spec.target_column!r}: the label of an image dataset is "
-                        f"the tensor {LABEL!r}")
+        problems.append(f"target_column {shown(spec.target_column)}: the label of an image "
+                        f"dataset is the tensor {LABEL!r}")
     if spec.feature_columns:
         problems.append("feature_columns do not apply to an image dataset (its features are one tensor)")
     if problems:

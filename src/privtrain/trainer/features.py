@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, shown
 
 # A numeric domain this wide is encoded as log1p: a linear scale would squash
 # most of the values (e.g. capital gains 0..99,999) into a sliver near zero.
@@ -93,21 +93,23 @@ class FeatureEncoder:
             The target or a requested feature is missing, unusable or malformed.
         """
         if target not in domains:
-            raise InvalidInput(f"target_column {target!r} is not declared in the dataset manifest")
+            raise InvalidInput(f"target_column {shown(target)} is not declared in the dataset "
+                               "manifest")
         target_domain = domains[target]
         if target_domain.get("type") != "categorical" or len(target_domain.get("values", [])) < 2:
             raise InvalidInput(
-                f"target_column {target!r} must be categorical with at least 2 declared values"
+                f"target_column {shown(target)} must be categorical with at least 2 declared values"
             )
         skip = {target, *exclude}
         if features:
             unknown = [f for f in features if f not in domains]
             if unknown:
-                raise InvalidInput(f"feature column(s) {unknown} are not declared in the manifest")
+                raise InvalidInput(f"feature column(s) {shown(unknown)} are not declared in the "
+                                   "manifest")
             excluded = [f for f in features if f in exclude]
             if excluded:
-                raise InvalidInput(f"feature column(s) {excluded} cannot be features (the data "
-                                   "owner's train/test split)")
+                raise InvalidInput(f"feature column(s) {shown(excluded)} cannot be features (the "
+                                   "data owner's train/test split)")
             names = list(features)
         else:
             names = [
@@ -210,20 +212,21 @@ def _column_encoding(name: str, domain: Mapping[str, Any]) -> ColumnEncoding:
     if kind == "categorical":
         values = tuple(str(v) for v in domain.get("values", []))
         if not values:
-            raise InvalidInput(f"column {name!r}: categorical domain declares no values")
+            raise InvalidInput(f"column {shown(name)}: categorical domain declares no values")
         return ColumnEncoding(name=name, kind="categorical", values=values)
     if kind == "numeric":
         try:
             lower, upper = float(domain["lower"]), float(domain["upper"])
         except (KeyError, TypeError, ValueError):
-            raise InvalidInput(f"column {name!r}: numeric domain needs lower and upper") from None
+            raise InvalidInput(f"column {shown(name)}: numeric domain needs lower and "
+                               "upper") from None
         if not (math.isfinite(lower) and math.isfinite(upper) and upper > lower):
-            raise InvalidInput(f"column {name!r}: numeric domain [{lower}, {upper}] is empty")
+            raise InvalidInput(f"column {shown(name)}: numeric domain [{lower}, {upper}] is empty")
         return ColumnEncoding(
             name=name, kind="numeric", lower=lower, upper=upper,
             log_scale=(upper - lower) > LOG_SCALE_SPAN,
         )
-    raise InvalidInput(f"column {name!r} of type {kind!r} cannot be used as a feature")
+    raise InvalidInput(f"column {shown(name)} of type {shown(kind)} cannot be used as a feature")
 
 
 def _encode_column(enc: ColumnEncoding, series: pd.Series) -> np.ndarray:

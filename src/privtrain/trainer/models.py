@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, shown
 
 ModelFactory = Callable[[tuple[int, ...], int, Mapping[str, Any]], nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -62,12 +62,13 @@ def build_model(name: str, input_shape: Sequence[int], n_classes: int,
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise InvalidInput(f"unknown model {name!r}; available: {model_names()}") from None
+        raise InvalidInput(f"unknown model {shown(name)}; available: {model_names()}") from None
     try:
         return factory(tuple(int(d) for d in input_shape), n_classes, dict(options or {}))
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-        raise InvalidInput(f"model {name!r} cannot be built from options {dict(options or {})}: "
-                           f"{exc}") from None
+    except (TypeError, ValueError, KeyError, RuntimeError, ArithmeticError) as exc:
+        # The reason may quote the caller's keys and values: a short prefix of it.
+        raise InvalidInput(f"model {shown(name)} cannot be built from options "
+                           f"{shown(dict(options or {}))}: {str(exc)[:120]}") from None
 
 
 def _load_builtin() -> None:

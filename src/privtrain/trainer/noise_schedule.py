@@ -133,6 +133,12 @@ def calibrate_schedule(
     if not shape or min(shape) < MIN_NOISE_FACTOR or max(shape) > 1.0:
         raise InvalidInput(f"noise schedule factors must lie in [{MIN_NOISE_FACTOR:g}, 1], "
                            f"got {min(shape, default=0.0):.3g} to {max(shape, default=0.0):.3g}")
+    # The releases alone are one cheap evaluation: refuse them before the costly calibration.
+    if releases and epsilon_for_history(accountant, list(releases), target_delta) >= target_epsilon:
+        raise InvalidInput(
+            f"the job's test-accuracy releases alone spend ε ≥ {target_epsilon} at "
+            f"δ={target_delta}; raise test_accuracy_noise or release fewer"
+        )
     steps = len(shape) * steps_per_epoch
     base = calibrate_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
                                       sample_rate=sample_rate, steps=steps, accountant=accountant)
@@ -144,11 +150,6 @@ def calibrate_schedule(
         return make(base)
     low, high = base, base / min(shape)
     if releases:
-        if epsilon_for_history(accountant, list(releases), target_delta) >= target_epsilon:
-            raise InvalidInput(
-                f"the job's test-accuracy releases alone spend ε ≥ {target_epsilon} at "
-                f"δ={target_delta}; raise test_accuracy_noise or release fewer"
-            )
         while not _within_target(make(high), accountant, target_epsilon, target_delta):
             low, high = high, high * 2
             if high > MAX_NOISE_MULTIPLIER:

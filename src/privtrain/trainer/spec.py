@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, shown
 
 ACCOUNTANTS = ("prv", "rdp")
 OPTIMIZERS = ("sgd", "adam")
@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 TEST_ACCURACY_RELEASES = ("every_epoch", "final", "none")
 MAX_WORLD_SIZE = 16
+MAX_HIDDEN_LAYERS = 64
 # Lowest last-epoch σ factor of a decaying noise schedule (σ_last / σ_first). Below it
 # the early epochs carry almost all the noise (a 1000x fall within one job) and the
 # calibration's σ bracket, σ₀ up to σ₀ / factor, reaches σ where accountants lose
@@ -185,7 +186,7 @@ class TrainingSpec:
 
         def positive(name: str, value: float) -> None:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                out.append(f"{name} must be a finite number > 0, got {value!r}")
+                out.append(f"{name} must be a finite number > 0, got {shown(value)}")
 
         if not self.dataset_id:
             out.append("dataset_id is required")
@@ -193,67 +194,74 @@ class TrainingSpec:
             out.append("target_column is required")
         positive("target_epsilon", self.target_epsilon)
         if not (0 < self.target_delta < 1):
-            out.append(f"target_delta must be in (0, 1), got {self.target_delta!r}")
+            out.append(f"target_delta must be in (0, 1), got {shown(self.target_delta)}")
         for name in ("epochs", "batch_size", "max_physical_batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
-                out.append(f"{name} must be an integer >= 1, got {value!r}")
+                out.append(f"{name} must be an integer >= 1, got {shown(value)}")
         positive("max_grad_norm", self.max_grad_norm)
         positive("learning_rate", self.learning_rate)
         if not (0 <= self.momentum < 1):
-            out.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+            out.append(f"momentum must be in [0, 1), got {shown(self.momentum)}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            out.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if any(h < 1 for h in self.hidden_sizes):
-            out.append(f"hidden_sizes must all be >= 1, got {list(self.hidden_sizes)}")
+            out.append(f"weight_decay must be >= 0, got {shown(self.weight_decay)}")
+        if len(self.hidden_sizes) > MAX_HIDDEN_LAYERS:
+            out.append(f"hidden_sizes lists {len(self.hidden_sizes)} layers; the limit is "
+                       f"{MAX_HIDDEN_LAYERS}")
+        elif any(h < 1 for h in self.hidden_sizes):
+            out.append(f"hidden_sizes must all be >= 1, got {shown(list(self.hidden_sizes))}")
         if self.device not in DEVICES:
-            out.append(f"device must be one of {DEVICES}, got {self.device!r}")
+            out.append(f"device must be one of {DEVICES}, got {shown(self.device)}")
         if self.accountant not in ACCOUNTANTS:
-            out.append(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+            out.append(f"accountant must be one of {ACCOUNTANTS}, got {shown(self.accountant)}")
         if self.optimizer not in OPTIMIZERS:
-            out.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            out.append(f"optimizer must be one of {OPTIMIZERS}, got {shown(self.optimizer)}")
         if self.clipping not in CLIPPING:
-            out.append(f"clipping must be one of {CLIPPING}, got {self.clipping!r}")
+            out.append(f"clipping must be one of {CLIPPING}, got {shown(self.clipping)}")
         out.extend(self._adaptive_problems())
         if self.noise_schedule not in NOISE_SCHEDULES:
-            out.append(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
+            out.append(f"noise_schedule must be one of {NOISE_SCHEDULES}, got "
+                       f"{shown(self.noise_schedule)}")
         out.extend(self._noise_schedule_problems())
         if self.precision not in PRECISIONS:
-            out.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            out.append(f"precision must be one of {PRECISIONS}, got {shown(self.precision)}")
         if self.release_test_accuracy not in TEST_ACCURACY_RELEASES:
             out.append(f"release_test_accuracy must be one of {TEST_ACCURACY_RELEASES}, got "
-                       f"{self.release_test_accuracy!r}")
+                       f"{shown(self.release_test_accuracy)}")
         positive("test_accuracy_noise", self.test_accuracy_noise)
         if self.lr_schedule not in LR_SCHEDULES:
-            out.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+            out.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {shown(self.lr_schedule)}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             out.append("nesterov needs optimizer 'sgd' with momentum > 0")
         if self.noise_multiplier is not None and not (
             isinstance(self.noise_multiplier, (int, float))
             and math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
         ):
-            out.append(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
+            out.append(f"noise_multiplier must be a finite number > 0, got "
+                       f"{shown(self.noise_multiplier)}")
         if not (isinstance(self.world_size, int) and 1 <= self.world_size <= MAX_WORLD_SIZE):
-            out.append(f"world_size must be an integer in [1, {MAX_WORLD_SIZE}], got {self.world_size!r}")
+            out.append(f"world_size must be an integer in [1, {MAX_WORLD_SIZE}], got "
+                       f"{shown(self.world_size)}")
         try:
             json.dumps(self.model_options)
         except (TypeError, ValueError):
             out.append("model_options must be a JSON object")
         if self.seed < 0:
-            out.append(f"seed must be >= 0, got {self.seed!r}")
+            out.append(f"seed must be >= 0, got {shown(self.seed)}")
         if self.target_column in self.feature_columns:
-            out.append(f"target_column {self.target_column!r} is also listed as a feature")
+            out.append(f"target_column {shown(self.target_column)} is also listed as a feature")
         return out
 
     def _adaptive_problems(self) -> list[str]:
         out: list[str] = []
         if not (isinstance(self.target_unclipped_quantile, (int, float))
                 and 0 < self.target_unclipped_quantile < 1):
-            out.append(f"target_unclipped_quantile must be in (0, 1), got {self.target_unclipped_quantile!r}")
+            out.append(f"target_unclipped_quantile must be in (0, 1), got "
+                       f"{shown(self.target_unclipped_quantile)}")
         for name in ("clipbound_learning_rate", "min_clipbound", "max_clipbound"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                out.append(f"{name} must be a finite number > 0, got {value!r}")
+                out.append(f"{name} must be a finite number > 0, got {shown(value)}")
         if (isinstance(self.min_clipbound, (int, float)) and isinstance(self.max_clipbound, (int, float))
                 and self.min_clipbound >= self.max_clipbound):
             out.append(f"min_clipbound {self.min_clipbound} must be below max_clipbound {self.max_clipbound}")
@@ -265,15 +273,16 @@ class TrainingSpec:
             isinstance(self.unclipped_num_std, (int, float))
             and math.isfinite(self.unclipped_num_std) and self.unclipped_num_std > 0
         ):
-            out.append(f"unclipped_num_std must be a finite number > 0, got {self.unclipped_num_std!r}")
+            out.append(f"unclipped_num_std must be a finite number > 0, got "
+                       f"{shown(self.unclipped_num_std)}")
         return out
 
     def _noise_schedule_problems(self) -> list[str]:
         gamma, step_epochs, epochs = self.noise_gamma, self.noise_step_epochs, self.epochs
         if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-            return [f"noise_gamma must be in (0, 1], got {gamma!r}"]
+            return [f"noise_gamma must be in (0, 1], got {shown(gamma)}"]
         if not (isinstance(step_epochs, int) and step_epochs >= 1):
-            return [f"noise_step_epochs must be an integer >= 1, got {step_epochs!r}"]
+            return [f"noise_step_epochs must be an integer >= 1, got {shown(step_epochs)}"]
         if not (isinstance(epochs, int) and epochs >= 1):
             return []  # reported with the other integer fields
         if self.noise_schedule == "step" and step_epochs >= epochs:
@@ -284,8 +293,8 @@ class TrainingSpec:
         if decays + 1 > MAX_NOISE_LEVELS:
             hint = (f"noise_step_epochs >= {(epochs - 1) // MAX_NOISE_LEVELS + 1}"
                     if self.noise_schedule == "step" else "the step schedule")
-            return [f"noise_schedule {self.noise_schedule!r} over {epochs} epochs uses {decays + 1} "
-                    f"noise levels; the limit is {MAX_NOISE_LEVELS} (use {hint})"]
+            return [f"noise_schedule {shown(self.noise_schedule)} over {epochs} epochs uses "
+                    f"{decays + 1} noise levels; the limit is {MAX_NOISE_LEVELS} (use {hint})"]
         # In logarithms: gamma ** decays underflows to 0 for a tiny gamma.
         if decays and decays * math.log(gamma) < math.log(MIN_NOISE_FACTOR):
             exponent = decays * math.log10(gamma)

@@ -26,7 +26,7 @@ from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, shown
 from privtrain.trainer.fast_clipping import pick_clipping_mode
 from privtrain.trainer.models import build_model
 from privtrain.trainer.spec import TrainingSpec
@@ -208,7 +208,7 @@ def check_output_width(model: nn.Module, sample: torch.Tensor, n_classes: int, n
     expected = (sample.shape[0], n_classes)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != expected:
-        raise InvalidInput(f"model {name!r} outputs {shape} for a batch of {sample.shape[0]}; "
+        raise InvalidInput(f"model {shown(name)} outputs {shape} for a batch of {sample.shape[0]}; "
                            f"the dataset's target has {n_classes} classes, so its output must be "
                            f"{expected} (batch, classes)")
 
@@ -234,6 +234,17 @@ def bytes_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
     return 4 * (params + 2 * activations)
 
 
+def _meta_bytes_per_sample(shell: nn.Module, input_shape: Sequence[int],
+                           input_dtype: torch.dtype) -> int | None:
+    """:func:`bytes_per_sample` of a model built on the ``meta`` device (shapes only, nothing
+    computed or allocated); None when the forward fails there (the dry run then reports it)."""
+    try:
+        sample = torch.zeros(2, *input_shape, dtype=input_dtype, device="meta")
+        return bytes_per_sample(shell, sample)
+    except Exception:  # noqa: BLE001 - a shape error of a user-described model, reported later
+        return None
+
+
 def prepare_model(
     spec: TrainingSpec,
     input_shape: Sequence[int],
@@ -256,8 +267,15 @@ def prepare_model(
         shell = build_model(spec.model, input_shape, n_classes, options)
     count = sum(p.numel() for p in shell.parameters())
     if count > MAX_PARAMETERS:
-        raise InvalidInput(f"model {spec.model!r} with options {options} has {count:,} parameters; "
-                           f"the limit is {MAX_PARAMETERS:,}")
+        raise InvalidInput(f"model {shown(spec.model)} with options {shown(options)} has "
+                           f"{count:,} parameters; the limit is {MAX_PARAMETERS:,}")
+    # The activations too, before anything is allocated: a padding or an output size of
+    # millions is cheap to declare and would take the server's memory in the dry run.
+    planned = _meta_bytes_per_sample(shell, input_shape, input_dtype)
+    if planned is not None and planned > memory_budget_bytes:
+        raise InvalidInput(f"one sample needs about {planned:,} bytes for its per-sample "
+                           f"gradients and activations, more than the {memory_budget_bytes:,} "
+                           "byte budget")
     model, fixes = validate_modules(build_model(spec.model, input_shape, n_classes, options),
                                     fix=spec.fix_model)
     if input_dtype == torch.long:

@@ -27,7 +27,8 @@ from privtrain.anonymize.operators.generalize_forms import (
     zip_levels,
 )
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
-from privtrain.anonymize.values import check_bounds, expand, first_row, shown, to_numeric
+from privtrain.anonymize.values import check_bounds, expand, first_row, to_numeric
+from privtrain.errors import shown
 
 if TYPE_CHECKING:
     from privtrain.anonymize.policy import ColumnPolicy

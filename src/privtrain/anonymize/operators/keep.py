@@ -8,7 +8,8 @@ import pandas as pd
 
 from privtrain.anonymize.errors import PolicyError
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
-from privtrain.anonymize.values import check_bounds, first_row, shown, to_numeric
+from privtrain.anonymize.values import check_bounds, first_row, to_numeric
+from privtrain.errors import shown
 
 
 @register_operator("keep")

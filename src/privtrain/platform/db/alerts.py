@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from privtrain.errors import NotFound
+from privtrain.errors import NotFound, shown
 from privtrain.platform.db._convert import alert_record, check_aware, dumps
 from privtrain.platform.db.models import Alert, Job
 from privtrain.platform.db.records import AlertRecord
@@ -79,7 +79,7 @@ class AlertRepository:
             if existing is not None:
                 return alert_record(existing)
             if job_id is not None and session.get(Job, job_id) is None:
-                raise NotFound(f"job {job_id!r} not found")
+                raise NotFound(f"job {shown(job_id)} not found")
             try:
                 # The partial unique index (job_id, kind) WHERE state='FIRING'
                 # catches a concurrent fire on PostgreSQL; the savepoint keeps

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from privtrain.errors import FailedPrecondition, InvalidInput, NotFound
+from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, shown
 from privtrain.platform.db._convert import check_privacy_amount
 from privtrain.platform.db.errors import PrivacyBudgetExceeded
 from privtrain.platform.db.models import Dataset, Job, LedgerEntry, PrivacyLedger, utcnow
@@ -150,7 +150,7 @@ class BudgetLedger:
     def _snapshot(self, session: Session, ledger_id: str) -> tuple[PrivacyLedger, list[EntryRecord]]:
         row = session.get(PrivacyLedger, ledger_id)
         if row is None:
-            raise NotFound(f"privacy ledger {ledger_id!r} not found")
+            raise NotFound(f"privacy ledger {shown(ledger_id)} not found")
         entries = [_entry(e) for e in session.scalars(
             select(LedgerEntry).where(LedgerEntry.ledger_id == ledger_id).order_by(LedgerEntry.id))]
         return row, entries
@@ -178,7 +178,7 @@ class BudgetLedger:
         with self._tx.read() as session:
             ledger_id = session.scalar(select(Dataset.ledger_id).where(Dataset.id == dataset_id))
             if ledger_id is None:
-                raise NotFound(f"dataset {dataset_id!r} not found")
+                raise NotFound(f"dataset {shown(dataset_id)} not found")
             row, entries = self._snapshot(session, ledger_id)
             return _ledger(row, entries)
 
@@ -256,7 +256,7 @@ class BudgetLedger:
         with self._tx.read() as session:
             job = session.get(Job, job_id)
             if job is None:
-                raise NotFound(f"job {job_id!r} not found")
+                raise NotFound(f"job {shown(job_id)} not found")
             dataset = session.get(Dataset, job.dataset_id)
             assert dataset is not None
             ledger_id, dataset_id = dataset.ledger_id, dataset.id
@@ -331,7 +331,7 @@ class BudgetLedger:
         with self._tx.transaction() as session:
             row = session.scalar(select(LedgerEntry).where(LedgerEntry.job_id == job_id))
             if row is None:
-                raise NotFound(f"no privacy reservation for job {job_id!r}")
+                raise NotFound(f"no privacy reservation for job {shown(job_id)}")
             row.epsilon_spent = max(row.epsilon_spent, epsilon)
             return row.epsilon_spent
 

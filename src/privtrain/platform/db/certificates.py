@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from privtrain.errors import FailedPrecondition, NotFound
+from privtrain.errors import FailedPrecondition, NotFound, shown
 from privtrain.platform.db._convert import check_aware
 from privtrain.platform.db.errors import AlreadyExists
 from privtrain.platform.db.models import Certificate, utcnow
@@ -97,7 +97,7 @@ class CertificateRegistry:
                 "one with `privtrain certs renew`, or choose another name for someone else"
             )
         if existing is None and renewal:
-            raise NotFound(f"no certificate was ever issued to {common_name!r}; use "
+            raise NotFound(f"no certificate was ever issued to {shown(common_name)}; use "
                            "`privtrain certs issue`")
         if existing is not None and role is not None and existing != role:
             raise FailedPrecondition(f"{common_name!r} has role {existing}, not {role}")
@@ -114,7 +114,8 @@ class CertificateRegistry:
         with self._tx.read() as session:
             row = session.get(Certificate, serial)
             if row is None:
-                raise NotFound(f"no certificate with serial {serial} was issued (privtrain certs list)")
+                raise NotFound(f"no certificate with serial {shown(serial)} was issued "
+                               "(privtrain certs list)")
             return _record(row)
 
     def of_person(self, common_name: str) -> list[CertificateRecord]:
@@ -149,7 +150,8 @@ class CertificateRegistry:
             ).rowcount == 1  # type: ignore[attr-defined]
             row = session.get(Certificate, serial)
             if row is None:
-                raise NotFound(f"no certificate with serial {serial} was issued (privtrain certs list)")
+                raise NotFound(f"no certificate with serial {shown(serial)} was issued "
+                               "(privtrain certs list)")
             session.refresh(row)
             return _record(row), changed
 

@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from privtrain.errors import FailedPrecondition, NotFound, PermissionDenied
+from privtrain.errors import FailedPrecondition, NotFound, PermissionDenied, shown
 from privtrain.platform.db._convert import check_json_text, dataset_record
 from privtrain.platform.db.errors import AlreadyExists
 from privtrain.platform.db.models import Dataset, Job, LedgerEntry, PrivacyLedger, utcnow
@@ -154,7 +154,7 @@ class DatasetRepository:
             ).rowcount  # type: ignore[attr-defined]
             row = session.get(Dataset, dataset_id)
             if row is None:
-                raise NotFound(f"dataset {dataset_id!r} not found")
+                raise NotFound(f"dataset {shown(dataset_id)} not found")
             if not changed:
                 raise FailedPrecondition(f"dataset {dataset_id} is already withdrawn")
             return dataset_record(row)
@@ -164,7 +164,7 @@ class DatasetRepository:
         with self._tx.read() as session:
             row = session.get(Dataset, dataset_id)
             if row is None:
-                raise NotFound(f"dataset {dataset_id!r} not found")
+                raise NotFound(f"dataset {shown(dataset_id)} not found")
             return dataset_record(row)
 
     def get_by_name(self, name: str) -> DatasetRecord:
@@ -172,7 +172,7 @@ class DatasetRepository:
         with self._tx.read() as session:
             row = session.scalar(select(Dataset).where(Dataset.name == name))
             if row is None:
-                raise NotFound(f"dataset named {name!r} not found")
+                raise NotFound(f"dataset named {shown(name)} not found")
             return dataset_record(row)
 
     def list(self) -> list[DatasetRecord]:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from privtrain.errors import InvalidInput, NotFound
+from privtrain.errors import InvalidInput, NotFound, shown
 from privtrain.platform.db._convert import dumps, event_record
 from privtrain.platform.db.models import Job, JobEvent, utcnow
 from privtrain.platform.db.records import EventRecord
@@ -36,7 +36,7 @@ def _lock_jobs(session: Session, job_ids: Iterable[str]) -> None:
     )
     missing = [job_id for job_id in wanted if job_id not in found]
     if missing:
-        raise NotFound(f"job {missing[0]!r} not found")
+        raise NotFound(f"job {shown(missing[0])} not found")
 
 
 class EventRepository:

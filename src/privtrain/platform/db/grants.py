@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from privtrain.errors import NotFound
+from privtrain.errors import NotFound, shown
 from privtrain.platform.db.models import Dataset, DatasetGrant, utcnow
 from privtrain.platform.db.transaction import Transactions
 
@@ -26,7 +26,7 @@ class GrantRepository:
         """
         with self._tx.transaction() as session:
             if session.get(Dataset, dataset_id) is None:
-                raise NotFound(f"dataset {dataset_id!r} not found")
+                raise NotFound(f"dataset {shown(dataset_id)} not found")
             if session.get(DatasetGrant, (dataset_id, trainer)) is not None:
                 return False
             try:

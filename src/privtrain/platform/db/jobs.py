@@ -10,7 +10,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from privtrain.errors import NotFound
+from privtrain.errors import NotFound, shown
 from privtrain.platform.db._convert import check_json_text, dumps, job_record
 from privtrain.platform.db.models import Dataset, Job, utcnow
 from privtrain.platform.db.records import JobRecord
@@ -66,7 +66,7 @@ class JobRepository:
         check_json_text(spec_json, "job spec")
         with self._tx.transaction() as session:
             if session.get(Dataset, dataset_id) is None:
-                raise NotFound(f"dataset {dataset_id!r} not found")
+                raise NotFound(f"dataset {shown(dataset_id)} not found")
             existing = self._by_request_id(session, submitter_common_name, request_id)
             if existing is not None:
                 return existing, False
@@ -107,7 +107,7 @@ class JobRepository:
         with self._tx.read() as session:
             row = session.get(Job, job_id)
             if row is None:
-                raise NotFound(f"job {job_id!r} not found")
+                raise NotFound(f"job {shown(job_id)} not found")
             return job_record(row)
 
     def unfinished(self) -> list[JobRecord]:
@@ -206,7 +206,7 @@ class JobRepository:
             if result.rowcount == 1:
                 return True
             if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
-                raise NotFound(f"job {job_id!r} not found")
+                raise NotFound(f"job {shown(job_id)} not found")
             return False
 
     def set_result(self, job_id: str, result: dict[str, Any]) -> None:
@@ -228,4 +228,4 @@ class JobRepository:
         )
         with self._tx.transaction() as session:
             if cast(CursorResult[Any], session.execute(statement)).rowcount != 1:
-                raise NotFound(f"job {job_id!r} not found")
+                raise NotFound(f"job {shown(job_id)} not found")

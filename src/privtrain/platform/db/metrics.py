@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Insert, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from privtrain.errors import FailedPrecondition, NotFound
+from privtrain.errors import FailedPrecondition, NotFound, shown
 from privtrain.platform.db.models import Job, JobMetric, utcnow
 from privtrain.platform.db.records import StepMetric
 from privtrain.platform.db.transaction import Transactions
@@ -66,7 +66,7 @@ class MetricRepository:
             # Checked first: a foreign-key failure would abort the whole
             # transaction on PostgreSQL and say less.
             if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
-                raise NotFound(f"job {job_id!r} not found")
+                raise NotFound(f"job {shown(job_id)} not found")
             statement = _insert_ignoring_duplicates(session.get_bind().dialect.name)
             session.execute(statement, values)
 

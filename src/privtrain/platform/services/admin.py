@@ -17,6 +17,7 @@ from privtrain.platform.convert_admin import (
     signed_head_to_proto,
 )
 from privtrain.platform.db.repositories import Database
+from privtrain.platform.proto_time import from_timestamp
 from privtrain.platform.revocations import RevocationCache
 from privtrain.platform.rpc import allow
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
@@ -26,6 +27,7 @@ from privtrain.secure_transport.roles import PeerIdentity, Role
 
 log = logging.getLogger(__name__)
 MAX_PAGE = 1000
+MAX_SEQ = 2**63 - 1
 
 
 def _revoked(request: pb.RevokeCertificateRequest, reply: pb.RevokeCertificateResponse | None) -> str:
@@ -91,10 +93,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                      identity: PeerIdentity) -> pb.ListAuditLogResponse:
         if request.limit > MAX_PAGE:
             raise InvalidInput(f"limit must be at most {MAX_PAGE}, got {request.limit}")
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        since = from_timestamp(request.since, "since") if request.HasField("since") else None
         # The head first, then entries up to it: a consistent view while calls append.
         head_seq, head_hash = self._db.audit_log.head()
-        entries = self._db.audit_log.entries(after_seq=request.after_seq, since=since,
+        # No entry's seq passes a 64-bit signed integer (the column's type).
+        after_seq = min(request.after_seq, MAX_SEQ)
+        entries = self._db.audit_log.entries(after_seq=after_seq, since=since,
                                              limit=request.limit or MAX_PAGE, through_seq=head_seq)
         return pb.ListAuditLogResponse(entries=[audit_entry_to_proto(e) for e in entries],
                                        head_seq=head_seq, head_hash=head_hash)

@@ -19,11 +19,12 @@ import grpc
 from privtrain.anonymize.manifest import verify_manifest
 from privtrain.datasets.image_arrays import check_image_file
 from privtrain.datasets.image_manifest import IMAGE_KIND, TABLE_KIND, manifest_kind
-from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied, shown
 from privtrain.platform.audit_trail import AuditTrail
 from privtrain.platform.convert import dataset_to_proto, ledger_to_proto
 from privtrain.platform.db.records import DatasetRecord, NewDataset
 from privtrain.platform.db.repositories import Database
+from privtrain.platform.ids import checked_id
 from privtrain.platform.job_states import TERMINAL_STATES
 from privtrain.platform.rpc import allow
 from privtrain.platform.runner import JobRunner
@@ -125,7 +126,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         PermissionDenied
             Someone else's dataset.
         """
-        dataset = self._db.datasets.get(dataset_id)
+        dataset = self._db.datasets.get(checked_id(dataset_id, "dataset_id", "dataset"))
         if dataset.owner_common_name != identity.common_name and not (
                 admin_too and identity.role is Role.ADMIN):
             raise PermissionDenied(f"dataset {dataset.id} belongs to another data owner")
@@ -140,7 +141,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         header = first.header
         if not DATASET_NAME.fullmatch(header.name):
             raise InvalidInput(
-                f"dataset name {header.name[:40]!r} must be 1-128 characters of letters, digits, "
+                f"dataset name {shown(header.name)} must be 1-128 characters of letters, digits, "
                 "'.', '_' or '-', starting with a letter or digit"
             )
         check_budget(header.epsilon_budget, header.delta_budget)
@@ -253,10 +254,10 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         trainer = check_person_name(request.trainer)
         role = self._db.certificates.role_of(trainer)
         if role is None:
-            raise NotFound(f"no certificate was issued to {trainer!r}; ask the operator for the "
-                           "trainer's name (privtrain certs list)")
+            raise NotFound(f"no certificate was issued to {shown(trainer)}; ask the operator for "
+                           "the trainer's name (privtrain certs list)")
         if role != Role.TRAINER.value:
-            raise InvalidInput(f"{trainer!r} has role {role}, not trainer")
+            raise InvalidInput(f"{shown(trainer)} has role {role}, not trainer")
         if dataset.withdrawn:
             raise FailedPrecondition(f"dataset {dataset.id} is withdrawn")
         if self._db.grants.grant(dataset.id, trainer, by=identity.common_name):
@@ -268,7 +269,8 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                       identity: PeerIdentity) -> pb.Dataset:
         dataset = self._owned(request.dataset_id, identity)
         if not self._db.grants.revoke(dataset.id, request.trainer):
-            raise FailedPrecondition(f"{request.trainer[:64]!r} holds no grant on dataset {dataset.id}")
+            raise FailedPrecondition(f"{shown(request.trainer)} holds no grant on dataset "
+                                     f"{dataset.id}")
         log.info("dataset %s: %s revoked trainer %s", dataset.id, identity.common_name, request.trainer)
         return self._message(dataset, identity)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from privtrain.errors import InvalidInput
+from privtrain.errors import InvalidInput, NotFound, shown
 from privtrain.monitoring.alerts import AlertState
 from privtrain.platform.alerting import alert_payload
 from privtrain.platform.convert import alert_to_proto
 from privtrain.platform.db.repositories import Database
+from privtrain.platform.ids import checked_id
 from privtrain.platform.rpc import allow
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.proto.privtrain.v1 import privtrain_pb2_grpc as pb_grpc
@@ -29,6 +30,13 @@ class MonitoringServicer(pb_grpc.MonitoringServiceServicer):
             try:
                 state = AlertState(request.state)
             except ValueError:
-                raise InvalidInput(f"unknown alert state {request.state!r}; use FIRING or RESOLVED") from None
-        alerts = self._db.alerts.list(state=state, job_id=request.job_id or None)
+                raise InvalidInput(f"unknown alert state {shown(request.state)}; use FIRING or "
+                                   "RESOLVED") from None
+        job_id = None
+        if request.job_id:
+            try:
+                job_id = checked_id(request.job_id, "job_id", "job")
+            except NotFound:  # a filter on a job that cannot exist matches nothing
+                return pb.ListAlertsResponse()
+        alerts = self._db.alerts.list(state=state, job_id=job_id)
         return pb.ListAlertsResponse(alerts=[alert_to_proto(alert_payload(a)) for a in alerts])

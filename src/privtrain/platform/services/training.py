@@ -17,7 +17,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privtrain.datasets.image_manifest import IMAGE_KIND, manifest_kind
-from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from privtrain.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied, shown
 from privtrain.platform.audit_trail import AuditTrail
 from privtrain.platform.convert import (
     audit_from_proto,
@@ -29,7 +29,9 @@ from privtrain.platform.convert import (
 from privtrain.platform.db.records import DatasetRecord, JobRecord
 from privtrain.platform.db.repositories import Database
 from privtrain.platform.events import EventHub
+from privtrain.platform.ids import checked_id
 from privtrain.platform.job_states import TERMINAL_STATES, JobState
+from privtrain.platform.model_checks import ModelChecks
 from privtrain.platform.revocations import RevocationCache
 from privtrain.platform.rpc import allow
 from privtrain.platform.runner import JobRunner
@@ -47,6 +49,7 @@ from privtrain.trainer.validation import PreparedModel
 
 log = logging.getLogger(__name__)
 X25519_PUBLIC_KEY_BYTES = 32
+MAX_REQUEST_ID_CHARS = 255
 
 
 def check_spec_on_dataset(spec: TrainingSpec, dataset: DatasetRecord, delta_budget: float) -> PreparedModel:
@@ -73,7 +76,8 @@ def check_spec_on_dataset(spec: TrainingSpec, dataset: DatasetRecord, delta_budg
         prepared = check_image_model_spec(spec, dataset.manifest)
     else:
         if spec.target_column == split["column"]:
-            raise InvalidInput(f"target_column {spec.target_column!r} is the owner's split column")
+            raise InvalidInput(f"target_column {shown(spec.target_column)} is the owner's split "
+                               "column")
         prepared = check_model_spec(spec, build_encoder(spec, dataset.manifest["columns"],
                                                         table_split(split)))
     published = dataset.published_train_rows + (dataset.published_test_rows or 0)
@@ -133,7 +137,7 @@ def trainable_dataset(db: Database, dataset_id: str, identity: PeerIdentity) -> 
     FailedPrecondition
         The owner withdrew it.
     """
-    dataset = db.datasets.get(dataset_id)
+    dataset = db.datasets.get(checked_id(dataset_id, "dataset_id", "dataset"))
     if identity.role is not Role.ADMIN and not db.grants.is_granted(dataset.id, identity.common_name):
         raise PermissionDenied(f"dataset {dataset.id} is not granted to you ({identity.common_name});"
                                " its owner grants trainers with `privtrain dataset grant`")
@@ -143,7 +147,9 @@ def trainable_dataset(db: Database, dataset_id: str, identity: PeerIdentity) -> 
 
 
 class TrainingServicer(pb_grpc.TrainingServiceServicer):
-    """Unary handlers only touch the database; admission and training happen elsewhere.
+    """Unary handlers only touch the database; the model's checks run on
+    :class:`~privtrain.platform.model_checks.ModelChecks`' threads, admission (σ
+    calibration) on the scheduler's and training in worker processes.
 
     A job belongs to its submitter: another trainer's job answers NOT_FOUND, as one that
     does not exist (its id tells nothing).
@@ -151,8 +157,10 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
 
     def __init__(self, db: Database, hub: EventHub, runner: JobRunner, *,
                  signing_key: Ed25519PrivateKey, signing_cert_pem: bytes, chunk_bytes: int,
-                 audit_trail: AuditTrail, revocations: RevocationCache) -> None:
+                 audit_trail: AuditTrail, revocations: RevocationCache,
+                 model_checks: ModelChecks | None = None) -> None:
         self._db = db
+        self._model_checks = model_checks or ModelChecks()
         self._hub = hub
         self._runner = runner
         self._signing_key = signing_key
@@ -162,9 +170,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         self._revocations = revocations
 
     def _visible_job(self, job_id: str, identity: PeerIdentity) -> JobRecord:
-        if not job_id:
-            raise InvalidInput("job_id is empty")
-        job = self._db.jobs.get(job_id)
+        job = self._db.jobs.get(checked_id(job_id, "job_id", "job"))
         if identity.role is not Role.ADMIN and job.submitter_common_name != identity.common_name:
             raise NotFound(f"job {job_id!r} not found")
         return job
@@ -177,14 +183,21 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
 
     def _submit(self, request_id: str, spec: TrainingSpec, identity: PeerIdentity, *,
                 audit: AuditSettings | None = None) -> pb.Job:
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidInput(f"request_id {shown(request_id)} is longer than "
+                               f"{MAX_REQUEST_ID_CHARS} characters")
         dataset = trainable_dataset(self._db, spec.dataset_id, identity)
         ledger = self._db.budget.ledger(dataset.ledger_id)
-        prepared = check_spec_on_dataset(spec, dataset, ledger.delta_budget)
-        if audit is not None:
-            trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
-            if audit.canaries > trainable:
-                raise InvalidInput(f"{audit.canaries} canaries need as many trainable parameters; "
-                                   f"the model has {trainable}")
+
+        def check() -> None:
+            prepared = check_spec_on_dataset(spec, dataset, ledger.delta_budget)
+            if audit is not None:
+                trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
+                if audit.canaries > trainable:
+                    raise InvalidInput(f"{audit.canaries} canaries need as many trainable "
+                                       f"parameters; the model has {trainable}")
+
+        self._model_checks.run(check)
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
         audit_json = None if audit is None else json.dumps(audit.__dict__, sort_keys=True)
         job, created = self._db.jobs.submit(
@@ -197,7 +210,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
                             or job.audit_json != audit_json):
             # Never name the other job: the request id may be someone else's.
             raise FailedPrecondition(
-                f"request_id {request_id[:64]!r} was already used for another request; use a new "
+                f"request_id {shown(request_id)} was already used for another request; use a new "
                 "request_id for a new job"
             )
         if created:
@@ -243,7 +256,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
             try:
                 state = JobState(request.state)
             except ValueError:
-                raise InvalidInput(f"unknown job state {request.state!r}") from None
+                raise InvalidInput(f"unknown job state {shown(request.state)}") from None
         jobs = self._db.jobs.list(state=state)
         if identity.role is not Role.ADMIN:
             jobs = [j for j in jobs if j.submitter_common_name == identity.common_name]
