@@ -137,6 +137,8 @@ class _Run:
     outcome: tuple[str, dict[str, Any]] | None = None
     cancel_at: float | None = None
     suspend_at: float | None = None
+    # Set when the worker reports its training loop started (before its first step).
+    loop_started: bool = False
     # Relayed to the database in the next successful write (kept while it fails).
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     metrics: list[StepMetric] = field(default_factory=list)
@@ -344,6 +346,14 @@ class WorkerHost:
                 with contextlib.suppress(*STORAGE_ERRORS):
                     if self._db.jobs.get(job.id).cancel_requested_at is not None:
                         self._ask_cancel(run)
+            if run.cancel_at is not None and not run.loop_started and run.process.is_alive():
+                # Still starting (interpreter, imports, data, model): no step was taken, and
+                # the worker cannot see the cancel before its imports end, seconds later on a
+                # busy host. Nothing of it can leave, so it is stopped now and charged 0.
+                log.info("job %s: cancelled before its training loop started; worker stopped",
+                         job.id)
+                run.process.kill()
+                run.process.join(5)
             asked = run.cancel_at or run.suspend_at
             if asked is not None and now - asked > self.settings.kill_grace_s and run.process.is_alive():
                 log.warning("job %s: worker did not stop within %.0f s; killing it", job.id,
@@ -365,6 +375,7 @@ class WorkerHost:
         job_id = run.job.id
         transitions: list[AlertTransition] = []
         if kind == worker_module.MESSAGE_STARTED:
+            run.loop_started = True
             resumed_at = int(payload.get("resumed_at_step") or 0)
             run.steps = max(run.steps, resumed_at)
             run.releases = max(run.releases, run.plan.releases_by(resumed_at))
