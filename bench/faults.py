@@ -296,6 +296,8 @@ def cancels(root: Path, bundles: dict[str, Path], anon: Path, rng: random.Random
     return {"cancels": len(rows), "within_2s": within,
             "no_step_charged_0": sum(1 for r in zero if r["charged_steps"] == 0),
             "no_step_jobs": len(zero), "max_seconds": max(r["seconds"] for r in rows),
+            "slowest": {k: v for k, v in max(rows, key=lambda r: r["seconds"]).items()
+                        if k in ("delay_s", "state_at_cancel", "seconds", "steps_done", "state")},
             "jobs": rows}
 
 
