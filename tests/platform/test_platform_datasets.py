@@ -184,7 +184,9 @@ def test_later_release_of_the_same_source_draws_on_the_same_budget(
             owner.upload(third, third.with_name(third.name + ".manifest.json"), name="adult-v3",
                          epsilon_budget=50.0, delta_budget=2e-5, split=adult.split)
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "shares the privacy budget of dataset 'adult-v2'" in err.value.details()
+    # Linked by its previous manifest (adult-v2) and by its input (all three): the ledger's
+    # first release is named.
+    assert "shares the privacy budget of dataset 'adult'" in err.value.details()
     assert second.ledger_id == first.ledger_id
     # Both uploads' count releases are composed on the one ledger: more spent than by one.
     assert second.epsilon_remaining < first.epsilon_remaining
