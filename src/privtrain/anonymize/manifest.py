@@ -42,8 +42,8 @@ MANIFEST_VERSION = 1
 ECDSA_P256 = "ecdsa-p256-sha256"
 ED25519 = "ed25519"
 MAX_MANIFEST_DEPTH = 16
-"""Deepest nesting a manifest file may have (ours nest 4 levels: file, manifest, columns,
-domain)."""
+"""Deepest nesting a manifest file may have (ours nest 5 levels: the file, the manifest, a
+section such as ``columns`` or ``released_risk``, an entry, its values)."""
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
