@@ -1,8 +1,8 @@
 """The signed anonymization manifest that travels with every anonymized dataset.
 
 The manifest says what was done (policy hash, k, levels, suppression, key id,
-Faker version, pseudonym scheme, and any key rotation or pseudonym remap against an
-earlier release), which bytes it describes (``output_sha256``, ``output_bytes``)
+Faker version, pseudonym scheme and pseudonym store generation, and any key rotation or
+pseudonym remap against an earlier release), which bytes it describes (``output_sha256``, ``output_bytes``)
 and what a trainer may rely on (``columns``: the public domain of each output
 column, derived from the policy). It is canonical JSON (sorted keys, no
 whitespace, UTF-8), signed with the data owner's TLS private key (ECDSA P-256
@@ -68,6 +68,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "previous_manifest_sha256": str,
     "rotated_from_key_id": str,
     "remapped_from": dict,
+    "pseudonym_store": dict,
 }
 
 
