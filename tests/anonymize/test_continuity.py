@@ -308,3 +308,26 @@ def test_renewed_certificate_with_the_same_key_continues(release: Release) -> No
     assert _manifest(out)["previous_manifest_sha256"] == hashlib.sha256(
         release.manifest.read_bytes()
     ).hexdigest()
+
+
+def test_another_pseudonym_store_is_refused_and_remap_records_the_earlier_one(
+    release: Release, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The earlier release's pseudonyms were claimed in the store kept with the key; a
+    run on another store (a lost, stale or forked one) would draw afresh, so it is
+    refused unless --remap accepts new pseudonyms."""
+    record = _manifest(release.output)["pseudonym_store"]
+    assert set(record) == {"id", "generation", "token"} and record["generation"] == 1
+    elsewhere = release.folder / "elsewhere.pseudonyms.sqlite"
+    out = release.folder / "other-store.parquet"
+    previous = ["--previous-manifest", str(release.manifest)]
+    rc = _run(release, out, *previous, "--pseudonym-store", str(elsewhere))
+    line = _refused(capsys, out, rc)
+    assert f"pseudonym store {record['id']} (generation 1)" in line
+    assert "--pseudonym-store" in line and "--remap" in line
+    assert not elsewhere.exists()
+    rc = _run(release, out, *previous, "--pseudonym-store", str(elsewhere), "--remap")
+    assert rc == 0
+    manifest = _manifest(out)
+    assert manifest["remapped_from"]["pseudonym_store"] == record
+    assert manifest["pseudonym_store"]["id"] != record["id"]

@@ -1,4 +1,5 @@
-"""Pseudonyms drawn from the locale's own Faker formats and word lists (scheme v2)."""
+"""Pseudonyms drawn from the locale's own Faker formats and word lists (v2's draws, kept
+by v3's store)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import pandas as pd
 from faker import Faker
 
 from privtrain.anonymize.operators.faker_formats import Choice, template
-from privtrain.anonymize.operators.pseudonym import SCHEME, pseudonyms
+from privtrain.anonymize.operators.pseudonym import DOMAIN, SCHEME, pseudonyms
 
 KEY = secrets.token_bytes(32)
 
 
 def test_scheme_names_the_format_derivation() -> None:
-    assert SCHEME == "privtrain/pseudonym/v2"
+    """v3 assigns through the pseudonym store; its draws are v2's, under v2's domain."""
+    assert SCHEME == "privtrain/pseudonym/v3"
+    assert DOMAIN == b"privtrain/pseudonym/v2\x00"
 
 
 def test_en_us_names_are_built_from_fakers_word_lists() -> None:

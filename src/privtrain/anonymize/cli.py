@@ -98,8 +98,16 @@ def add_anonymize_commands(subparsers: argparse._SubParsersAction[argparse.Argum
     run.add_argument(
         "--remap",
         action="store_true",
-        help="with --previous-manifest: accept another Faker version, locale or pseudonym "
-        "scheme (recorded as remapped_from; pseudonyms change)",
+        help="with --previous-manifest: accept another Faker version, locale, pseudonym "
+        "scheme or pseudonym store (recorded as remapped_from; pseudonyms change)",
+    )
+    run.add_argument(
+        "--pseudonym-store",
+        type=Path,
+        default=None,
+        metavar="STORE",
+        help="the pseudonyms handed out under this key (SQLite, mode 0600; default: "
+        "KEYFILE.pseudonyms.sqlite beside --key, created on first use); keep it with the key",
     )
     run.set_defaults(func=_run)
 
@@ -157,7 +165,8 @@ def _run(args: argparse.Namespace) -> int:
         from privtrain.anonymize.report import check_report_path
 
         others = [args.input, args.policy, args.key, args.out, manifest_path_for(args.out),
-                  args.signing_key, args.signing_cert, args.previous_manifest]  # fmt: skip
+                  args.signing_key, args.signing_cert, args.previous_manifest,
+                  args.pseudonym_store]  # fmt: skip
         check_report_path(args.report, [p for p in others if p is not None])
     console = Console(stderr=True)
     with Progress(
@@ -181,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
             previous_manifest=args.previous_manifest,
             rotate_key=args.rotate_key,
             remap=args.remap,
+            pseudonym_store=args.pseudonym_store,
         )
     levels = ", ".join(f"{q}={lv}" for q, lv in report.levels.items())
     k_text = (
@@ -194,14 +204,25 @@ def _run(args: argparse.Namespace) -> int:
         f"wrote {report.manifest_path} (output sha256 {report.output_sha256})"
     )
     print(_released_line(report.released_risk, report.k_achieved, report.k_declared))
+    for column, n in report.pseudonym_clashes.items():
+        print(
+            f"warning: column {column!r}: {n} value(s) of this file are, as real text, the "
+            "pseudonym another person of this file kept from an earlier release (one person, "
+            "one pseudonym); `verify --raw` will name the column",
+            file=sys.stderr,
+        )
     if args.previous_manifest is not None:
         changes = []
         if "rotated_from_key_id" in report.continuity:
             changes.append(f"key rotated from {report.continuity['rotated_from_key_id']}")
         if "remapped_from" in report.continuity:
             before = report.continuity["remapped_from"]
-            changes.append(f"pseudonyms remapped from Faker {before['faker_version']} "
-                           f"{before['faker_locale']}, {before['pseudonym_scheme']}")  # fmt: skip
+            was = (f"Faker {before['faker_version']} {before['faker_locale']}, "
+                   f"{before['pseudonym_scheme']}")  # fmt: skip
+            if "pseudonym_store" in before:
+                store = before["pseudonym_store"]
+                was += f", pseudonym store {store['id']} generation {store['generation']}"
+            changes.append(f"pseudonyms remapped from {was}")
         print(
             f"continues {args.previous_manifest}: "
             + ("; ".join(changes) if changes else "same key and pseudonyms, tokens match")

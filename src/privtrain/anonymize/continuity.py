@@ -12,6 +12,12 @@ manifest of an earlier release therefore checks, before reading any data:
   ``faker_version``, ``faker_locale`` and ``pseudonym_scheme`` must equal the earlier
   manifest's, unless the owner accepts new pseudonyms (``remap``); the new manifest
   then records the earlier values under ``remapped_from``.
+* pseudonym store (only with pseudonyms, under the same key): when the earlier
+  manifest records ``pseudonym_store``, this run's store must be that store, holding
+  that generation (:meth:`privtrain.anonymize.pseudonym_store.Store.holds`): a stale
+  copy, a fork or a new store would give the earlier release's people new pseudonyms
+  where their first draw had been taken. ``remap`` accepts it too, and records the
+  earlier store under ``remapped_from``.
 
 The earlier manifest's signature is verified first, so a forged or edited file
 cannot vouch for continuity; and it must be signed with the public key of this run's
@@ -32,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from privtrain.anonymize.errors import AnonymizationError, ManifestError
 from privtrain.anonymize.manifest import verify_manifest
+from privtrain.anonymize.pseudonym_store import Store
 from privtrain.datasets.image_manifest import TABLE_KIND, manifest_kind
 from privtrain.errors import NotFound
 
@@ -54,6 +61,8 @@ class RunIdentity:
         :data:`privtrain.anonymize.operators.pseudonym.SCHEME`.
     uses_pseudonyms : bool
         Whether the policy has a ``pseudonym`` column (Faker matters only then).
+    pseudonym_store : Store | None
+        The pseudonym store the run will claim in (None without pseudonyms).
     """
 
     key_id: str
@@ -61,6 +70,7 @@ class RunIdentity:
     faker_locale: str
     pseudonym_scheme: str
     uses_pseudonyms: bool
+    pseudonym_store: Store | None = None
 
 
 def _public_key_der(certificate_pem: bytes, what: str) -> bytes:
@@ -174,4 +184,23 @@ def continuity_fields(
                 "new pseudonyms"
             )
         fields["remapped_from"] = before
+    record = earlier.get("pseudonym_store")
+    store = run.pseudonym_store
+    same_key = earlier["key_id"] == run.key_id
+    checked = run.uses_pseudonyms and same_key and store is not None
+    if checked and isinstance(record, dict) and store is not None and not store.holds(record):
+        if not remap:
+            state = store.state()
+            now_desc = (
+                "does not exist yet" if state is None
+                else f"is store {state.store_id} at generation {state.generation}"
+            )  # fmt: skip
+            raise AnonymizationError(
+                f"{previous_manifest}: its pseudonyms were claimed in pseudonym store "
+                f"{record.get('id')} (generation {record.get('generation')}); "
+                f"{store.name} {now_desc} and does not hold them, so pseudonyms would not "
+                "match the earlier file; name the store kept with the key "
+                "(--pseudonym-store), or pass --remap to accept new pseudonyms"
+            )
+        fields["remapped_from"] = before | {"pseudonym_store": record}
     return fields

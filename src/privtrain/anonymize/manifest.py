@@ -1,8 +1,8 @@
 """The signed anonymization manifest that travels with every anonymized dataset.
 
 The manifest says what was done (policy hash, k, levels, suppression, key id,
-Faker version, pseudonym scheme, and any key rotation or pseudonym remap against an
-earlier release), which bytes it describes (``output_sha256``, ``output_bytes``)
+Faker version, pseudonym scheme and pseudonym store generation, and any key rotation or
+pseudonym remap against an earlier release), which bytes it describes (``output_sha256``, ``output_bytes``)
 and what a trainer may rely on (``columns``: the public domain of each output
 column, derived from the policy; ``split``: the owner's train/test split, when the
 policy declares one). A policy without quasi-identifiers claims no k:
@@ -85,6 +85,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "proxy_quasi_identifiers": list,
     "k_declared": int,
     "privacy_models_declared": dict,
+    "pseudonym_store": dict,
 }
 
 

@@ -32,6 +32,7 @@ from privtrain.anonymize.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, sign
 from privtrain.anonymize.operators import pseudonym
 from privtrain.anonymize.operators.registry import OperatorContext, get_operator
 from privtrain.anonymize.policy import Policy, load_policy
+from privtrain.anonymize.pseudonym_store import Store, default_store_path
 from privtrain.anonymize.released_risk import evaluate as evaluate_release
 from privtrain.anonymize.report import file_sha256
 from privtrain.anonymize.stream import Streamer
@@ -86,6 +87,12 @@ class AnonymizationReport:
     k_declared : int | None
         k over the declared quasi-identifiers alone when kept proxies were counted
         (``k_achieved`` then counts them); None otherwise.
+    pseudonym_store : dict | None
+        The manifest's ``pseudonym_store`` (store id, generation, token); None without
+        pseudonym columns.
+    pseudonym_clashes : dict[str, int]
+        Per pseudonym column: values of this file whose real text (case-folded) is the
+        pseudonym another value of this file kept from an earlier release.
     """
 
     rows_raw: int
@@ -102,6 +109,8 @@ class AnonymizationReport:
     continuity: dict[str, Any] = field(default_factory=dict)
     released_risk: dict[str, Any] = field(default_factory=dict)
     k_declared: int | None = None
+    pseudonym_store: dict[str, Any] | None = None
+    pseudonym_clashes: dict[str, int] = field(default_factory=dict)
 
 
 def manifest_path_for(out_path: Path) -> Path:
@@ -224,6 +233,7 @@ def anonymize_file(
     previous_manifest: Path | None = None,
     rotate_key: bool = False,
     remap: bool = False,
+    pseudonym_store: Path | None = None,
 ) -> AnonymizationReport:
     """Anonymize one table and write ``out_path`` (Parquet) and its signed manifest.
 
@@ -252,7 +262,11 @@ def anonymize_file(
         data is read (:func:`privtrain.anonymize.continuity.continuity_fields`).
     rotate_key, remap : bool
         With ``previous_manifest``: accept a different key, or a different Faker version,
-        locale or pseudonym scheme; the manifest records what changed.
+        locale, pseudonym scheme or pseudonym store; the manifest records what changed.
+    pseudonym_store : Path | None
+        The owner's pseudonym store (:mod:`privtrain.anonymize.pseudonym_store`), used
+        when the policy has ``pseudonym`` columns; None: ``KEYFILE.pseudonyms.sqlite``
+        beside the key. Created on first use.
 
     Returns
     -------
@@ -271,7 +285,8 @@ def anonymize_file(
             progress(stage, fraction)
 
     out_path = Path(out_path)
-    inputs = [input_path, policy_path, key_path, signing_key_path, signing_cert_path]
+    store_path = Path(pseudonym_store) if pseudonym_store else default_store_path(key_path)
+    inputs = [input_path, policy_path, key_path, signing_key_path, signing_cert_path, store_path]
     # The earlier release's manifest is its proof; a re-release never overwrites it.
     _check_output_path(out_path, inputs + ([previous_manifest] if previous_manifest else []))
     policy = load_policy(policy_path)
@@ -279,12 +294,17 @@ def anonymize_file(
     if previous_manifest is None and (rotate_key or remap):
         flag = "--rotate-key" if rotate_key else "--remap"
         raise AnonymizationError(f"{flag} needs --previous-manifest (the release it departs from)")
+    uses_pseudonyms = any(c.operator == "pseudonym" for c in policy.columns.values())
+    store = Store(store_path, key) if uses_pseudonyms else None
+    if store is not None:
+        store.state()  # an unsafe, foreign or broken store is refused before any data is read
     identity = RunIdentity(
         key_id=key.key_id,
         faker_version=faker.VERSION,
         faker_locale=policy.locale,
         pseudonym_scheme=pseudonym.SCHEME,
-        uses_pseudonyms=any(c.operator == "pseudonym" for c in policy.columns.values()),
+        uses_pseudonyms=uses_pseudonyms,
+        pseudonym_store=store,
     )
     try:
         signing_key = Path(signing_key_path).read_bytes()
@@ -313,7 +333,7 @@ def anonymize_file(
         input_sha256, _ = file_sha256(Path(input_path))
     except OSError as exc:
         raise NotFound(f"{input_path}: cannot read the input ({exc.strerror})") from None
-    streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick)
+    streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick, store)
     with _cyclic_gc_paused(), _arrow_pool():
         streamer.scan()
         n = streamer.rows
@@ -371,6 +391,8 @@ def anonymize_file(
         )  # fmt: skip
         tick("write", 0.95)
         digest, size = writer.finish()
+        recorded = store.recorded if store is not None else None
+        store_record = recorded.as_manifest() if recorded is not None else None
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
@@ -400,6 +422,7 @@ def anonymize_file(
             "pseudonym_scheme": identity.pseudonym_scheme,
             **continuity,
             "input_sha256": input_sha256,
+            **({"pseudonym_store": store_record} if store_record else {}),
             "output_sha256": digest,
             "output_bytes": size,
             "columns": domains,
@@ -434,4 +457,6 @@ def anonymize_file(
         continuity=continuity,
         released_risk=manifest["released_risk"],
         k_declared=manifest.get("k_declared"),
+        pseudonym_store=store_record,
+        pseudonym_clashes=streamer.pseudonym_clashes,
     )

@@ -5,8 +5,9 @@ k-anonymity needs global counts, so the table is read twice:
 1. *Scan.* Each chunk is reduced to what the lattice search needs: the distinct
    combinations of level-0 quasi-identifier values (and released sensitive values)
    with their counts (:mod:`privtrain.anonymize.aggregate`); the distinct values of
-   ``pseudonym`` columns (their collision-free assignment depends on the column's whole
-   set of values); and whether each kept numeric column is integral (its output dtype).
+   ``pseudonym`` columns (looked up and claimed in the owner's pseudonym store, in one
+   transaction before pass 2 writes: :mod:`privtrain.anonymize.pseudonym_store`); and
+   whether each kept numeric column is integral (its output dtype).
    Every value is checked here, so a bad cell is reported before anything is written.
 2. *Search* the generalization lattice on the counted combinations
    (:func:`privtrain.anonymize.lattice.search` with ``weights``): same node, same
@@ -78,6 +79,7 @@ from privtrain.anonymize.operators.scrub import known_names
 from privtrain.anonymize.policy import Policy
 from privtrain.anonymize.privacy_models import ModelSpec, achieved
 from privtrain.anonymize.proxies import PairMeasures, ProxySample
+from privtrain.anonymize.pseudonym_store import Session, Store
 from privtrain.anonymize.released_risk import ReleaseCounter, attacker_known
 from privtrain.anonymize.spool import Spool, read_ahead
 
@@ -117,12 +119,24 @@ class Streamer:
         Rows per chunk.
     tick : callable(stage, fraction)
         Progress callback.
+    pseudonym_store : Store | None
+        The owner's pseudonym store; None: one in memory (this release alone).
     """
 
     def __init__(
-        self, reader: ChunkReader, policy: Policy, key: SecretKey, chunk_rows: int, tick: Tick
+        self,
+        reader: ChunkReader,
+        policy: Policy,
+        key: SecretKey,
+        chunk_rows: int,
+        tick: Tick,
+        pseudonym_store: Store | None = None,
     ) -> None:
         self.reader = reader
+        self.pseudonym_store = pseudonym_store
+        # Per pseudonym column: values of the file whose real text is another value's
+        # pseudonym from an earlier release (see ``pseudonym_store.Session.clashes``).
+        self.pseudonym_clashes: dict[str, int] = {}
         self.policy = policy
         self.key = key
         self.chunk_rows = chunk_rows
@@ -180,11 +194,13 @@ class Streamer:
         self.release: ReleaseCounter | None = None
         self.out_sens: dict[str, ValueIds] = {}
 
-    def _ctx(self, name: str, level: int | None = None, frame: Any = None) -> OperatorContext:
+    def _ctx(
+        self, name: str, level: int | None = None, frame: Any = None, store: Session | None = None
+    ) -> OperatorContext:
         col = self.policy.columns[name]
         names = frozenset(self.known_names[name]) if name in self.known_names else None
         return OperatorContext(col, self.key, self.policy.locale, self.source, level, frame,
-                               known_names=names)
+                               known_names=names, pseudonym_store=store)
 
     def _generalization(self, chunk: Chunk, q: str) -> tuple[IntArray, Generalization]:
         col = self.policy.columns[q]
@@ -518,16 +534,23 @@ class Streamer:
         self.tick("write", 0.5 + 0.45 * state.offset / max(self.rows, 1))
 
     def _whole_column_maps(self) -> dict[str, tuple[pa.Array, pa.Array]]:
-        """Each :data:`WHOLE_COLUMN` column's distinct raw values and their outputs."""
-        maps = {}
-        for name, seen in self.distinct_values.items():
-            raw = pd.Series(list(seen), dtype="string")
-            op = get_operator(self.policy.columns[name].operator)
-            mapped = op.transform(raw, self._ctx(name))
-            assert mapped is not None
-            maps[name] = (
-                pa.array(raw, pa.string()), pa.array(mapped.reset_index(drop=True), pa.string())
-            )
+        """Each :data:`WHOLE_COLUMN` column's distinct raw values (in order of first
+        appearance) and their outputs, claimed in one pseudonym store session."""
+        maps: dict[str, tuple[pa.Array, pa.Array]] = {}
+        if not self.distinct_values:
+            return maps
+        store = self.pseudonym_store or Store(None, self.key)
+        with store.session() as session:
+            for name, seen in self.distinct_values.items():
+                raw = pd.Series(list(seen), dtype="string")
+                op = get_operator(self.policy.columns[name].operator)
+                mapped = op.transform(raw, self._ctx(name, store=session))
+                assert mapped is not None
+                maps[name] = (
+                    pa.array(raw, pa.string()),
+                    pa.array(mapped.reset_index(drop=True), pa.string()),
+                )
+        self.pseudonym_clashes = dict(session.clashes)
         return maps
 
     def _recheck(

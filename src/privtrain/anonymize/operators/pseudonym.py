@@ -1,6 +1,14 @@
-"""``pseudonym``: replace each value by a realistic fake one (Faker data), keyed and deterministic.
+"""``pseudonym``: replace each value by a realistic fake one (Faker data), keyed and kept.
 
-For a distinct normalized value v in column c, attempt i = 0, 1, ... derives
+Promise (case C-A01, C-A03): under one key, a value (one person) gets one pseudonym in
+every release, and two values of a column never share one, whatever files they appear
+in. A keyed draw alone cannot promise both: a realistic space is small (a few million
+names or e-mail addresses), so some people's draws collide, and a clash retried within a
+file made the outcome depend on who else was in it. So the assignment is recorded in
+the owner's pseudonym store (:mod:`privtrain.anonymize.pseudonym_store`, a SQLite file
+next to the key), looked up first and only extended.
+
+Draws. For a distinct normalized value v in column c, attempt i = 0, 1, ... derives
 
     d_i = HMAC-SHA256(secret, b"privtrain/pseudonym/v2\\x00" + c + b"\\x00"
                       + i (4 bytes, big-endian) + v)
@@ -13,21 +21,31 @@ indexed by the 64-bit words of SHAKE-256(d_i) (FIPS 202), for all values of the 
 at once (:mod:`privtrain.anonymize.operators.faker_formats`). Any other provider seeds
 a Faker instance with the first 8 bytes of d_i and calls it (``faker.seed_instance``).
 
-A candidate is taken unless it is "used": the pseudonym of another value of this column,
-a raw value of this column (so a pseudonym is never mistaken for a real person of the
-table), both compared case-folded, or not ASCII for e-mail / user-name style providers.
-Values are resolved in rounds: round i draws attempt i for every value still without a
-pseudonym, and hands out the candidates in the order of the values' attempt-0 HMAC.
-Distinct inputs therefore get distinct pseudonyms (case C-A03), and the same key gives
-the same pseudonym across files and runs (case C-A01). When two values compete for one
-pseudonym in the same round, the same value wins in every file that holds both. A file
-holding only the loser gives it the contested pseudonym: collision freedom is per column
-of one output, which is all a keyed map over a finite Faker space can offer without a
-shared registry.
+Assignment (scheme v3). d_0 is the value's identity in the store, per space (column,
+provider, locale). A value the store holds gets its recorded pseudonym, whatever this
+file holds. The values it does not hold claim one in the order they first appear in the
+file: the first attempt whose candidate is free, i.e. not a pseudonym of the space
+(recorded, or claimed earlier in this run, compared case-folded), not the case-folded
+real value of anyone the space holds or of any value of this file (so a new pseudonym is
+never mistaken for a real person of this or an earlier release), and ASCII for e-mail /
+user-name style providers. The claims and a new store generation are committed in one
+transaction before the output is written. Exact, not probabilistic: a UNIQUE constraint
+on (space, folded pseudonym) and a primary key on (space, d_0). The one assumption is
+that HMAC-SHA256 gives two values of a column different d_0 (chance at most
+n(n-1) / 2^257 for n values: below 10^-59 at 10^9).
+
+Costs: the store must be kept (and backed up) with the key, and named again for every
+release; runs on one store claim one at a time; a value's pseudonym depends on the
+store's history, not only on the key (the first release to claim a contested pseudonym
+keeps it); and a pseudonym handed out earlier stays even when a later file holds a real
+person whose value it equals (that cannot be undone without breaking the promise; the
+run counts such values: ``Session.clashes``). Without a store (``store=None``) a call
+uses a store in memory: distinct within the column, as one release.
 
 The domain prefix differs from the ``hmac`` operator's, so a published token never
-equals a pseudonym seed. :data:`SCHEME` names this derivation (v1 drew every value
-through Faker and resolved values one by one).
+equals a pseudonym seed. :data:`SCHEME` names the derivation and assignment (v1 drew
+every value through Faker and resolved values one by one; v2 drew as here and resolved
+clashes within one file, in the order of d_0).
 """
 
 from __future__ import annotations
@@ -44,14 +62,20 @@ from faker import Faker
 
 from privtrain.anonymize.errors import AnonymizationError
 from privtrain.anonymize.keyed import keyed_digests
+from privtrain.anonymize.keys import SecretKey, key_id_of
 from privtrain.anonymize.operators.faker_formats import template
 from privtrain.anonymize.operators.hmac_token import normalized_input
 from privtrain.anonymize.operators.registry import OperatorContext, register_operator
+from privtrain.anonymize.pseudonym_store import Session, Store
 from privtrain.anonymize.values import distinct_normalized, expand
 
-SCHEME = "privtrain/pseudonym/v2"
-"""Names the derivation below; recorded in manifests so a changed scheme is detected."""
-DOMAIN = SCHEME.encode() + b"\x00"
+SCHEME = "privtrain/pseudonym/v3"
+"""Names the derivation and assignment below; recorded in manifests so a changed scheme
+is detected."""
+# v3 draws exactly as v2 did (so a value whose v2 draw was free keeps it); what changed
+# is the assignment, through the store.
+DOMAIN = b"privtrain/pseudonym/v2\x00"
+FOLD_DOMAIN = b"privtrain/pseudonym-store/folded/v1\x00"
 MAX_ATTEMPTS = 64
 _ASCII_PROVIDERS = frozenset(
     {"user_name", "domain_name", "domain_word", "hostname", "url", "uri", "slug"}
@@ -106,8 +130,9 @@ def pseudonyms(
     locale: str,
     source: str = "<input>",
     normalized: tuple[npt.NDArray[np.int64], list[str]] | None = None,
+    store: Session | None = None,
 ) -> pd.Series:
-    """Pseudonymize a column, one draw per distinct normalized value (and round).
+    """Pseudonymize a column: the store's pseudonym for a value it holds, a new claim else.
 
     Parameters
     ----------
@@ -126,6 +151,11 @@ def pseudonyms(
     normalized : (codes, uniques) | None
         The column already factorized over normalized values (E.164 phone numbers);
         None: :func:`~privtrain.anonymize.values.distinct_normalized`.
+    store : Session | None
+        The open session of the owner's pseudonym store; its claims are committed by
+        whoever opened it. None: a store in memory for this call alone (pseudonyms
+        distinct within the column; consistent across calls only for values whose first
+        draw was free, as in any one release).
 
     Returns
     -------
@@ -140,46 +170,120 @@ def pseudonyms(
         column and the counts. Raised before anything is written.
     """
     codes, uniques = normalized if normalized is not None else distinct_normalized(values)
+    if store is None:
+        with Store(None, SecretKey(key_id_of(secret), secret)).session() as session:
+            return pseudonyms(
+                values, column, secret, provider, locale, source, (codes, uniques), session
+            )
     try:
         draw = _drawer(provider, locale)
     except AttributeError:
         raise AnonymizationError(
             f"{source}: column {column!r}: Faker has no provider {provider!r} ({locale})"
         ) from None
+    result = assign(uniques, column, secret, provider, locale, draw, store, source)
+    return expand(codes, result, values.index)
+
+
+def draws(
+    uniques: list[str], column: str, secret: bytes, provider: str, locale: str, attempt: int = 0
+) -> list[str]:
+    """The candidate each normalized value draws at ``attempt``, before any clash is
+    resolved (for audits and tests: two values with one candidate at attempt 0 clash)."""
+    head = DOMAIN + column.encode("utf-8") + b"\x00" + attempt.to_bytes(4, "big")
+    return _drawer(provider, locale)(
+        keyed_digests(secret, head, (u.encode("utf-8") for u in uniques))
+    )
+
+
+def _fold(text: str) -> str:
+    return text.casefold()
+
+
+def assign(
+    uniques: list[str],
+    column: str,
+    secret: bytes,
+    provider: str,
+    locale: str,
+    draw: Draw,
+    store: Session,
+    source: str = "<input>",
+) -> list[str]:
+    """The pseudonym of each distinct normalized value, claiming new ones in ``store``.
+
+    Values the store holds keep their pseudonym. The others, in the order given (the
+    order of first appearance in the file), draw attempt 0, 1, ... until a candidate is
+    free: not a pseudonym of the space (held or claimed earlier in this run), not the
+    case-folded real value of anyone the space holds or of any value of this file, and
+    ASCII for e-mail / user-name style providers.
+    """
     ascii_only = needs_ascii(provider)
     prefix = DOMAIN + column.encode("utf-8") + b"\x00"
+    fold_prefix = FOLD_DOMAIN + column.encode("utf-8") + b"\x00"
     raw = [u.encode("utf-8") for u in uniques]
 
     def seeds(pending: list[int], attempt: int) -> list[bytes]:
         head = prefix + attempt.to_bytes(4, "big")
         return keyed_digests(secret, head, (raw[i] for i in pending))
 
+    space = store.space(column, provider, locale)
     first = seeds(list(range(len(uniques))), 0)
-    # Case-folded, so "Miguel Hernandez" is never handed out while "miguel hernandez" is real.
-    taken: set[str] = {u.casefold() for u in uniques}
-    result: list[str] = [""] * len(uniques)
-    pending = sorted(range(len(uniques)), key=first.__getitem__)
+    held = store.known(space, first)
+    result: list[str] = [p if p is not None else "" for p in held]
+    pending = [i for i, p in enumerate(held) if p is None]
+    # The case-folded real values of this file's new values (those held are in the store).
+    raw_folded = keyed_digests(
+        secret, fold_prefix, (_fold(uniques[i]).encode("utf-8") for i in pending)
+    )
+    new_folded = dict(zip(pending, raw_folded, strict=True))
+    real = set(raw_folded)
+    claimed: set[str] = set()
+    rows: list[tuple[bytes, bytes, str, str]] = []
     for attempt in range(MAX_ATTEMPTS):
         if not pending:
             break
         digests = [first[i] for i in pending] if attempt == 0 else seeds(pending, attempt)
+        candidates = draw(digests)
+        folded = [_fold(c) for c in candidates]
+        folded_digests = keyed_digests(secret, fold_prefix, (f.encode("utf-8") for f in folded))
+        busy = store.taken(space, folded, folded_digests)
         left = []
-        for i, candidate in zip(pending, draw(digests), strict=True):
-            folded = candidate.casefold()
-            if folded in taken or (ascii_only and not candidate.isascii()):
+        for j, i in enumerate(pending):
+            candidate, f = candidates[j], folded[j]
+            if (
+                busy[j]
+                or f in claimed
+                or folded_digests[j] in real
+                or (ascii_only and not candidate.isascii())
+            ):
                 left.append(i)
                 continue
-            taken.add(folded)
+            claimed.add(f)
             result[i] = candidate
+            rows.append((first[i], new_folded[i], candidate, f))
         pending = left
     if pending:
+        held_before = store.size(space)
         raise AnonymizationError(
             f"{source}: column {column!r}: Faker provider {provider!r} ({locale}) ran out of "
             f"pseudonyms: {len(uniques)} distinct values, only {len(uniques) - len(pending)} "
-            f"distinct pseudonyms found ({MAX_ATTEMPTS} tries each for the rest); use a "
-            f'provider with a larger space (e.g. "name") or operator = "hmac"'
+            f"distinct pseudonyms found ({MAX_ATTEMPTS} tries each for the rest; the "
+            f"pseudonym store holds {held_before} for this column); use a provider with a "
+            f'larger space (e.g. "name") or operator = "hmac"'
         )
-    return expand(codes, result, values.index)
+    store.add(space, rows)
+    # A pseudonym handed out in an earlier release stays, even when this file holds a
+    # real person of that name: counted, so the run can say so.
+    mine = {_fold(u) for u in uniques}
+    clashes = sum(
+        1
+        for i, p in enumerate(held)
+        if p is not None and _fold(p) in mine and _fold(p) != _fold(uniques[i])
+    )
+    if clashes:
+        store.clashes[column] = store.clashes.get(column, 0) + clashes
+    return result
 
 
 @register_operator("pseudonym")
@@ -198,6 +302,7 @@ class Pseudonym:
             ctx.locale,
             ctx.source,
             normalized_input(values, ctx),
+            ctx.pseudonym_store,
         )
 
     def output_domain(self, ctx: OperatorContext) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from privtrain.anonymize.keys import SecretKey
     from privtrain.anonymize.policy import ColumnPolicy
+    from privtrain.anonymize.pseudonym_store import Session
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class OperatorContext:
     known_names : frozenset[str] | None
         Every name in the whole file's ``names_from`` columns, for ``scrub`` when the
         rows at hand are only a chunk; None means take them from ``frame``.
+    pseudonym_store : Session | None
+        The open claiming session of the owner's pseudonym store, for ``pseudonym``;
+        None: a store in memory for the one call.
     """
 
     column: ColumnPolicy
@@ -49,6 +53,7 @@ class OperatorContext:
     level: int | None = None
     frame: pd.DataFrame | None = None
     known_names: frozenset[str] | None = None
+    pseudonym_store: Session | None = None
 
 
 class Operator(Protocol):
