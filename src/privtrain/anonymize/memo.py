@@ -13,8 +13,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+
+def appended_positions(pos: pa.Array, base: int) -> pa.Array:
+    """Positions once the values ``index_in`` did not find are appended, in their order,
+    after ``base`` known ones: ``pos`` with its nulls numbered ``base``, ``base + 1``, ...
+
+    Saves a second ``index_in`` (which would hash the whole value set again) per chunk.
+    """
+    missing = np.asarray(pos.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    out = np.array(pos.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int32)
+    out[missing] = base + np.arange(int(missing.sum()), dtype=np.int32)
+    return pa.array(out, pa.int32())
+
+
+def first_positions(n: int) -> pa.Array:
+    """Positions of ``n`` distinct values that are the whole value set, in its order."""
+    return pa.array(np.arange(n, dtype=np.int32), pa.int32())
 
 
 class Memo:
@@ -63,11 +81,12 @@ class Memo:
             raise ValueError(f"{len(out)} results for {len(new)} values")
         if self._keys is None or self._results is None:
             self._keys, self._results = new, out
+            pos = first_positions(len(distinct))
         else:
+            assert pos is not None
+            pos = appended_positions(pos, len(self._keys))
             self._keys = pa.concat_arrays([self._keys, new])
             self._results = pa.concat_arrays([self._results, out])
-        pos = self._positions(distinct)
-        assert pos is not None
         return self._results.take(pos)
 
 
@@ -94,13 +113,14 @@ class FileValues:
         adding the new ones at the end; and whether any was new (:attr:`result` stale)."""
         if self.values is None:
             self.values = distinct
-            return pc.index_in(distinct, value_set=distinct), True
+            return first_positions(len(distinct)), True
         pos = pc.index_in(distinct, value_set=self.values)
         if pos.null_count == 0:
             return pos, False
         new = distinct.filter(pc.is_null(pos))
         if len(self.values) + len(new) > self.max_values:
             self.values = distinct
-        else:
-            self.values = pa.concat_arrays([self.values, new])
-        return pc.index_in(distinct, value_set=self.values), True
+            return first_positions(len(distinct)), True
+        pos = appended_positions(pos, len(self.values))
+        self.values = pa.concat_arrays([self.values, new])
+        return pos, True

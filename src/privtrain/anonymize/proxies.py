@@ -49,6 +49,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from privtrain.anonymize.memo import appended_positions, first_positions
+
 IntArray = npt.NDArray[np.int64]
 
 MIN_GROUP = 10
@@ -303,10 +305,11 @@ class ProxySample:
         if seen is not None:
             pos = pc.index_in(values, value_set=seen)
             if pos.null_count:
-                seen = pa.concat_arrays([seen, values.filter(pc.is_null(pos))])
-                pos = pc.index_in(values, value_set=seen)
+                new = values.filter(pc.is_null(pos))
+                pos = appended_positions(pos, len(seen))
+                seen = pa.concat_arrays([seen, new])
         else:
-            seen, pos = values, pc.index_in(values, value_set=values)
+            seen, pos = values, first_positions(len(values))
         self.ids[column] = seen
         return np.asarray(pos.to_numpy(zero_copy_only=False), dtype=np.int64) + 1
 
