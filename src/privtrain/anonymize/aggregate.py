@@ -222,6 +222,14 @@ class Combinations:
         if self._pending > max(4 * self._merged, 1 << 20):
             self._merge()
 
+    def add_counted(self, rows: IntArray, counts: IntArray) -> None:
+        """Add combinations already counted: ``rows`` (m, width) with ``counts`` (m,)."""
+        rows, counts = unique_rows(rows, counts)
+        self._parts.append((rows, counts))
+        self._pending += len(rows)
+        if self._pending > max(4 * self._merged, 1 << 20):
+            self._merge()
+
     def _merge(self) -> None:
         if len(self._parts) > 1:
             mat = np.concatenate([r for r, _ in self._parts])

@@ -206,8 +206,9 @@ def _changes(
         lines = [f"# Measured on the values: {m.evidence(name, q)}." for q, m in measures.items()]
         out[name] = (_wrapped(lines), dict(measures))
     release = streamer.release
+    counts = release.column_counts()
     measured = {
-        name: figures(release.per_column[name].counts())
+        name: figures(counts[name])
         for name in release.known
         if name not in out and name in by_name
     }

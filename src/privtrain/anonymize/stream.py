@@ -121,6 +121,8 @@ class Streamer:
         Progress callback.
     pseudonym_store : Store | None
         The owner's pseudonym store; None: one in memory (this release alone).
+    on_read : callable() | None
+        Called (on the read-ahead thread) once pass 1 has read the whole input.
     """
 
     def __init__(
@@ -131,8 +133,10 @@ class Streamer:
         chunk_rows: int,
         tick: Tick,
         pseudonym_store: Store | None = None,
+        on_read: Callable[[], None] | None = None,
     ) -> None:
         self.reader = reader
+        self.on_read = on_read
         self.pseudonym_store = pseudonym_store
         # Per pseudonym column: values of the file whose real text is another value's
         # pseudonym from an earlier release (see ``pseudonym_store.Session.clashes``).
@@ -345,7 +349,12 @@ class Streamer:
         # Parsing runs on the read-ahead thread; encoding (Arrow, GIL released) runs here,
         # overlapping the next chunk's parsing, as it costs about as much as the rest of
         # the scan. The spool keeps the encoded chunks for pass 2.
-        for table in read_ahead(self.reader.chunks(self.chunk_rows, read, position)):
+        def chunks() -> Iterator[pa.Table]:
+            yield from self.reader.chunks(self.chunk_rows, read, position)
+            if self.on_read is not None:
+                self.on_read()
+
+        for table in read_ahead(chunks()):
             table = encode_columns(table, self._encode)
             if self._spool is not None:
                 self._spool.add(table)
@@ -444,7 +453,7 @@ class Streamer:
         # Measured while writing: the columns an attacker could know (keyed tokens,
         # pseudonyms and scrubbed text are measured by the report, from the file).
         self.release = ReleaseCounter(
-            self.qis, self.known, self.known, list(self.proxies), self.sensitive
+            self.qis, self.known, self.known, list(self.proxies), self.sensitive, state.check
         )
         self.out_sens = state.out_sens
         spool = self._spool
@@ -456,12 +465,25 @@ class Streamer:
                 tables = (encode_columns(t, self._encode) for t in tables)
             for table in read_ahead(tables):
                 self._write_chunk(writer, Chunk(table, state.offset, self.source), state)
+            self.reader.check_unchanged()
+            if state.offset != self.rows:
+                raise input_changed(self.source)
+            # The written combinations are counted on the release's counting thread; its
+            # per-column counts are added up there while the caller re-checks k and
+            # closes the output (whoever reads them waits for it).
+            self.release.drain()
+            self.release.merge()
+            return self._recheck(state.check, state.out_sens)
+        except BaseException:
+            self.release.close()
+            raise
         finally:
             self._close_spool()
-        self.reader.check_unchanged()
-        if state.offset != self.rows:
-            raise input_changed(self.source)
-        return self._recheck(state.check, state.out_sens)
+
+    def close(self) -> None:
+        """Stop the release's counting thread, if it still runs (idempotent)."""
+        if self.release is not None:
+            self.release.close()
 
     def _write_chunk(self, writer: ChunkWriter, chunk: Chunk, state: _Written) -> None:
         """Transform, filter and append one chunk."""
@@ -525,11 +547,11 @@ class Streamer:
                 outs[s].ids(out_sens[s], kept, lambda v, o=ordered: sensitive_key(v, o))
             )
         rows_kept = chunk.rows if kept is None else len(kept)
-        state.check.add(check_ids, rows_kept)
-        if self.release is not None:
-            nq = len(self.qis)
-            self.release.add(outs, check_ids[:nq], check_ids[nq:], kept, rows_kept,
-                             [len(out_qi[q]) for q in self.qis])  # fmt: skip
+        assert self.release is not None
+        # Counted on the release's thread, into ``state.check`` too.
+        nq = len(self.qis)
+        self.release.add(outs, check_ids[:nq], check_ids[nq:], kept, rows_kept,
+                         [len(out_qi[q]) for q in self.qis])  # fmt: skip
         state.offset += chunk.rows
         self.tick("write", 0.5 + 0.45 * state.offset / max(self.rows, 1))
 
@@ -540,7 +562,9 @@ class Streamer:
         if not self.distinct_values:
             return maps
         store = self.pseudonym_store or Store(None, self.key)
-        with store.session() as session:
+        # The claims are written and committed while pass 2 runs; the manifest waits
+        # for the commit (``Store.recorded``) before it is signed.
+        with store.session(commit_in_background=True) as session:
             for name, seen in self.distinct_values.items():
                 raw = pd.Series(list(seen), dtype="string")
                 op = get_operator(self.policy.columns[name].operator)
