@@ -13,8 +13,10 @@ manifest atomically (temporary file + ``os.replace``).
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,6 +180,44 @@ def _check_cell_types(reader: ChunkReader, policy: Policy) -> None:
         )
 
 
+class _InputDigest:
+    """The input's SHA-256, computed on a thread of its own once started.
+
+    Started when pass 1 has read the whole input: the parser's core is then free (the
+    scan's last chunk, the lattice search and the pseudonym maps run on one core), where
+    hashing during pass 1 would slow the parser it shares the cores with. hashlib
+    releases the GIL while it hashes a block.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._future: Future[tuple[str, int]] | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start hashing (idempotent; safe from any thread)."""
+        with self._lock:
+            if self._future is None:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="privtrain-input-sha256")
+                self._future = pool.submit(file_sha256, self.path)
+                pool.shutdown(wait=False)
+
+    def hexdigest(self) -> str:
+        """The hex digest (starts hashing if nothing did), once computed.
+
+        Raises
+        ------
+        NotFound
+            The input cannot be read.
+        """
+        self.start()
+        assert self._future is not None
+        try:
+            return self._future.result()[0]
+        except OSError as exc:
+            raise NotFound(f"{self.path}: cannot read the input ({exc.strerror})") from None
+
+
 @contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for the duration.
@@ -329,11 +369,11 @@ def anonymize_file(
     _check_cell_types(reader, policy)
     # The input's digest lets the server tell two releases of one raw file from two
     # sources: the same people share one privacy budget, whatever key or policy was used.
-    try:
-        input_sha256, _ = file_sha256(Path(input_path))
-    except OSError as exc:
-        raise NotFound(f"{input_path}: cannot read the input ({exc.strerror})") from None
-    streamer = Streamer(reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick, store)
+    input_digest = _InputDigest(Path(input_path))
+    streamer = Streamer(
+        reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick, store,
+        on_read=input_digest.start,
+    )  # fmt: skip
     with _cyclic_gc_paused(), _arrow_pool():
         streamer.scan()
         n = streamer.rows
@@ -359,7 +399,7 @@ def anonymize_file(
     k_claimed = result.k_achieved if qis_declared else 0
 
     tick("write", 0.5)
-    with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _arrow_pool():
+    with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _arrow_pool(), closing(streamer):
         k_out, models = streamer.write(writer)
         rows_out = writer.rows
         # Independent re-check on the written labels: the lattice's codes and the
@@ -381,6 +421,9 @@ def anonymize_file(
                     f"internal check failed: output has l = {lv:g}, t = {models['t']:.4f} "
                     f"(targets l = {policy.l}, t = {policy.t}); nothing was written"
                 )
+        # Closed before the release is judged, while its counts are still being added
+        # up; a refusal below still leaves nothing behind (the writer drops the file).
+        digest, size = writer.finish()
         # What the written rows reveal beyond the declared QIs: refuses (nothing is
         # renamed into place or signed) a column over the uniqueness threshold, or proxies
         # of QIs that break k, unless the policy accepts / acknowledges them.
@@ -390,7 +433,6 @@ def anonymize_file(
             streamer.out_sens,
         )  # fmt: skip
         tick("write", 0.95)
-        digest, size = writer.finish()
         recorded = store.recorded if store is not None else None
         store_record = recorded.as_manifest() if recorded is not None else None
         manifest: dict[str, Any] = {
@@ -421,7 +463,7 @@ def anonymize_file(
             "faker_locale": identity.faker_locale,
             "pseudonym_scheme": identity.pseudonym_scheme,
             **continuity,
-            "input_sha256": input_sha256,
+            "input_sha256": input_digest.hexdigest(),
             **({"pseudonym_store": store_record} if store_record else {}),
             "output_sha256": digest,
             "output_bytes": size,

@@ -44,6 +44,7 @@ import secrets
 import sqlite3
 import stat
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -143,7 +144,23 @@ class Store:
         self.path = None if path is None else Path(path)
         self.key = key
         self.lock_timeout = lock_timeout
-        self.recorded: StoreState | None = None
+        self._recorded: StoreState | None = None
+        self._committing: Future[StoreState] | None = None
+
+    @property
+    def recorded(self) -> StoreState | None:
+        """The store's state after the last session's commit (None before any); waits
+        for a commit still running in the background.
+
+        Raises
+        ------
+        PseudonymStoreError
+            That background commit failed (nothing of the session was kept).
+        """
+        if self._committing is not None:
+            committing, self._committing = self._committing, None
+            self._recorded = committing.result()
+        return self._recorded
 
     def __repr__(self) -> str:
         return f"Store({str(self.path) if self.path else ':memory:'!r})"
@@ -179,7 +196,11 @@ class Store:
                     f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {self.path}"
                 )
             try:
-                db = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None)
+                # One thread at a time uses it; a background commit runs on another.
+                db = sqlite3.connect(
+                    self.path, timeout=self.lock_timeout, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
             except sqlite3.Error as exc:
                 raise PseudonymStoreError(f"{self.path}: cannot open ({exc})") from None
         try:
@@ -294,11 +315,19 @@ class Store:
 
     # -- claiming ------------------------------------------------------------------------
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, commit_in_background: bool = False) -> Iterator[Session]:
         """One transaction that looks up and claims pseudonyms; committed on success.
 
         Sets :attr:`recorded` to the store's state after the commit (a new generation
         when the session added pseudonyms).
+
+        Parameters
+        ----------
+        commit_in_background : bool
+            Write the claims and commit on a thread of their own, so that the caller goes
+            on at once (the store stays locked until then); :attr:`recorded` waits for it
+            and raises what it raised. The caller must read :attr:`recorded` before it
+            publishes anything that relies on the claims.
 
         Raises
         ------
@@ -310,26 +339,55 @@ class Store:
         assert db is not None
         try:
             self._begin(db)
+            session = Session(db, self, self._state(db).generation + 1)
             try:
-                session = Session(db, self, self._state(db).generation + 1)
                 yield session
-                if self.path is not None:
-                    session.flush()
-                if session.added:
-                    db.execute(
-                        "INSERT INTO generations (generation, token, created_at, added) "
-                        "VALUES (?, ?, ?, ?)",
-                        (session.generation, secrets.token_hex(16), _now(), session.added),
-                    )
-                state = self._state(db)
-                db.execute("COMMIT")
             except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                self._rollback(db)
                 raise
-            self.recorded = state
+        except BaseException:
+            db.close()
+            raise
+        if commit_in_background and self.path is not None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="privtrain-pseudonym-commit")
+            self._committing = pool.submit(self._commit, db, session)
+            pool.shutdown(wait=False)
+        else:
+            self._recorded = self._commit(db, session)
+
+    def _commit(self, db: sqlite3.Connection, session: Session) -> StoreState:
+        """Write the session's claims, open its generation, commit, close the connection."""
+        try:
+            if self.path is not None:
+                session.flush()
+            if session.added:
+                db.execute(
+                    "INSERT INTO generations (generation, token, created_at, added) "
+                    "VALUES (?, ?, ?, ?)",
+                    (session.generation, secrets.token_hex(16), _now(), session.added),
+                )
+            state = self._state(db)
+            db.execute("COMMIT")
+            return state
+        except sqlite3.Error as exc:
+            self._rollback(db)
+            raise PseudonymStoreError(
+                f"{self.name}: cannot record this run's pseudonyms ({exc}); the store is "
+                "as it was"
+            ) from None
+        except BaseException:
+            self._rollback(db)
+            raise
         finally:
             db.close()
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite rolls back what is not committed when the connection closes
 
 
 class Session:
@@ -362,6 +420,10 @@ class Session:
             (column, provider, locale),
         ).fetchone()
         return int(space)
+
+    def is_empty(self, space: int) -> bool:
+        """Whether the space holds no pseudonym yet (a first release under the key)."""
+        return self._is_empty(space)
 
     def _is_empty(self, space: int) -> bool:
         self._flush(space)

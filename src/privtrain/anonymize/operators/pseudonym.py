@@ -232,12 +232,14 @@ def assign(
     held = store.known(space, first)
     result: list[str] = [p if p is not None else "" for p in held]
     pending = [i for i, p in enumerate(held) if p is None]
-    # The case-folded real values of this file's new values (those held are in the store).
-    raw_folded = keyed_digests(
-        secret, fold_prefix, (_fold(uniques[i]).encode("utf-8") for i in pending)
-    )
+    # The case-folded real values of this file's new values (those held are in the store),
+    # and their keyed digests, which the store keeps in their place.
+    real = [_fold(uniques[i]) for i in pending]
+    raw_folded = keyed_digests(secret, fold_prefix, (f.encode("utf-8") for f in real))
     new_folded = dict(zip(pending, raw_folded, strict=True))
-    real = set(raw_folded)
+    real_set = set(real)
+    # A first release under the key has nothing to look up: no candidate's digest is needed.
+    empty = store.is_empty(space)
     claimed: set[str] = set()
     rows: list[tuple[bytes, bytes, str, str]] = []
     for attempt in range(MAX_ATTEMPTS):
@@ -246,15 +248,20 @@ def assign(
         digests = [first[i] for i in pending] if attempt == 0 else seeds(pending, attempt)
         candidates = draw(digests)
         folded = [_fold(c) for c in candidates]
-        folded_digests = keyed_digests(secret, fold_prefix, (f.encode("utf-8") for f in folded))
-        busy = store.taken(space, folded, folded_digests)
+        if empty:
+            busy = [False] * len(folded)
+        else:
+            folded_digests = keyed_digests(
+                secret, fold_prefix, (f.encode("utf-8") for f in folded)
+            )
+            busy = store.taken(space, folded, folded_digests)
         left = []
         for j, i in enumerate(pending):
             candidate, f = candidates[j], folded[j]
             if (
                 busy[j]
                 or f in claimed
-                or folded_digests[j] in real
+                or f in real_set
                 or (ascii_only and not candidate.isascii())
             ):
                 left.append(i)
