@@ -354,11 +354,14 @@ class Streamer:
             if self.on_read is not None:
                 self.on_read()
 
-        for table in read_ahead(chunks()):
-            table = encode_columns(table, self._encode)
-            if self._spool is not None:
-                self._spool.add(table)
-            yield table
+        def encoded(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+            for table in tables:
+                table = encode_columns(table, self._encode)
+                if self._spool is not None:
+                    self._spool.add(table)
+                yield table
+
+        yield from read_ahead(encoded(read_ahead(chunks())))
 
     def _close_spool(self) -> None:
         if self._spool is not None:
