@@ -39,6 +39,7 @@ messages count from the start of the file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,7 @@ class _Written:
     """What pass 2 carries from chunk to chunk: the whole-column maps, the ids and counts
     of the written values (for the re-check), the output's dtypes, the rows done."""
 
-    whole: dict[str, tuple[pa.Array, pa.Array]]
+    whole: Future[dict[str, tuple[pa.Array, pa.Array]]]
     out_qi: dict[str, ValueIds]
     out_sens: dict[str, ValueIds]
     check: Combinations
@@ -447,8 +448,13 @@ class Streamer:
             l and t of the written rows (``achieved``), {} without sensitive attributes.
         """
         assert self.result is not None and self.filter is not None
+        # The pseudonym maps are drawn on a thread of their own while the first chunk's
+        # other columns are transformed; the chunk waits for them where it needs them.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="privtrain-whole-maps")
+        maps = pool.submit(self._whole_column_maps)
+        pool.shutdown(wait=False)
         state = _Written(
-            self._whole_column_maps(),
+            maps,
             {q: ValueIds() for q in self.qis},
             {s: ValueIds() for s in self.sensitive},
             Combinations(len(self.qis) + len(self.sensitive)),
@@ -507,27 +513,30 @@ class Streamer:
         keep = row_filter.keep(ids, chunk.rows)
         kept = None if bool(keep.all()) else np.flatnonzero(keep)
 
-        outs: dict[str, Released] = {}
+        made: dict[str, Released] = {}
         for name in self.columns:
             col = policy.columns[name]
-            if col.operator == "drop":
+            if col.operator in WHOLE_COLUMN | {"drop"}:
                 continue
             if col.operator == "generalize":
                 codes, gen = gens[name]
-                outs[name] = Released(gen.labels(result.levels[name]), codes)
-            elif col.operator in WHOLE_COLUMN:
-                raw, mapped = whole[name]
-                pos = pc.index_in(keyed_text(chunk.dictionary(name)), value_set=raw)
-                if pos.null_count:
-                    raise input_changed(self.source)
-                outs[name] = Released(mapped.take(pos), chunk.codes(name))
+                made[name] = Released(gen.labels(result.levels[name]), codes)
             else:
                 released = self._released(chunk, name)
                 if released is None:
                     continue
                 if name in self.integral and not self.integral[name]:
                     released = Released(released.values.astype("Float64"), released.codes)
-                outs[name] = released
+                made[name] = released
+        # Last, as the first chunk may still wait for the maps (see ``write``).
+        for name in self.columns:
+            if policy.columns[name].operator in WHOLE_COLUMN:
+                raw, mapped = whole.result()[name]
+                pos = pc.index_in(keyed_text(chunk.dictionary(name)), value_set=raw)
+                if pos.null_count:
+                    raise input_changed(self.source)
+                made[name] = Released(mapped.take(pos), chunk.codes(name))
+        outs = {name: made[name] for name in self.columns if name in made}
         split = policy.split
         if split is not None and split.method == "random_holdout":
             assert split.seed is not None and split.test_share is not None
