@@ -62,7 +62,9 @@ def decoded(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 
 def encode_columns(table: pa.Table, names: frozenset[str]) -> pa.Table:
-    """``table`` with its columns in ``names`` dictionary-encoded (see :func:`encoded`)."""
+    """``table`` with each column in one piece, those in ``names`` dictionary-encoded
+    (see :func:`encoded`)."""
+    table = table.combine_chunks()
     # Column by column in place: a table of no columns keeps its row count.
     for i, name in enumerate(table.column_names):
         if name in names:

@@ -168,7 +168,8 @@ class ChunkReader:
         Yields
         ------
         pa.Table
-            Text columns as ``string``; missing cells are nulls.
+            Text columns as ``string``; missing cells are nulls. A column may come in
+            several pieces (``combine_chunks`` joins them).
         """
         if chunk_rows < 1:
             raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -318,7 +319,10 @@ class ChunkReader:
 def _rechunk(
     batches: Iterator[pa.RecordBatch], chunk_rows: int, cols: list[str]
 ) -> Iterator[pa.Table]:
-    """Regroup record batches into tables of exactly ``chunk_rows`` rows (the last: fewer)."""
+    """Regroup record batches into tables of exactly ``chunk_rows`` rows (the last: fewer).
+
+    A table's columns may come in several pieces: whoever needs them whole combines them
+    (:func:`~privtrain.anonymize.chunk_view.encode_columns`, off the parser's thread)."""
     pending: list[pa.RecordBatch] = []
     rows = 0
     for batch in batches:
@@ -328,12 +332,12 @@ def _rechunk(
         rows += batch.num_rows
         while rows >= chunk_rows:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, chunk_rows).select(cols).combine_chunks()
+            yield table.slice(0, chunk_rows).select(cols)
             rest = table.slice(chunk_rows)
             pending = rest.to_batches() if rest.num_rows else []
             rows = rest.num_rows
     if rows:
-        yield pa.Table.from_batches(pending).select(cols).combine_chunks()
+        yield pa.Table.from_batches(pending).select(cols)
 
 
 def _decoded(table: pa.Table) -> pa.Table:
