@@ -22,7 +22,7 @@ from privtrain.anonymize.keys import generate_key
 from privtrain.anonymize.pipeline import anonymize_file, verify_output
 from privtrain.anonymize.policy import load_policy
 from privtrain.anonymize.proxies import ProxySample, pair_measures
-from privtrain.anonymize.released_risk import HashCounts, verify_problems
+from privtrain.anonymize.released_risk import HashCounts, SizeSummary, figures, verify_problems
 from privtrain.anonymize.report import write_run_report
 from privtrain.datasets import fetch_adult, fetch_compas
 
@@ -402,14 +402,27 @@ def test_proxy_sample_stays_bounded_and_still_finds_the_proxy() -> None:
     assert set(found) == {"code"} and found["code"]["qi"].determines == 1.0
 
 
-def test_hash_counts_merge_like_a_group_by() -> None:
+@pytest.mark.parametrize("in_memory", [1 << 20, 5_000])
+def test_hash_counts_merge_like_a_group_by(in_memory: int) -> None:
+    """In memory, and spilled to the temporary file in partitions (a small budget), the
+    counts and their summary are pandas' value counts of the same hashes."""
     rng = np.random.default_rng(5)
-    keys = rng.integers(0, 50_000, 400_000).astype(np.uint64)
-    counts = HashCounts()
-    for part in np.array_split(keys, 37):
-        counts.add(part)
-    expected = np.sort(pd.Series(keys).value_counts().to_numpy())
-    assert (np.sort(counts.counts()) == expected).all()
+    # Well-spread hashes, as the counter makes them: a few repeated, most near-unique.
+    pool = rng.integers(0, 2**63, 60_000, dtype=np.int64).astype(np.uint64)
+    keys = np.concatenate([pool[rng.integers(0, 50_000, 300_000)], pool[50_000:]])
+    counts = HashCounts(in_memory=in_memory)
+    for i, part in enumerate(np.array_split(keys, 37)):
+        if i % 2:
+            counts.add(part)
+        else:
+            uniq, n = np.unique(part, return_counts=True)
+            counts.add_counted(uniq, n)
+    expected = pd.Series(keys).value_counts().to_numpy()
+    assert (counts._spill is not None) == (in_memory < len(pool))
+    assert (np.sort(counts.counts()) == np.sort(expected)).all()
+    assert counts.summary() == SizeSummary.of(expected)
+    assert figures(counts.summary()) == figures(expected)
+    counts.close()
 
 
 def test_verify_recomputes_the_released_figures(

@@ -206,9 +206,9 @@ def _changes(
         lines = [f"# Measured on the values: {m.evidence(name, q)}." for q, m in measures.items()]
         out[name] = (_wrapped(lines), dict(measures))
     release = streamer.release
-    counts = release.column_counts()
+    summaries = release.column_summaries()
     measured = {
-        name: figures(counts[name])
+        name: figures(summaries[name])
         for name in release.known
         if name not in out and name in by_name
     }

@@ -53,11 +53,13 @@ the threshold, every acceptance and acknowledgement with its reason, and the fig
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -285,24 +287,37 @@ def _distinct(key: IntArray, bound: int) -> tuple[IntArray, IntArray]:
     return np.asarray(uniq, dtype=np.int64), counts
 
 
+_PART_BITS = 6  # spilled hashes go to 64 partitions by their top bits
+# Distinct combinations a column keeps in memory; past it they go to a temporary file,
+# so memory stays flat however many rows a near-unique column has.
+_IN_MEMORY = 1 << 19
+
+
+def _split_by_top_bits(
+    keys: UInt, counts: IntArray | None, bits: int
+) -> tuple[UInt, IntArray | None, IntArray]:
+    """``keys`` (and ``counts``) grouped by the keys' top ``bits`` bits (an 8-bit radix
+    sort, linear), with the ``2**bits + 1`` group bounds."""
+    part = (keys >> np.uint64(64 - bits)).astype(np.uint8)
+    order = np.argsort(part, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(part, minlength=1 << bits))]
+    return keys[order], None if counts is None else counts[order], bounds
+
+
 def _sum_by_key(keys: UInt, counts: IntArray | None) -> tuple[UInt, IntArray]:
     """Distinct ``keys`` (well-spread 64-bit hashes) and the sum of ``counts`` (None: 1
     each) per key, in no particular order.
 
-    Large inputs are split by the hashes' top bits (an 8-bit radix sort, linear) into
-    slices of about 16,384 keys whose hash tables (pandas' factorize) fit in the CPU
-    cache: about twice as fast as one table over all of them.
+    Large inputs are split by the hashes' top bits into slices of about 16,384 keys
+    whose hash tables (pandas' factorize) fit in the CPU cache: about twice as fast as
+    one table over all of them.
     """
     bits = min(max((len(keys) >> 14).bit_length() - 1, 0), 8)
     if bits == 0:
         codes, uniq = pd.factorize(keys)
         summed = np.bincount(codes, weights=counts, minlength=len(uniq))
         return np.asarray(uniq, dtype=np.uint64), summed.astype(np.int64)
-    part = (keys >> np.uint64(64 - bits)).astype(np.uint8)
-    order = np.argsort(part, kind="stable")
-    keys = keys[order]
-    counts = None if counts is None else counts[order]
-    bounds = np.r_[0, np.cumsum(np.bincount(part, minlength=1 << bits))]
+    keys, counts, bounds = _split_by_top_bits(keys, counts, bits)
     out_keys, out_counts = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         codes, uniq = pd.factorize(keys[lo:hi])
@@ -312,13 +327,81 @@ def _sum_by_key(keys: UInt, counts: IntArray | None) -> tuple[UInt, IntArray]:
     return np.concatenate(out_keys), np.concatenate(out_counts).astype(np.int64)
 
 
-class HashCounts:
-    """How many rows hold each combination (by its hash), added up over chunks."""
+@dataclass(frozen=True)
+class SizeSummary:
+    """What the risk figures need of a set of class sizes (rows per distinct
+    combination): added up part by part, as classes never span two parts.
 
-    def __init__(self) -> None:
+    Attributes
+    ----------
+    records : int
+        Rows.
+    classes : int
+        Distinct combinations.
+    k : int
+        Smallest class (0 when there are no rows).
+    unique : int
+        Classes of one row.
+    at_risk : int
+        Rows in classes under 5 (1 / size > 0.2).
+    """
+
+    records: int = 0
+    classes: int = 0
+    k: int = 0
+    unique: int = 0
+    at_risk: int = 0
+
+    @classmethod
+    def of(cls, sizes: IntArray) -> SizeSummary:
+        """The summary of an array of class sizes (int64, shape (classes,))."""
+        if not len(sizes):
+            return cls()
+        return cls(
+            records=int(sizes.sum()),
+            classes=len(sizes),
+            k=int(sizes.min()),
+            unique=int((sizes == 1).sum()),
+            at_risk=int(sizes[sizes < _AT_RISK_BELOW].sum()),
+        )
+
+    def __add__(self, other: SizeSummary) -> SizeSummary:
+        if not self.classes:
+            return other
+        if not other.classes:
+            return self
+        return SizeSummary(
+            self.records + other.records,
+            self.classes + other.classes,
+            min(self.k, other.k),
+            self.unique + other.unique,
+            self.at_risk + other.at_risk,
+        )
+
+
+class HashCounts:
+    """How many rows hold each combination (by its hash), added up over chunks.
+
+    At most about :data:`_IN_MEMORY` distinct combinations are held in memory; past
+    that, the merged counts are written to an unnamed temporary file in 64 partitions
+    by the hashes' top bits (a combination always lands in the same one), and the
+    summary adds up one partition at a time. Memory stays flat for any number of rows;
+    the file holds 16 bytes per combination per spill.
+
+    Raises
+    ------
+    AnonymizationError
+        The temporary file cannot be written (e.g. the disk is full); names the folder.
+    """
+
+    def __init__(self, in_memory: int = _IN_MEMORY) -> None:
+        self.in_memory = in_memory
         self._parts: list[tuple[UInt, IntArray | None]] = []
         self._pending = 0
         self._merged = 0
+        self._spill: IO[bytes] | None = None
+        # Per partition: (offset, entries) of each spilled run of keys then counts.
+        self._runs: list[list[tuple[int, int]]] = [[] for _ in range(1 << _PART_BITS)]
 
     def add(self, keys: UInt) -> None:
         """Add one chunk's per-row hashes (added up at the next merge)."""
@@ -333,8 +416,12 @@ class HashCounts:
             return
         self._parts.append((keys, counts))
         self._pending += len(keys)
-        if self._pending > max(4 * self._merged, 1 << 20):
+        if self._pending > max(4 * self._merged, 1 << 20) or (
+            self._merged + self._pending > 2 * self.in_memory
+        ):
             self._merge()
+            if self._merged > self.in_memory:
+                self._spill_merged()
 
     def _merge(self) -> None:
         if len(self._parts) > 1 or (self._parts and self._parts[0][1] is None):
@@ -350,38 +437,91 @@ class HashCounts:
         self._merged = len(self._parts[0][0]) if self._parts else 0
         self._pending = 0
 
-    def counts(self) -> IntArray:
-        """Rows per distinct combination."""
-        self._merge()
-        if not self._parts:
-            return np.zeros(0, np.int64)
-        counts = self._parts[0][1]
+    def _spill_merged(self) -> None:
+        """Append the merged counts to the temporary file, partition by partition."""
+        keys, counts = self._parts[0]
         assert counts is not None
-        return counts.astype(np.int64)
+        keys, counts, bounds = _split_by_top_bits(keys, counts, _PART_BITS)
+        assert counts is not None
+        try:
+            if self._spill is None:
+                self._spill = tempfile.TemporaryFile(prefix="privtrain-counts-")
+            fh = self._spill
+            fh.seek(0, os.SEEK_END)
+            for p, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                if hi > lo:
+                    self._runs[p].append((fh.tell(), int(hi - lo)))
+                    fh.write(keys[lo:hi].tobytes())
+                    fh.write(counts[lo:hi].tobytes())
+        except OSError as exc:
+            raise AnonymizationError(
+                f"cannot write the released-risk counts in {tempfile.gettempdir()} "
+                f"({exc.strerror}); free some space there or point TMPDIR elsewhere"
+            ) from None
+        self._parts, self._merged, self._pending = [], 0, 0
+
+    def _partitions(self) -> Iterator[tuple[UInt, IntArray]]:
+        """Each partition's distinct hashes and summed counts (all of them once)."""
+        self._merge()
+        if self._spill is None:
+            if self._parts:
+                keys, counts = self._parts[0]
+                assert counts is not None
+                yield keys, counts
+            return
+        if self._parts:
+            self._spill_merged()
+        fh = self._spill
+        for runs in self._runs:
+            keys, counts = [], []
+            for offset, n in runs:
+                fh.seek(offset)
+                raw = fh.read(16 * n)
+                keys.append(np.frombuffer(raw, dtype=np.uint64, count=n))
+                counts.append(np.frombuffer(raw, dtype=np.int64, count=n, offset=8 * n))
+            if keys:
+                yield _sum_by_key(np.concatenate(keys), np.concatenate(counts))
+
+    def summary(self) -> SizeSummary:
+        """The class sizes' summary (reads a spilled partition at a time)."""
+        total = SizeSummary()
+        for _, counts in self._partitions():
+            total = total + SizeSummary.of(counts)
+        return total
+
+    def counts(self) -> IntArray:
+        """Rows per distinct combination, all in memory (for checks on small inputs)."""
+        parts = [counts for _, counts in self._partitions()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def close(self) -> None:
+        """Drop the temporary file, if any (idempotent)."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
 
-def figures(sizes: IntArray) -> dict[str, Any]:
+def figures(sizes: IntArray | SizeSummary) -> dict[str, Any]:
     """Uniqueness and re-identification risk from class sizes (the release as its own
     population): ``k``, ``classes``, ``unique_records``, ``share_unique``,
     ``journalist_max`` (max 1 / class size), ``records_at_risk`` / ``share_at_risk``
     (1 / class size > 0.2), ``marketer`` (classes / records)."""
-    n = int(sizes.sum())
+    s = sizes if isinstance(sizes, SizeSummary) else SizeSummary.of(sizes)
+    n = s.records
     if n == 0:
         return {"records": 0, "classes": 0, "k": 0, "unique_records": 0, "share_unique": 0.0,
                 "journalist_max": 0.0, "records_at_risk": 0, "share_at_risk": 0.0,
                 "marketer": 0.0, "risk_threshold": RISK_THRESHOLD}  # fmt: skip
-    unique = int((sizes == 1).sum())
-    at_risk = int(sizes[sizes < _AT_RISK_BELOW].sum())
     return {
         "records": n,
-        "classes": len(sizes),
-        "k": int(sizes.min()),
-        "unique_records": unique,
-        "share_unique": unique / n,
-        "journalist_max": 1.0 / int(sizes.min()),
-        "records_at_risk": at_risk,
-        "share_at_risk": at_risk / n,
-        "marketer": len(sizes) / n,
+        "classes": s.classes,
+        "k": s.k,
+        "unique_records": s.unique,
+        "share_unique": s.unique / n,
+        "journalist_max": 1.0 / s.k,
+        "records_at_risk": s.at_risk,
+        "share_at_risk": s.at_risk / n,
+        "marketer": s.classes / n,
         "risk_threshold": RISK_THRESHOLD,
     }
 
@@ -433,6 +573,7 @@ class ReleaseCounter:
         # arithmetic release the GIL, so it overlaps the next chunk's transform and write.
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future[None]] = deque()
+        self._summaries: dict[str, SizeSummary] = {}
 
     def add(
         self,
@@ -506,11 +647,16 @@ class ReleaseCounter:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        for counts in self.per_column.values():
+            counts.close()
 
-    def column_counts(self) -> dict[str, IntArray]:
-        """Rows per distinct (class, value) combination, per measured column."""
+    def column_summaries(self) -> dict[str, SizeSummary]:
+        """Per measured column, the sizes of its (class, value) combinations, summarized."""
         self.settle()
-        return {c: self.per_column[c].counts() for c in self.released}
+        for c in self.released:
+            if c not in self._summaries:
+                self._summaries[c] = self.per_column[c].summary()
+        return {c: self._summaries[c] for c in self.released}
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         if self._pool is None:
@@ -540,8 +686,9 @@ class ReleaseCounter:
         )
 
     def _merge_all(self) -> None:
-        for counts in self.per_column.values():
-            counts.counts()
+        for name, counts in self.per_column.items():
+            self._summaries[name] = counts.summary()
+            counts.close()
 
     def _count(
         self,
@@ -650,9 +797,9 @@ def evaluate(
     """
     settings: RiskSettings = policy.risk
     threshold = settings.uniqueness_threshold
-    per_col = counter.column_counts()
+    per_col = counter.column_summaries()
     uniqueness = {c: figures(s)["share_unique"] for c, s in per_col.items()}
-    k_per_col = {c: int(s.min()) if len(s) else 0 for c, s in per_col.items()}
+    k_per_col = {c: s.k for c, s in per_col.items()}
     problems: list[str] = []
     over = [c for c in counter.known if uniqueness[c] > threshold + 1e-12]
     # k = 1, or no quasi-identifiers (no k is signed), claims no anonymity: every row may
