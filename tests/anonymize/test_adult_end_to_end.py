@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from privtrain.anonymize.keys import generate_key
 from privtrain.anonymize.manifest import verify_manifest
@@ -46,6 +47,12 @@ def test_adult_reaches_k10_within_5_percent_suppression(
     assert manifest["columns"]["record_id"] == {"type": "identifier"}
     assert manifest["columns"]["income"] == {"type": "categorical", "values": ["<=50K", ">50K"]}
     assert verify_output(out, report.manifest_path, raw_path) == []
+    # Min/max statistics for numbers only: none for text (tokens, labels, categories).
+    meta = pq.ParquetFile(out).metadata.row_group(0)
+    stats = {meta.column(i).path_in_schema: meta.column(i).is_stats_set
+             for i in range(meta.num_columns)}  # fmt: skip
+    assert stats["capital_gain"] and stats["hours_per_week"]
+    assert not stats["record_id"] and not stats["occupation"]
 
 
 def test_the_same_run_writes_the_same_bytes_in_another_process(

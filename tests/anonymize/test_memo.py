@@ -33,6 +33,16 @@ def test_each_value_is_computed_once_across_chunks() -> None:
     assert len(memo) == 3
 
 
+def test_new_values_among_known_and_repeated_ones_get_their_own_results() -> None:
+    """New values anywhere in a chunk (and repeats, which hashed outputs may bring) are
+    placed after the known ones without a second lookup."""
+    memo, fn = Memo(), _Upper()
+    memo.results(pa.array(["ann", "bob"]), fn)
+    out = memo.results(pa.array(["cy", "ann", "cy", "dee", "bob"]), fn)
+    assert out.to_pylist() == ["CY", "ANN", "CY", "DEE", "BOB"]
+    assert memo.results(pa.array(["dee", "cy"]), fn).to_pylist() == ["DEE", "CY"]
+
+
 def test_a_chunk_of_known_values_computes_nothing() -> None:
     memo, fn = Memo(), _Upper()
     memo.results(pa.array(["ann", "bob"]), fn)

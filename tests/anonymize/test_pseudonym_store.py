@@ -23,6 +23,7 @@ from privtrain.anonymize.operators.pseudonym import SCHEME, draws, pseudonyms
 from privtrain.anonymize.pipeline import AnonymizationReport, anonymize_file, verify_output
 from privtrain.anonymize.pseudonym_store import (
     PseudonymStoreError,
+    Session,
     Store,
     default_store_path,
 )
@@ -318,6 +319,32 @@ def test_a_failed_run_keeps_nothing(tmp_path: Path) -> None:
         pseudonyms(pd.Series(["c@d.test"]), "email", FIXED.secret, "email", "en_US",
                    store=session)  # fmt: skip
         raise RuntimeError("the run stopped before its commit")
+    state = store.state()
+    assert state is not None and state.generation == 1
+    with store.session() as session:
+        assert session.size(session.space("email", "email", "en_US")) == 1
+    assert _release(store, ["a@b.test"]) == before
+
+
+def test_a_background_commit_that_fails_is_told_and_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline commits its claims on a thread while pass 2 runs; a commit that fails
+    (here: the disk) is raised where the manifest asks for the store's state, and the
+    store is as it was."""
+    store = Store(tmp_path / "s.sqlite", FIXED)
+    before = _release(store, ["a@b.test"])
+
+    def disk_fails(self: Session) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Session, "flush", disk_fails)
+    with store.session(commit_in_background=True) as session:
+        pseudonyms(pd.Series(["c@d.test"]), "email", FIXED.secret, "email", "en_US",
+                   store=session)  # fmt: skip
+    with pytest.raises(PseudonymStoreError, match="cannot record this run's pseudonyms"):
+        _ = store.recorded
+    monkeypatch.undo()
     state = store.state()
     assert state is not None and state.generation == 1
     with store.session() as session:
