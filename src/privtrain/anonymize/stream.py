@@ -347,9 +347,9 @@ class Streamer:
         self.proxy_sample = ProxySample([], [])
 
     def _parsed(self, read: list[str], position: list[int]) -> Iterator[pa.Table]:
-        # Parsing runs on the read-ahead thread; encoding (Arrow, GIL released) runs here,
-        # overlapping the next chunk's parsing, as it costs about as much as the rest of
-        # the scan. The spool keeps the encoded chunks for pass 2.
+        # Three stages, each on its own thread: parsing; encoding (Arrow, GIL released)
+        # and spooling, which cost about as much as the scan's own work; the scan (the
+        # caller). The spool keeps the encoded chunks for pass 2.
         def chunks() -> Iterator[pa.Table]:
             yield from self.reader.chunks(self.chunk_rows, read, position)
             if self.on_read is not None:
@@ -477,6 +477,7 @@ class Streamer:
             self.reader.check_unchanged()
             if state.offset != self.rows:
                 raise input_changed(self.source)
+            state.whole.result()  # the maps' thread has ended (its claims are committing)
             # The written combinations are counted on the release's counting thread; its
             # per-column counts are added up there while the caller re-checks k and
             # closes the output (whoever reads them waits for it).
