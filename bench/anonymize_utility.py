@@ -58,7 +58,9 @@ class _Quiet:
     def on_step(self, report: Any) -> None:
         pass
 
-    def on_epoch(self, epoch: int, test_accuracy: float, epsilon: float) -> None:
+    def on_epoch(
+        self, epoch: int, released_accuracy: float | None, exact_accuracy: float, epsilon: float
+    ) -> None:
         pass
 
 
@@ -95,16 +97,11 @@ def released_view(raw: pd.DataFrame, policy_path: Path, levels: dict[str, int]) 
 
 
 def accuracy_on(parameters: Path, table: pd.DataFrame) -> float:
-    """Accuracy of a trained parameter file on ``table`` (its own feature encoding)."""
-    from privtrain.trainer.checkpoints import load_parameters
-    from privtrain.trainer.engine import accuracy, model_from_parameters
+    """Accuracy of a trained parameter file on the test rows of ``table`` (the file's own
+    feature encoding and split, as the server evaluates)."""
+    from privtrain.trainer.evaluate import evaluate_parameters
 
-    tensors, metadata = load_parameters(parameters.read_bytes())
-    model, encoder = model_from_parameters(tensors, metadata)
-    x, y = encoder.encode(table)
-    import torch
-
-    return accuracy(model, x, y, torch.device("cpu"))
+    return evaluate_parameters(parameters.read_bytes(), table)[0]
 
 
 def main() -> None:
@@ -121,8 +118,11 @@ def main() -> None:
     from privtrain.anonymize.policy import load_policy
     from privtrain.anonymize.tableio import read_table
     from privtrain.datasets import fetch_adult
-    from privtrain.trainer.engine import train
+    from privtrain.trainer.engine import TableSplit, train
+    from privtrain.trainer.plan import plan_job
     from privtrain.trainer.spec import TrainingSpec
+
+    split = TableSplit(column="split", train="train", test="test")
 
     raw_path = fetch_adult()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -171,15 +171,23 @@ def main() -> None:
                     batch_size=512,
                     seed=seed,
                     device=args.device,
+                    # The owner's own measurement: exact test accuracy, no DP release of
+                    # it (the whole ε goes to training, in both arms alike).
+                    release_test_accuracy="none",
                 )
                 out_dir = tmp / f"{arm}-{seed}"
                 out_dir.mkdir()
-                result = train(spec, table, doms, out_dir, _Quiet())
+                # No server publishes noisy counts here: the plan takes the exact ones.
+                labels = table[split.column].astype("string")
+                plan = plan_job(
+                    spec, int((labels == split.train).sum()), int((labels == split.test).sum())
+                )
+                result = train(spec, table, doms, split, out_dir, _Quiet(), plan=plan)
                 rows.append(
                     {
                         "arm": arm,
                         "seed": seed,
-                        "accuracy": result.test_accuracy,
+                        "accuracy": result.exact_test_accuracy,
                         "epsilon": result.epsilon,
                         "sigma": result.noise_multiplier,
                         "train_rows": result.train_rows,
