@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import builtins
 import decimal
+import errno
+import io
 import os
 import signal
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from privtrain.anonymize import pipeline
+from privtrain.anonymize import pipeline, released_risk
 from privtrain.anonymize.chunks import ChunkWriter
 from privtrain.anonymize.errors import AnonymizationError, PolicyError
 from privtrain.anonymize.pipeline import anonymize_file
+from privtrain.anonymize.released_risk import HashCounts
 from privtrain.anonymize.report import check_report_path
+from privtrain.anonymize.spool import Spool
 from privtrain.anonymize.values import distinct_normalized
 from privtrain.platform.cli import main
 
@@ -584,3 +591,113 @@ def test_a_tiny_cp1252_file_is_read_as_cp1252(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     src.write_bytes(b"a,b\n1,2\n3,caf\xe9\n")
     assert read_table(src)["b"].tolist() == ["2", "café"]
+
+
+class _FullDisk(io.RawIOBase):
+    """A temporary file on a disk that fills up after ``room`` bytes."""
+
+    def __init__(self, room: int) -> None:
+        self._data, self._room = io.BytesIO(), room
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._data.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._data.tell()
+
+    def readinto(self, buf: Any) -> int:
+        got = self._data.read(len(buf))
+        buf[: len(got)] = got
+        return len(got)
+
+    def write(self, b: Any) -> int:
+        if self._data.tell() + len(b) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._data.write(b)
+
+
+def _full_disk(room: int, prefix: str) -> Callable[..., Any]:
+    """``tempfile.TemporaryFile`` where the files named ``prefix...`` hit a full disk."""
+    real = tempfile.TemporaryFile
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        if str(kwargs.get("prefix", "")).startswith(prefix):
+            return io.BufferedRandom(_FullDisk(room))
+        return real(*args, **kwargs)
+
+    return make
+
+
+@pytest.mark.parametrize("room", [0, 3_000, 9_000, 40_000, 200_000, 900_000])
+def test_a_full_disk_under_the_released_risk_counts_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, room: int
+) -> None:
+    """Spilled counts that fill the disk: told as the counts' AnonymizationError wherever
+    it shows (a write, or the flush of the last buffered bytes when they are read back),
+    and closing the counts afterwards raises nothing (it used to raise the raw OSError of
+    the unflushable buffer, over the clear error)."""
+    monkeypatch.setattr(tempfile, "TemporaryFile", _full_disk(room, "privtrain-counts-"))
+    rng = np.random.default_rng(3)
+    counts = HashCounts(in_memory=2_000)
+    try:
+        with pytest.raises(AnonymizationError, match="released-risk counts .*No space left"):
+            for _ in range(12):
+                counts.add(rng.integers(0, 2**64 - 1, 5_000, dtype=np.uint64))
+            counts.summary()
+    finally:
+        counts.close()
+    counts.close()
+
+
+@pytest.mark.parametrize("room", [0, 2_000, 60_000])
+def test_a_full_disk_under_the_spool_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, room: int
+) -> None:
+    monkeypatch.setattr(tempfile, "TemporaryFile", _full_disk(room, "privtrain-spool-"))
+    table = pa.table({"a": pa.array(range(2_000)), "b": pa.array([f"v{i}" for i in range(2_000)])})
+    with Spool() as spool:
+        with pytest.raises(AnonymizationError, match="temporary copy .*No space left"):
+            for _ in range(4):
+                spool.add(table)
+            list(spool.chunks())
+
+
+def test_a_run_whose_spilled_counts_fill_the_disk_fails_clearly_and_leaves_nothing(
+    tmp_path: Path, key_path: Path, signer: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The released-risk counts spill (a tiny in-memory budget) onto a full disk: the run
+    ends with the counts' own error, writes nothing, and leaves no thread running."""
+    monkeypatch.setattr(released_risk, "_IN_MEMORY", 20)
+    monkeypatch.setattr(tempfile, "TemporaryFile", _full_disk(3_000, "privtrain-counts-"))
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in.csv"
+    pd.DataFrame(
+        {"id": [f"p{i}" for i in range(6_000)], "age": rng.integers(18, 90, 6_000),
+         "amount": rng.integers(0, 10**6, 6_000)}  # fmt: skip
+    ).to_csv(src, index=False)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'k = 1\n[risk.accept]\namount = "a test"\nage = "a test"\n'
+        '[columns.id]\noperator = "hmac"\nrole = "direct_identifier"\ntype = "text"\n'
+        '[columns.age]\noperator = "keep"\nrole = "other"\ntype = "numeric"\n'
+        'lower = 0\nupper = 120\n'
+        '[columns.amount]\noperator = "keep"\nrole = "other"\ntype = "numeric"\n'
+        'lower = 0\nupper = 1000000\n',
+        encoding="utf-8",
+    )
+    before = threading.active_count()
+    out = tmp_path / "out.parquet"
+    with pytest.raises(AnonymizationError, match="released-risk counts .*No space left"):
+        _run(src, policy, out, key_path, signer)
+    assert not out.exists() and not Path(f"{out}.manifest.json").exists()
+    assert _leftovers(tmp_path) == []
+    assert threading.active_count() == before

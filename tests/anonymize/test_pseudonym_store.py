@@ -10,6 +10,7 @@ import json
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -410,3 +411,61 @@ def test_a_run_that_cannot_get_the_store_is_refused_clearly(tmp_path: Path) -> N
         other.execute("ROLLBACK")
         other.close()
     assert _release(Store(path, FIXED), ["c@d.test"])
+
+
+def test_an_interrupted_pass_2_claims_nothing_and_leaves_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or any error) in pass 2 while the pseudonym maps are still being drawn on
+    their thread: the run ends with that error, the maps' thread is stopped and waited
+    for, and the store keeps none of the interrupted run's claims. (The thread used to go
+    on behind the error and commit the claims of a run that had been stopped.)"""
+    from privtrain.anonymize import stream
+    from privtrain.anonymize.operators.pseudonym import Pseudonym
+
+    key = tmp_path / "owner.hmac.key"
+    generate_key(key)
+    signer = make_signer(tmp_path)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'k = 1\n[risk.accept]\nvisits = "a test"\n'
+        '[columns.visits]\noperator = "keep"\nrole = "other"\ntype = "numeric"\n'
+        "lower = 0\nupper = 1000\n" + EMAIL_COLUMN,
+        encoding="utf-8",
+    )
+    src = tmp_path / "in.csv"
+    path = tmp_path / "s.sqlite"
+
+    def run(emails: list[str]) -> None:
+        pd.DataFrame({"visits": range(len(emails)), "email": emails}).to_csv(src, index=False)
+        anonymize_file(src, policy, key, tmp_path / "out.parquet", signing_key_path=signer[0],
+                       signing_cert_path=signer[1], pseudonym_store=path)  # fmt: skip
+
+    run([f"p{i}@corp.test" for i in range(50)])
+    generation = Store(path, load_key(key)).state()
+    assert generation is not None and generation.generation == 1
+
+    drawing = threading.Event()
+    real_transform, real_write = Pseudonym.transform, stream.Streamer.write
+
+    def slow_transform(self: Pseudonym, values: pd.Series, ctx: Any) -> pd.Series:
+        drawing.set()
+        time.sleep(0.3)  # still drawing when the first chunk is stopped
+        return real_transform(self, values, ctx)
+
+    def interrupted(self: stream.Streamer, chunk: Any, name: str) -> Any:
+        assert drawing.wait(5)
+        raise KeyboardInterrupt
+
+    def write(self: stream.Streamer, writer: Any) -> Any:
+        monkeypatch.setattr(stream.Streamer, "_released", interrupted)
+        return real_write(self, writer)
+
+    monkeypatch.setattr(Pseudonym, "transform", slow_transform)
+    monkeypatch.setattr(stream.Streamer, "write", write)
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(KeyboardInterrupt):
+        run([f"q{i}@corp.test" for i in range(50)])
+    assert {t.name for t in threading.enumerate()} <= before
+    state = Store(path, load_key(key)).state()
+    assert state is not None and state.generation == 1

@@ -394,8 +394,9 @@ class HashCounts:
         The temporary file cannot be written (e.g. the disk is full); names the folder.
     """
 
-    def __init__(self, in_memory: int = _IN_MEMORY) -> None:
-        self.in_memory = in_memory
+    def __init__(self, in_memory: int | None = None) -> None:
+        # Read when the counts are made (not when this module is), so that it can be set.
+        self.in_memory = _IN_MEMORY if in_memory is None else in_memory
         self._parts: list[tuple[UInt, IntArray | None]] = []
         self._pending = 0
         self._merged = 0
@@ -453,11 +454,10 @@ class HashCounts:
                     self._runs[p].append((fh.tell(), int(hi - lo)))
                     fh.write(keys[lo:hi].tobytes())
                     fh.write(counts[lo:hi].tobytes())
+            # A full disk is told here, not by a later seek that flushes the buffer.
+            fh.flush()
         except OSError as exc:
-            raise AnonymizationError(
-                f"cannot write the released-risk counts in {tempfile.gettempdir()} "
-                f"({exc.strerror}); free some space there or point TMPDIR elsewhere"
-            ) from None
+            raise _spill_error(exc) from None
         self._parts, self._merged, self._pending = [], 0, 0
 
     def _partitions(self) -> Iterator[tuple[UInt, IntArray]]:
@@ -475,8 +475,13 @@ class HashCounts:
         for runs in self._runs:
             keys, counts = [], []
             for offset, n in runs:
-                fh.seek(offset)
-                raw = fh.read(16 * n)
+                try:
+                    fh.seek(offset)
+                    raw = fh.read(16 * n)
+                except OSError as exc:
+                    raise _spill_error(exc) from None
+                if len(raw) != 16 * n:
+                    raise _spill_error(OSError(0, "the file is shorter than was written"))
                 keys.append(np.frombuffer(raw, dtype=np.uint64, count=n))
                 counts.append(np.frombuffer(raw, dtype=np.int64, count=n, offset=8 * n))
             if keys:
@@ -495,10 +500,21 @@ class HashCounts:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def close(self) -> None:
-        """Drop the temporary file, if any (idempotent)."""
+        """Drop the temporary file, if any (idempotent; never raises: the file is unnamed
+        and discarded, so a buffer that cannot be flushed to a full disk is dropped)."""
         if self._spill is not None:
-            self._spill.close()
-            self._spill = None
+            spill, self._spill = self._spill, None
+            try:
+                spill.close()
+            except OSError:
+                pass  # the descriptor is closed all the same; nothing of it is kept
+
+
+def _spill_error(exc: OSError) -> AnonymizationError:
+    return AnonymizationError(
+        f"cannot write the released-risk counts in {tempfile.gettempdir()} "
+        f"({exc.strerror}); free some space there or point TMPDIR elsewhere"
+    )
 
 
 def figures(sizes: IntArray | SizeSummary) -> dict[str, Any]:

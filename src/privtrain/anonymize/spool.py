@@ -69,14 +69,27 @@ class Spool:
         """The chunks in the order they were added."""
         if self._writer is None:
             return
-        self._writer.close()
-        self._fh.flush()
-        self._fh.seek(0)
+        try:
+            self._writer.close()
+            # The last bytes may still be buffered: a full disk is told here.
+            self._fh.flush()
+            self._fh.seek(0)
+        except (OSError, pa.ArrowException) as exc:
+            raise AnonymizationError(
+                f"cannot write the temporary copy of the input in {tempfile.gettempdir()} "
+                f"({exc}); free some space there or point TMPDIR elsewhere"
+            ) from None
         for batch in pa.ipc.open_stream(pa.PythonFile(self._fh, mode="r")):
             yield pa.Table.from_batches([batch])
 
     def close(self) -> None:
-        self._fh.close()
+        """Close (and so remove) the temporary file; never raises: a buffer that cannot
+        be flushed to a full disk is dropped with the file, and the error that told of
+        the full disk stays the one reported."""
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # the descriptor is closed all the same
 
 
 def read_ahead(chunks: Iterator[Any], depth: int = 1) -> Iterator[Any]:

@@ -38,8 +38,10 @@ messages count from the start of the file.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +199,8 @@ class Streamer:
         self.proxy_sample = ProxySample(self.known, self.qis)
         self.proxies: dict[str, dict[str, PairMeasures]] = {}
         self.release: ReleaseCounter | None = None
+        # Set when pass 2 fails: the pseudonym maps' thread then claims nothing.
+        self._maps_stop = threading.Event()
         self.out_sens: dict[str, ValueIds] = {}
 
     def _ctx(
@@ -450,9 +454,37 @@ class Streamer:
         assert self.result is not None and self.filter is not None
         # The pseudonym maps are drawn on a thread of their own while the first chunk's
         # other columns are transformed; the chunk waits for them where it needs them.
+        self._maps_stop = threading.Event()
         pool = ThreadPoolExecutor(1, thread_name_prefix="privtrain-whole-maps")
         maps = pool.submit(self._whole_column_maps)
         pool.shutdown(wait=False)
+        try:
+            return self._write_all(writer, maps)
+        except BaseException:
+            self._stop_maps(maps)
+            raise
+
+    def _stop_maps(self, maps: Future[dict[str, tuple[pa.Array, pa.Array]]]) -> None:
+        """After a failed or interrupted pass 2: stop the pseudonym maps' thread (its
+        claims are rolled back unless its session had already ended) and wait for it and
+        for a commit it started, so that nothing of the run goes on behind the error."""
+        self._maps_stop.set()
+        wait_for([maps])
+        if self.pseudonym_store is not None and maps.exception() is None:
+            try:
+                _ = self.pseudonym_store.recorded
+            except Exception:  # noqa: BLE001 - the run's own error is the one to tell
+                pass
+
+    def _maps_stopped(self) -> None:
+        """Raise (on the maps' thread, inside the store session: rolled back) once pass 2
+        has failed."""
+        if self._maps_stop.is_set():
+            raise AnonymizationError("stopped: pass 2 failed or was interrupted")
+
+    def _write_all(
+        self, writer: ChunkWriter, maps: Future[dict[str, tuple[pa.Array, pa.Array]]]
+    ) -> tuple[int, dict[str, Any]]:
         state = _Written(
             maps,
             {q: ValueIds() for q in self.qis},
@@ -579,6 +611,7 @@ class Streamer:
         # for the commit (``Store.recorded``) before it is signed.
         with store.session(commit_in_background=True) as session:
             for name, seen in self.distinct_values.items():
+                self._maps_stopped()
                 raw = pd.Series(list(seen), dtype="string")
                 op = get_operator(self.policy.columns[name].operator)
                 mapped = op.transform(raw, self._ctx(name, store=session))
@@ -587,6 +620,7 @@ class Streamer:
                     pa.array(raw, pa.string()),
                     pa.array(mapped.reset_index(drop=True), pa.string()),
                 )
+            self._maps_stopped()  # nothing is claimed for a pass that has failed
         self.pseudonym_clashes = dict(session.clashes)
         return maps
 
