@@ -701,3 +701,21 @@ def test_a_run_whose_spilled_counts_fill_the_disk_fails_clearly_and_leaves_nothi
     assert not out.exists() and not Path(f"{out}.manifest.json").exists()
     assert _leftovers(tmp_path) == []
     assert threading.active_count() == before
+
+
+def test_a_failed_run_stops_hashing_its_input(tmp_path: Path) -> None:
+    """The input's SHA-256 runs on a thread once pass 1 has read the file; when the run
+    then fails (a refusal, Ctrl-C) it stops at the next block instead of reading the
+    rest of a large input behind the error."""
+    from privtrain.anonymize.pipeline import _InputDigest
+
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as fh:
+        fh.truncate(1 << 30)  # sparse: 1 GiB to hash, nothing on disk
+    digest = _InputDigest(big)
+    with pytest.raises(RuntimeError), digest.cancelled_on_error():
+        digest.start()
+        raise RuntimeError("the run failed after pass 1")
+    assert digest._future is not None
+    with pytest.raises(InterruptedError):
+        digest._future.result(timeout=60)

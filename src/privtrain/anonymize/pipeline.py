@@ -193,14 +193,29 @@ class _InputDigest:
         self.path = path
         self._future: Future[tuple[str, int]] | None = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def start(self) -> None:
         """Start hashing (idempotent; safe from any thread)."""
         with self._lock:
-            if self._future is None:
+            if self._future is None and not self._stop.is_set():
                 pool = ThreadPoolExecutor(1, thread_name_prefix="privtrain-input-sha256")
-                self._future = pool.submit(file_sha256, self.path)
+                self._future = pool.submit(file_sha256, self.path, self._stop)
                 pool.shutdown(wait=False)
+
+    def cancel(self) -> None:
+        """The run failed: stop hashing at the next block (nothing waits for it)."""
+        with self._lock:
+            self._stop.set()
+
+    @contextmanager
+    def cancelled_on_error(self) -> Iterator[None]:
+        """Cancel the hashing when the body raises (or is interrupted)."""
+        try:
+            yield
+        except BaseException:
+            self.cancel()
+            raise
 
     def hexdigest(self) -> str:
         """The hex digest (starts hashing if nothing did), once computed.
@@ -374,7 +389,7 @@ def anonymize_file(
         reader, policy, key, chunk_rows or DEFAULT_CHUNK_ROWS, tick, store,
         on_read=input_digest.start,
     )  # fmt: skip
-    with _cyclic_gc_paused(), _arrow_pool():
+    with _cyclic_gc_paused(), _arrow_pool(), input_digest.cancelled_on_error():
         streamer.scan()
         n = streamer.rows
         if n == 0:
@@ -399,7 +414,13 @@ def anonymize_file(
     k_claimed = result.k_achieved if qis_declared else 0
 
     tick("write", 0.5)
-    with ChunkWriter(out_path) as writer, _cyclic_gc_paused(), _arrow_pool(), closing(streamer):
+    with (
+        ChunkWriter(out_path) as writer,
+        _cyclic_gc_paused(),
+        _arrow_pool(),
+        closing(streamer),
+        input_digest.cancelled_on_error(),
+    ):
         k_out, models = streamer.write(writer)
         rows_out = writer.rows
         # Independent re-check on the written labels: the lattice's codes and the

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -334,11 +335,21 @@ def report_for_run(
     return report
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """Hex SHA-256 and size in bytes of a file, read in 1 MiB blocks."""
+def file_sha256(path: Path, stop: threading.Event | None = None) -> tuple[str, int]:
+    """Hex SHA-256 and size in bytes of a file, read in 1 MiB blocks.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    InterruptedError
+        ``stop`` was set before the end (the caller no longer wants the digest).
+    """
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
+            if stop is not None and stop.is_set():
+                raise InterruptedError(f"{path}: hashing stopped")
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
