@@ -404,6 +404,11 @@ class HashCounts:
         # Per partition: (offset, entries) of each spilled run of keys then counts.
         self._runs: list[list[tuple[int, int]]] = [[] for _ in range(1 << _PART_BITS)]
 
+    @property
+    def entries(self) -> int:
+        """Hashes held in memory, merged or not (the work a merge has left)."""
+        return self._merged + self._pending
+
     def add(self, keys: UInt) -> None:
         """Add one chunk's per-row hashes (added up at the next merge)."""
         self._append(keys, None)
@@ -588,6 +593,7 @@ class ReleaseCounter:
         # The counting runs on a thread of its own: its hash tables, sorts and array
         # arithmetic release the GIL, so it overlaps the next chunk's transform and write.
         self._pool: ThreadPoolExecutor | None = None
+        self._second: ThreadPoolExecutor | None = None  # for the final merges
         self._pending: deque[Future[None]] = deque()
         self._summaries: dict[str, SizeSummary] = {}
 
@@ -627,9 +633,19 @@ class ReleaseCounter:
         self._submit(self._count, list(qi_ids), qi_cards, values, pids, list(sens_ids), rows)
 
     def merge(self) -> None:
-        """Start adding up every column's counts on the counting thread (after the last
-        :meth:`add`), so that it overlaps the caller's own finishing work."""
-        self._submit(self._merge_all)
+        """Start adding up every column's counts (after the last :meth:`add` and
+        :meth:`drain`), so that it overlaps the caller's own finishing work: the column
+        with the most entries on the counting thread, the others on a second thread
+        (columns are independent once every chunk is counted)."""
+        self.drain()
+        names = sorted(self.per_column, key=lambda c: -self.per_column[c].entries)
+        if len(names) < 2:
+            self._submit(self._merge_columns, names)
+            return
+        self._submit(self._merge_columns, names[:1])
+        if self._second is None:
+            self._second = ThreadPoolExecutor(1, thread_name_prefix="privtrain-release-merge")
+        self._pending.append(self._second.submit(self._merge_columns, names[1:]))
 
     def drain(self) -> None:
         """Wait until every queued chunk is counted (``check`` may be read after it).
@@ -660,9 +676,10 @@ class ReleaseCounter:
         for future in self._pending:
             future.cancel()
         self._pending.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._second):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._second = None
         for counts in self.per_column.values():
             counts.close()
 
@@ -701,8 +718,9 @@ class ReleaseCounter:
             np.column_stack([*(c[first] for c in qi_ids), combos[:, 1:]]), counts
         )
 
-    def _merge_all(self) -> None:
-        for name, counts in self.per_column.items():
+    def _merge_columns(self, names: list[str]) -> None:
+        for name in names:
+            counts = self.per_column[name]
             self._summaries[name] = counts.summary()
             counts.close()
 
