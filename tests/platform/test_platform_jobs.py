@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 from server_harness import (
+    PEOPLE,
     AnonymizedAdult,
     RunningServer,
     adult_spec,
@@ -21,6 +23,7 @@ from server_harness import (
 )
 
 from privtrain.platform.convert import sealed_from_proto
+from privtrain.platform.job_states import JobState
 from privtrain.proto.privtrain.v1 import privtrain_pb2 as pb
 from privtrain.secure_transport.envelope import (
     SealedChunk,
@@ -326,3 +329,29 @@ def test_shutdown_suspends_the_job_and_a_restarted_server_resumes_it(
         assert entry.settled and entry.charged == entry.planned
     finally:
         rs2.server.stop(1.0)
+
+
+def test_a_job_without_a_readable_plan_does_not_stop_the_host_claiming(
+    running: RunningServer, adult: AnonymizedAdult
+) -> None:
+    """A RUNNING job row with no plan (here written straight to the database) was claimed
+    and ended the worker host's claiming thread: no later job was ever run. It is now
+    given back as a failed attempt, and the next job is claimed as usual."""
+    ds = upload_adult(running, adult, epsilon=3.0)
+    db = running.server.db
+    broken, _ = db.jobs.submit(request_id=None, dataset_id=ds.id,
+                               submitter_common_name=PEOPLE["trainer"],
+                               spec_json=json.dumps({"dataset_id": ds.id}))
+    assert db.jobs.transition(broken.id, JobState.PENDING, JobState.RUNNING)
+    deadline = time.monotonic() + 30
+    while db.jobs.get(broken.id).failed_attempts == 0:
+        assert time.monotonic() < deadline, "the planless job was never claimed"
+        time.sleep(0.2)
+    assert db.jobs.get(broken.id).lease_owner is None
+    with running.client("trainer") as trainer:
+        job = trainer.submit(adult_spec(ds.id, target_epsilon=1.0, epochs=1))
+        deadline = time.monotonic() + 60
+        while db.jobs.get(job.id).lease_owner is None:
+            assert time.monotonic() < deadline, "the next job was never claimed"
+            time.sleep(0.2)
+        trainer.cancel(job.id)

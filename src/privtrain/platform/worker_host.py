@@ -237,7 +237,17 @@ class WorkerHost:
                                                     self.settings.max_failed_attempts)
                         if job is None:
                             break
-                        run = self._new_run(job)
+                        try:
+                            run = self._new_run(job)
+                        except (KeyError, TypeError, ValueError) as exc:
+                            # A job row whose plan cannot be read must not end this host's
+                            # claiming: it goes back as a failed attempt, and after the
+                            # allowed attempts the reconciler settles it.
+                            log.error("job %s: its plan cannot be read (%s); not run",
+                                      job.id, _one_line(exc))
+                            self._db.leases.give_back(job.id, self.owner, died=True,
+                                                      retry_after_s=RETRY_MAX_S)
+                            continue
                         self._runs[job.id] = run
                 except STORAGE_ERRORS as exc:
                     log.warning("worker host %s cannot claim jobs: %s", self.owner, _one_line(exc))
@@ -250,7 +260,9 @@ class WorkerHost:
 
     def _new_run(self, job: JobRecord) -> _Run:
         log.info("job %s claimed by %s (attempt %d)", job.id, self.owner, job.attempts)
-        return _Run(job=job, plan=JobPlan.from_dict(job.plan or {}), cancel=_SPAWN.Event(),
+        if job.plan is None:
+            raise ValueError("the job has no plan")
+        return _Run(job=job, plan=JobPlan.from_dict(job.plan), cancel=_SPAWN.Event(),
                     suspend=_SPAWN.Event(), steps=job.steps_done, releases=job.releases_done)
 
     def _monitor_loop(self) -> None:
