@@ -475,7 +475,7 @@ class ChunkWriter:
                 # batch (a hash of its indices each time): 16k rows a batch rather than
                 # 1k cost a fifth of the writing time less, with the same file.
                 # Min/max statistics for numbers and dates only: for text (tokens,
-                # pseudonyms, labels) they help no reader and cost a third of the writing.
+                # pseudonyms, labels) they help no reader and cost much of the writing time.
                 self._parquet = pq.ParquetWriter(
                     self._sink, self._schema, store_schema=False, write_batch_size=1 << 14,
                     write_statistics=_statistics_columns(self._schema),

@@ -309,8 +309,8 @@ def _sum_by_key(keys: UInt, counts: IntArray | None) -> tuple[UInt, IntArray]:
     each) per key, in no particular order.
 
     Large inputs are split by the hashes' top bits into slices of about 16,384 keys
-    whose hash tables (pandas' factorize) fit in the CPU cache: about twice as fast as
-    one table over all of them.
+    whose hash tables (pandas' factorize) fit in the CPU cache, rather than one large
+    table whose lookups miss it.
     """
     bits = min(max((len(keys) >> 14).bit_length() - 1, 0), 8)
     if bits == 0:
